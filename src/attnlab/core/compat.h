@@ -1,0 +1,64 @@
+// The one place that knows the differences between libtorch versions (Debian's 1.13 on the CPU machines,
+// the 2.x inside pip's torch on the GPU machines).
+#pragma once
+
+#include <torch/torch.h>
+#include <torch/version.h>
+#include <ATen/autocast_mode.h>
+
+#include <optional>
+#include <string>
+
+#define ATTNLAB_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+// at::scaled_dot_product_attention appeared in 2.0; its `scale` argument in 2.1.
+#define ATTNLAB_HAS_SDPA ATTNLAB_TORCH_AT_LEAST(2, 1)
+
+namespace attnlab::compat {
+
+inline std::string torch_version() { return TORCH_VERSION; }
+
+inline constexpr bool has_sdpa() { return ATTNLAB_HAS_SDPA; }
+
+// Scaled dot-product attention through ATen where it exists. q [B,H,Tq,D], k/v [B,H,Tk,D] (same H).
+// Returns std::nullopt on versions without it; callers fall back to the naive path (and log it once).
+inline std::optional<torch::Tensor> sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const std::optional<torch::Tensor>& mask, bool causal, double scale) {
+#if ATTNLAB_HAS_SDPA
+  return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale);
+#else
+  (void)q, (void)k, (void)v, (void)mask, (void)causal, (void)scale;
+  return std::nullopt;
+#endif
+}
+
+// bf16 autocast on CUDA. The enable/dtype calls took a device type from 2.4 on.
+inline void set_cuda_autocast(bool enabled, c10::ScalarType dtype = at::kBFloat16) {
+#if ATTNLAB_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+  at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+#else
+  at::autocast::set_enabled(enabled);
+  at::autocast::set_autocast_gpu_dtype(dtype);
+#endif
+  if (!enabled) at::autocast::clear_cache();
+}
+
+// RAII guard: autocast on for its lifetime (only if `enabled`).
+class CudaAutocast {
+ public:
+  explicit CudaAutocast(bool enabled) : enabled_(enabled) {
+    if (enabled_) set_cuda_autocast(true);
+  }
+  ~CudaAutocast() {
+    if (enabled_) set_cuda_autocast(false);
+  }
+  CudaAutocast(const CudaAutocast&) = delete;
+  CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+ private:
+  bool enabled_;
+};
+
+}  // namespace attnlab::compat

@@ -1,0 +1,61 @@
+// Building blocks.
+#include "attnlab/model/layers.h"
+
+#include "attnlab/core/error.h"
+
+namespace attnlab {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return (y * weight.to(torch::kFloat)).to(x.scalar_type());
+}
+
+SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
+  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
+}
+
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) { return w2(torch::silu(w1(x)) * w3(x)); }
+
+int64_t swiglu_hidden(int64_t dim, double ratio) {
+  auto h = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(dim)));
+  return (h + 15) / 16 * 16;
+}
+
+torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+                                   int64_t rotary_dim) {
+  int64_t D = x.size(-1);
+  int64_t R = rotary_dim > 0 ? rotary_dim : D;
+  ATTNLAB_CHECK(R % 2 == 0 && R <= D, "rope: rotary dim must be even and <= head dim {}, got {}", D, R);
+  auto fopts = torch::TensorOptions().dtype(torch::kFloat).device(x.device());
+  // inv_freq_i = theta^(-2i/R), i = 0 .. R/2-1
+  auto inv_freq = torch::pow(theta, -torch::arange(0, R, 2, fopts) / static_cast<double>(R));  // [R/2]
+  auto angles = positions.to(fopts).unsqueeze(1) * inv_freq.unsqueeze(0);                       // [T, R/2]
+  auto cos = torch::cat({angles.cos(), angles.cos()}, -1).unsqueeze(0).unsqueeze(2);            // [1,T,1,R]
+  auto sin = torch::cat({angles.sin(), angles.sin()}, -1).unsqueeze(0).unsqueeze(2);
+  auto xr = x.narrow(-1, 0, R).to(torch::kFloat);
+  auto x1 = xr.narrow(-1, 0, R / 2), x2 = xr.narrow(-1, R / 2, R / 2);
+  auto rotated = torch::cat({-x2, x1}, -1);
+  auto out = (xr * cos + rotated * sin).to(x.scalar_type());
+  if (R == D) return out;
+  return torch::cat({out, x.narrow(-1, R, D - R)}, -1);
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, int64_t start, double theta, int64_t rotary_dim) {
+  auto positions = torch::arange(start, start + x.size(1), torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+  return apply_rope_positions(x, positions, theta, rotary_dim);
+}
+
+void init_linear(torch::nn::Linear& layer, double std) {
+  torch::NoGradGuard g;
+  layer->weight.normal_(0.0, std);
+  if (layer->bias.defined()) layer->bias.zero_();
+}
+
+}  // namespace attnlab
