@@ -1,6 +1,6 @@
 // `attnlab env`: what this build and machine can do (libtorch, threads, BLAS, CUDA, GPU, kernels).
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <iostream>
 #include <thread>

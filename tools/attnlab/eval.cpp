@@ -13,7 +13,8 @@
 namespace attnlab::cli {
 
 void add_eval(CLI::App& app) {
-  auto* cmd = app.add_subcommand("eval", "Perplexity of a checkpoint on a split (val, train) or a text source");
+  auto* cmd =
+      app.add_subcommand("eval", "Perplexity of a checkpoint on a split (val, train) or a text source");
   struct Args {
     std::string checkpoint, split = "val", data, device = "auto";
     int64_t max_tokens = 262144, batch = 16, seq_len = 0;
@@ -56,10 +57,12 @@ void add_eval(CLI::App& app) {
     double loss = Trainer::evaluate(model, stream, seq_len, a.batch, windows, device, device.is_cuda());
     nlohmann::json j = {{"checkpoint", dir},  {"source", source}, {"tokens", windows * seq_len},
                         {"seq_len", seq_len}, {"loss", loss},     {"ppl", std::exp(loss)}};
-    if (a.json) std::cout << j.dump(2) << "\n";
+    if (a.json)
+      std::cout << j.dump(2) << "\n";
     else
-      std::cout << fmt::format("{}: {} tokens in {} windows of {}: loss {:.4f} nats/token, perplexity {:.3f}\n",
-                               source, windows * seq_len, windows, seq_len, loss, std::exp(loss));
+      std::cout << fmt::format(
+          "{}: {} tokens in {} windows of {}: loss {:.4f} nats/token, perplexity {:.3f}\n", source,
+          windows * seq_len, windows, seq_len, loss, std::exp(loss));
   });
 }
 

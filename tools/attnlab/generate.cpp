@@ -21,7 +21,8 @@ void add_generate(CLI::App& app) {
   cmd->add_option("checkpoint", a.checkpoint, "run directory or checkpoint directory")->required();
   cmd->add_option("-p,--prompt", a.prompt, "text to continue");
   cmd->add_option("-n,--length", a.length, "characters to generate")->capture_default_str();
-  cmd->add_option("-t,--temperature", a.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+  cmd->add_option("-t,--temperature", a.temperature, "sampling temperature (0 = greedy)")
+      ->capture_default_str();
   cmd->add_option("-k,--top-k", a.top_k, "sample among the k most likely (0 = all)")->capture_default_str();
   cmd->add_option("--seed", a.seed, "sampling seed")->capture_default_str();
   cmd->add_option("--device", a.device, "auto, cpu, cuda")->capture_default_str();

@@ -20,7 +20,8 @@ void add_list(CLI::App& app) {
       auto opts = e.make_options();
       nlohmann::json m = {{"name", name}, {"help", e.help}, {"options", nlohmann::json::array()}};
       for (const auto& o : opts->describe())
-        m["options"].push_back({{"name", o.name}, {"type", o.type}, {"default", o.default_value}, {"help", o.help}});
+        m["options"].push_back(
+            {{"name", o.name}, {"type", o.type}, {"default", o.default_value}, {"help", o.help}});
       j.push_back(m);
     }
     if (as_json) {

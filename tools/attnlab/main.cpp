@@ -5,6 +5,7 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/core/log.h"
+#include "attnlab/core/runtime.h"
 #include "commands.h"
 
 namespace attnlab::cli {
@@ -24,7 +25,8 @@ RunConfig load_config(const std::string& config_file, const std::vector<std::str
 }  // namespace attnlab::cli
 
 int main(int argc, char** argv) {
-  CLI::App app{"attnlab: a workbench for attention mechanisms (softmax, linear attention, GLA, DeltaNet, ...)"};
+  CLI::App app{
+      "attnlab: a workbench for attention mechanisms (softmax, linear attention, GLA, DeltaNet, ...)"};
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
@@ -36,7 +38,9 @@ int main(int argc, char** argv) {
   attnlab::cli::add_train(app);
   attnlab::cli::add_eval(app);
   attnlab::cli::add_generate(app);
+  attnlab::cli::add_ops(app);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+  attnlab::setup_threads();  // subcommands with a threads option set it again
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -61,7 +61,8 @@ void add_train(CLI::App& app) {
     std::cout << fmt::format("steps               {}\n", r.steps_done);
     std::cout << fmt::format("validation loss     {:.4f} nats/char\n", r.val_loss);
     std::cout << fmt::format("validation ppl      {:.3f}\n", r.val_ppl);
-    std::cout << fmt::format("unigram model ppl   {:.3f}  (same characters, same validation text)\n", r.unigram_ppl);
+    std::cout << fmt::format("unigram model ppl   {:.3f}  (same characters, same validation text)\n",
+                             r.unigram_ppl);
     if (r.interrupted) {
       std::cout << fmt::format("interrupted: resume with  attnlab train --resume {}\n", r.run_dir);
       exit_code() = 130;

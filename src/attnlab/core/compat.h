@@ -2,9 +2,9 @@
 // the 2.x inside pip's torch on the GPU machines).
 #pragma once
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
-#include <ATen/autocast_mode.h>
 
 #include <optional>
 #include <string>
@@ -17,14 +17,19 @@
 
 namespace attnlab::compat {
 
-inline std::string torch_version() { return TORCH_VERSION; }
+inline std::string torch_version() {
+  return TORCH_VERSION;
+}
 
-inline constexpr bool has_sdpa() { return ATTNLAB_HAS_SDPA; }
+inline constexpr bool has_sdpa() {
+  return ATTNLAB_HAS_SDPA;
+}
 
 // Scaled dot-product attention through ATen where it exists. q [B,H,Tq,D], k/v [B,H,Tk,D] (same H).
 // Returns std::nullopt on versions without it; callers fall back to the naive path (and log it once).
-inline std::optional<torch::Tensor> sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                         const std::optional<torch::Tensor>& mask, bool causal, double scale) {
+inline std::optional<torch::Tensor> sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v, const std::optional<torch::Tensor>& mask,
+                                         bool causal, double scale) {
 #if ATTNLAB_HAS_SDPA
   return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale);
 #else

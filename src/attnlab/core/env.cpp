@@ -42,6 +42,7 @@ nlohmann::json environment_json() {
   j["libtorch_version"] = compat::torch_version();
   j["sdpa"] = compat::has_sdpa();
   j["threads"] = at::get_num_threads();
+  j["blas_threads"] = blas_threads();
   j["hardware_threads"] = std::thread::hardware_concurrency();
   j["cpu"] = cpu_model();
   j["blas"] = blas_name();
@@ -64,11 +65,14 @@ std::string format_environment(const nlohmann::json& j) {
   std::string out;
   auto row = [&](const std::string& k, const std::string& v) { out += fmt::format("{:<18} {}\n", k, v); };
   row("attnlab", j["attnlab_version"].get<std::string>());
-  row("libtorch", j["libtorch_version"].get<std::string>() + (j["sdpa"].get<bool>() ? " (SDPA available)" : " (no SDPA: naive attention)"));
-  row("threads", fmt::format("{} of {} hardware threads", j["threads"].get<int>(), j["hardware_threads"].get<unsigned>()));
+  row("libtorch", j["libtorch_version"].get<std::string>() +
+                      (j["sdpa"].get<bool>() ? " (SDPA available)" : " (no SDPA: naive attention)"));
+  row("threads", fmt::format("{} libtorch + {} BLAS, {} hardware threads", j["threads"].get<int>(),
+                             j["blas_threads"].get<int>(), j["hardware_threads"].get<unsigned>()));
   row("cpu", j["cpu"].get<std::string>());
   row("blas", j["blas"].get<std::string>());
-  row("cuda", j["cuda_available"].get<bool>() ? fmt::format("yes, {} device(s)", j["cuda_devices"].get<int>()) : "no");
+  row("cuda", j["cuda_available"].get<bool>() ? fmt::format("yes, {} device(s)", j["cuda_devices"].get<int>())
+                                              : "no");
   row("cudnn", j["cudnn_available"].get<bool>() ? "yes" : "no");
   std::string gpus;
   for (const auto& g : j["gpus"]) gpus += (gpus.empty() ? "" : "; ") + g.get<std::string>();

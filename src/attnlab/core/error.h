@@ -32,9 +32,9 @@ std::string shape_str(const Seq& sizes) {
 }  // namespace attnlab
 
 // ATTNLAB_CHECK(cond, "fmt", args...): throws attnlab::Error with the formatted message.
-#define ATTNLAB_CHECK(cond, ...)   \
-  do {                             \
-    if (!(cond)) {                 \
+#define ATTNLAB_CHECK(cond, ...)    \
+  do {                              \
+    if (!(cond)) {                  \
       ::attnlab::fail(__VA_ARGS__); \
-    }                              \
+    }                               \
   } while (0)

@@ -10,21 +10,26 @@ namespace attnlab {
 
 namespace opt_detail {
 
-std::string join_names(const std::vector<std::string>& names) { return fmt::format("{}", fmt::join(names, ", ")); }
+std::string join_names(const std::vector<std::string>& names) {
+  return fmt::format("{}", fmt::join(names, ", "));
+}
 
 std::string yaml_kind(const YAML::Node& n) {
   if (!n) return "null";
   switch (n.Type()) {
-    case YAML::NodeType::Scalar: return "scalar";
-    case YAML::NodeType::Sequence: return "list";
-    case YAML::NodeType::Map: return "map";
-    default: return "null";
+    case YAML::NodeType::Scalar:
+      return "scalar";
+    case YAML::NodeType::Sequence:
+      return "list";
+    case YAML::NodeType::Map:
+      return "map";
+    default:
+      return "null";
   }
 }
 
 std::string scalar_text(const YAML::Node& node, const std::string& key, const char* type) {
-  if (!node || !node.IsScalar())
-    fail("config key '{}': expected {}, got a {}", key, type, yaml_kind(node));
+  if (!node || !node.IsScalar()) fail("config key '{}': expected {}, got a {}", key, type, yaml_kind(node));
   return node.Scalar();
 }
 

@@ -85,7 +85,8 @@ class OptionSet {
       if (!chk) return;
       std::string expected = chk(obj.*member);
       if (!expected.empty())
-        fail("config key '{}': expected {}, got {}", q, expected, opt_detail::Codec<M>::to_string(obj.*member));
+        fail("config key '{}': expected {}, got {}", q, expected,
+             opt_detail::Codec<M>::to_string(obj.*member));
     };
     f.get = [member](const T& obj) { return opt_detail::Codec<M>::to_yaml(obj.*member); };
     f.show = [member](const T& obj) { return opt_detail::Codec<M>::to_string(obj.*member); };
@@ -115,7 +116,9 @@ class OptionSet {
   // Applies every key of a YAML map; an unknown key is an error that lists the valid ones.
   void apply(T& obj, const YAML::Node& map) const {
     if (!map || map.IsNull()) return;
-    if (!map.IsMap()) fail("config section '{}': expected a map of key: value, got a {}", section_, opt_detail::yaml_kind(map));
+    if (!map.IsMap())
+      fail("config section '{}': expected a map of key: value, got a {}", section_,
+           opt_detail::yaml_kind(map));
     for (const auto& kv : map) set(obj, kv.first.as<std::string>(), kv.second);
   }
 
@@ -148,7 +151,9 @@ class OptionSet {
       if (f.name == key) return &f;
     return nullptr;
   }
-  std::string qualified(const std::string& key) const { return section_.empty() ? key : section_ + "." + key; }
+  std::string qualified(const std::string& key) const {
+    return section_.empty() ? key : section_ + "." + key;
+  }
 
   std::string section_;
   std::vector<Field> fields_;

@@ -9,7 +9,9 @@
 
 namespace attnlab {
 
-bool Progress::is_terminal() { return ::isatty(fileno(stderr)) != 0; }
+bool Progress::is_terminal() {
+  return ::isatty(fileno(stderr)) != 0;
+}
 
 Progress::Progress(std::string label, int64_t total, int64_t plain_every)
     : label_(std::move(label)),
@@ -18,7 +20,9 @@ Progress::Progress(std::string label, int64_t total, int64_t plain_every)
       start_(std::chrono::steady_clock::now()),
       tty_(is_terminal()) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::update(int64_t step, const std::string& fields) {
   auto now = std::chrono::steady_clock::now();
@@ -31,10 +35,12 @@ void Progress::update(int64_t step, const std::string& fields) {
   double eta = done > 0 ? elapsed / done * static_cast<double>(total_ - step) : 0.0;
   if (tty_) {
     const int width = 24;
-    int filled = total_ > 0 ? static_cast<int>(width * static_cast<double>(step) / static_cast<double>(total_)) : 0;
+    int filled =
+        total_ > 0 ? static_cast<int>(width * static_cast<double>(step) / static_cast<double>(total_)) : 0;
     std::string bar(static_cast<size_t>(std::min(filled, width)), '#');
     bar.resize(width, '.');
-    fmt::print(stderr, "\r{} [{}] {}/{}  {}  ETA {}   ", label_, bar, step, total_, fields, human_duration(eta));
+    fmt::print(stderr, "\r{} [{}] {}/{}  {}  ETA {}   ", label_, bar, step, total_, fields,
+               human_duration(eta));
     std::fflush(stderr);
     open_ = true;
   } else if (step % plain_every_ == 0 || step == total_) {

@@ -7,8 +7,8 @@
 
 namespace attnlab {
 
-// Debian's libtorch starts with one thread: use every core unless OMP_NUM_THREADS says otherwise, or
-// `threads` > 0 asks for a number. Returns the number in use.
+// Sets libtorch's intra-op threads: `threads` if > 0, else OMP_NUM_THREADS if set, else half the cores
+// (OpenBLAS uses all cores for matrix products on its own threads; see runtime.cpp). Returns the number.
 int setup_threads(int threads = 0);
 
 // "auto" -> cuda if available else cpu; "cpu"; "cuda"; "cuda:N". An unknown name or an unavailable CUDA
@@ -17,5 +17,8 @@ torch::Device resolve_device(const std::string& name);
 
 // The BLAS libtorch is linked against, read from the loaded shared objects ("OpenBLAS (pthread)", ...).
 std::string blas_name();
+
+// Threads of OpenBLAS's own pool (0 if the BLAS is not OpenBLAS).
+int blas_threads();
 
 }  // namespace attnlab

@@ -18,16 +18,16 @@ struct DtypeInfo {
 };
 
 const DtypeInfo kDtypes[] = {
-    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},     {"BF16", at::kBFloat16, 2},
-    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"I16", at::kShort, 2},    {"I8", at::kChar, 1},
+    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},  {"BF16", at::kBFloat16, 2},
+    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"I16", at::kShort, 2}, {"I8", at::kChar, 1},
     {"U8", at::kByte, 1},    {"BOOL", at::kBool, 1},
 };
 
 const DtypeInfo& dtype_by_name(const std::string& name, const std::string& path, const std::string& tensor) {
   for (const auto& d : kDtypes)
     if (name == d.name) return d;
-  fail("{}: tensor '{}' has dtype '{}', expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL", path,
-       tensor, name);
+  fail("{}: tensor '{}' has dtype '{}', expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL",
+       path, tensor, name);
 }
 
 const DtypeInfo& dtype_by_type(c10::ScalarType t) {
@@ -43,12 +43,13 @@ SafetensorFile SafetensorFile::load(const std::string& path) {
   SafetensorFile f;
   f.path_ = path;
   if (bytes.size() < 8)
-    fail("{}: truncated safetensors file: expected at least 8 bytes of header length, got {}", path, bytes.size());
+    fail("{}: truncated safetensors file: expected at least 8 bytes of header length, got {}", path,
+         bytes.size());
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
   if (header_len > bytes.size() - 8)
-    fail("{}: truncated safetensors file: header of {} bytes announced, only {} bytes follow", path, header_len,
-         bytes.size() - 8);
+    fail("{}: truncated safetensors file: header of {} bytes announced, only {} bytes follow", path,
+         header_len, bytes.size() - 8);
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<long>(header_len));

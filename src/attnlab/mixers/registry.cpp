@@ -32,7 +32,8 @@ std::vector<std::string> MixerRegistry::names() const {
   return out;
 }
 
-std::shared_ptr<Mixer> build_mixer(const std::string& name, const MixerContext& ctx, const AnyOptions& options) {
+std::shared_ptr<Mixer> build_mixer(const std::string& name, const MixerContext& ctx,
+                                   const AnyOptions& options) {
   const auto& e = MixerRegistry::instance().get(name);
   options.validate();
   return e.build(ctx, options);

@@ -36,7 +36,8 @@ class MixerRegistry {
 };
 
 // Builds a mixer by name; `options` must come from that entry's make_options().
-std::shared_ptr<Mixer> build_mixer(const std::string& name, const MixerContext& ctx, const AnyOptions& options);
+std::shared_ptr<Mixer> build_mixer(const std::string& name, const MixerContext& ctx,
+                                   const AnyOptions& options);
 
 namespace registry_detail {
 template <class Options, class MixerT>
@@ -60,6 +61,6 @@ struct Registrar {
 
 #define ATTNLAB_CONCAT_INNER(a, b) a##b
 #define ATTNLAB_CONCAT(a, b) ATTNLAB_CONCAT_INNER(a, b)
-#define ATTNLAB_REGISTER_MIXER(name, Options, MixerT, help)                                             \
+#define ATTNLAB_REGISTER_MIXER(name, Options, MixerT, help)                                              \
   static ::attnlab::registry_detail::Registrar<Options, MixerT> ATTNLAB_CONCAT(attnlab_mixer_registrar_, \
                                                                                __LINE__)(name, help)

@@ -3,8 +3,8 @@
 #include <cmath>
 
 #include "attnlab/core/error.h"
-#include "attnlab/model/layers.h"
 #include "attnlab/mixers/registry.h"
+#include "attnlab/model/layers.h"
 #include "attnlab/ops/softmax_attention.h"
 
 namespace attnlab {

@@ -21,7 +21,9 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
   w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(dim, hidden).bias(false)));
 }
 
-torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) { return w2(torch::silu(w1(x)) * w3(x)); }
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
+  return w2(torch::silu(w1(x)) * w3(x));
+}
 
 int64_t swiglu_hidden(int64_t dim, double ratio) {
   auto h = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(dim)));
@@ -36,8 +38,8 @@ torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& 
   auto fopts = torch::TensorOptions().dtype(torch::kFloat).device(x.device());
   // inv_freq_i = theta^(-2i/R), i = 0 .. R/2-1
   auto inv_freq = torch::pow(theta, -torch::arange(0, R, 2, fopts) / static_cast<double>(R));  // [R/2]
-  auto angles = positions.to(fopts).unsqueeze(1) * inv_freq.unsqueeze(0);                       // [T, R/2]
-  auto cos = torch::cat({angles.cos(), angles.cos()}, -1).unsqueeze(0).unsqueeze(2);            // [1,T,1,R]
+  auto angles = positions.to(fopts).unsqueeze(1) * inv_freq.unsqueeze(0);                      // [T, R/2]
+  auto cos = torch::cat({angles.cos(), angles.cos()}, -1).unsqueeze(0).unsqueeze(2);           // [1,T,1,R]
   auto sin = torch::cat({angles.sin(), angles.sin()}, -1).unsqueeze(0).unsqueeze(2);
   auto xr = x.narrow(-1, 0, R).to(torch::kFloat);
   auto x1 = xr.narrow(-1, 0, R / 2), x2 = xr.narrow(-1, R / 2, R / 2);
@@ -48,7 +50,8 @@ torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& 
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, int64_t start, double theta, int64_t rotary_dim) {
-  auto positions = torch::arange(start, start + x.size(1), torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+  auto positions =
+      torch::arange(start, start + x.size(1), torch::TensorOptions().dtype(torch::kLong).device(x.device()));
   return apply_rope_positions(x, positions, theta, rotary_dim);
 }
 

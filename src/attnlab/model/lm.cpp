@@ -32,7 +32,8 @@ const OptionSet<ModelOptions>& ModelOptions::schema() {
 std::vector<std::string> ModelOptions::layer_mixers() const {
   if (layers.empty()) return std::vector<std::string>(static_cast<size_t>(n_layers), mixer);
   if (static_cast<int64_t>(layers.size()) != n_layers)
-    fail("model.layers names {} mixers but model.n_layers is {}; give one mixer per layer", layers.size(), n_layers);
+    fail("model.layers names {} mixers but model.n_layers is {}; give one mixer per layer", layers.size(),
+         n_layers);
   return layers;
 }
 
@@ -77,7 +78,8 @@ LanguageModelImpl::LanguageModelImpl(const ModelOptions& opt,
   }
   final_norm_ = register_module("final_norm", RMSNorm(opt.d_model, opt.norm_eps));
   if (!opt.tie_embeddings) {
-    head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(opt.d_model, opt.vocab_size).bias(false)));
+    head_ = register_module(
+        "head", torch::nn::Linear(torch::nn::LinearOptions(opt.d_model, opt.vocab_size).bias(false)));
     init_linear(head_, opt.init_std);
   }
 }
@@ -96,7 +98,8 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, ModelCache
   return opt_.tie_embeddings ? torch::matmul(x, embed_->weight.t()) : head_(x);  // [B, T, V]
 }
 
-ModelCache LanguageModelImpl::make_cache(int64_t batch, int64_t max_len, const torch::TensorOptions& options) const {
+ModelCache LanguageModelImpl::make_cache(int64_t batch, int64_t max_len,
+                                         const torch::TensorOptions& options) const {
   ModelCache c;
   for (const auto& m : mixers_) c.layers.push_back(m->make_cache(batch, max_len, options));
   return c;

@@ -41,7 +41,8 @@ struct ModelCache {
 class LanguageModelImpl : public torch::nn::Module {
  public:
   // `mixer_options` maps a mixer name to its options (missing names get defaults).
-  LanguageModelImpl(const ModelOptions& opt, const std::map<std::string, std::shared_ptr<AnyOptions>>& mixer_options);
+  LanguageModelImpl(const ModelOptions& opt,
+                    const std::map<std::string, std::shared_ptr<AnyOptions>>& mixer_options);
 
   // tokens [B, T] (int64) -> logits [B, T, vocab]. With a cache: continue from cache->position().
   torch::Tensor forward(const torch::Tensor& tokens, ModelCache* cache = nullptr);

@@ -14,11 +14,12 @@ void check_shape(const char* op, const char* name, const torch::Tensor& t, const
   for (size_t i = 0; ok && i < expected.size(); ++i)
     if (expected[i] >= 0 && t.size(static_cast<int64_t>(i)) != expected[i]) ok = false;
   if (!ok)
-    fail("{}: {} must be [{}]=[{}], got {}", op, name, letters, fmt::join(want, ","),
-         shape_str(t.sizes()));
+    fail("{}: {} must be [{}]=[{}], got {}", op, name, letters, fmt::join(want, ","), shape_str(t.sizes()));
 }
 
-bool all_finite(const torch::Tensor& t) { return torch::isfinite(t).all().item<bool>(); }
+bool all_finite(const torch::Tensor& t) {
+  return torch::isfinite(t).all().item<bool>();
+}
 
 double rel_rms_error(const torch::Tensor& a, const torch::Tensor& b) {
   auto x = a.detach().to(torch::kCPU, torch::kDouble);

@@ -1,4 +1,5 @@
-// Shape checks for op arguments, with messages that name the op, the tensor, the expected and the actual shape.
+// Shape checks for op arguments, with messages that name the op, the tensor, the expected and the actual
+// shape.
 #pragma once
 
 #include <torch/torch.h>

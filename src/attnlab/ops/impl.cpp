@@ -16,11 +16,16 @@ Impl parse_impl(const std::string& name) {
 
 const char* impl_name(Impl impl) {
   switch (impl) {
-    case Impl::automatic: return "auto";
-    case Impl::naive: return "naive";
-    case Impl::chunk: return "chunk";
-    case Impl::kernel: return "kernel";
-    case Impl::sdpa: return "sdpa";
+    case Impl::automatic:
+      return "auto";
+    case Impl::naive:
+      return "naive";
+    case Impl::chunk:
+      return "chunk";
+    case Impl::kernel:
+      return "kernel";
+    case Impl::sdpa:
+      return "sdpa";
   }
   return "?";
 }

@@ -25,7 +25,8 @@ Dims check_args(const SoftmaxArgs& a) {
   d.Tk = a.k.size(1), d.Hkv = a.k.size(2);
   check_shape(op, "v", a.v, "B,T,Hkv,V", {d.B, d.Tk, d.Hkv, -1});
   d.V = a.v.size(3);
-  ATTNLAB_CHECK(d.Hkv > 0 && d.H % d.Hkv == 0, "{}: the {} kv heads must divide the {} query heads", op, d.Hkv, d.H);
+  ATTNLAB_CHECK(d.Hkv > 0 && d.H % d.Hkv == 0, "{}: the {} kv heads must divide the {} query heads", op,
+                d.Hkv, d.H);
   ATTNLAB_CHECK(a.window >= 0, "{}: window must be >= 0 (0 = no window), got {}", op, a.window);
   ATTNLAB_CHECK(a.n_sink >= 0, "{}: n_sink must be >= 0, got {}", op, a.n_sink);
   d.offset = a.q_offset >= 0 ? a.q_offset : d.Tk - d.Tq;
@@ -43,12 +44,13 @@ torch::Tensor expand_kv(const torch::Tensor& x, int64_t H) {
 }
 
 torch::Tensor naive(const SoftmaxArgs& a, const Dims& d) {
-  auto q = a.q.to(torch::kFloat).transpose(1, 2);                    // [B, H, Tq, K]
+  auto q = a.q.to(torch::kFloat).transpose(1, 2);                  // [B, H, Tq, K]
   auto k = expand_kv(a.k, d.H).to(torch::kFloat).transpose(1, 2);  // [B, H, Tk, K]
   auto v = expand_kv(a.v, d.H).to(torch::kFloat).transpose(1, 2);  // [B, H, Tk, V]
-  auto scores = torch::matmul(q, k.transpose(-1, -2)) * d.scale;     // [B, H, Tq, Tk]
+  auto scores = torch::matmul(q, k.transpose(-1, -2)) * d.scale;   // [B, H, Tq, Tk]
   auto mask = softmax_visibility(a, a.q.device());
-  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  if (mask.defined())
+    scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
   auto p = torch::softmax(scores, -1);
   // A query that sees no key (impossible for causal attention with the default offset) gives zeros, not NaN.
   if (mask.defined()) p = p.masked_fill(mask.logical_not(), 0.0);
@@ -95,9 +97,12 @@ torch::Tensor softmax_visibility(const SoftmaxArgs& a, const torch::Device& devi
 torch::Tensor softmax_attention(const SoftmaxArgs& args, Impl impl) {
   Dims d = check_args(args);
   switch (impl) {
-    case Impl::naive: return naive(args, d);
+    case Impl::naive:
+      return naive(args, d);
     case Impl::chunk:
-      fail("softmax_attention: no chunk form (the naive path is its reference); use naive, sdpa, kernel or auto");
+      fail(
+          "softmax_attention: no chunk form (the naive path is its reference); use naive, sdpa, kernel or "
+          "auto");
     case Impl::kernel:
       fail("softmax_attention: the CUDA kernel is not compiled into this build; use naive, sdpa or auto");
     case Impl::sdpa:

@@ -1,5 +1,6 @@
 // Softmax attention on [B, T, H, D]: o_t = sum_s softmax_s(scale q_t.k_s) v_s over the visible keys s.
-// Options: causal or not, GQA/MQA (k and v with fewer heads dividing H), a sliding window and attention sinks.
+// Options: causal or not, GQA/MQA (k and v with fewer heads dividing H), a sliding window and attention
+// sinks.
 #pragma once
 
 #include <torch/torch.h>
@@ -9,14 +10,15 @@
 namespace attnlab::ops {
 
 struct SoftmaxArgs {
-  torch::Tensor q;  // [B, Tq, H, K]
-  torch::Tensor k;  // [B, Tk, Hkv, K], Hkv divides H (GQA: query head h reads kv head h / (H / Hkv))
-  torch::Tensor v;  // [B, Tk, Hkv, V]
-  double scale = -1;     // multiplies q.k; <= 0 means K^-0.5
-  bool causal = true;    // key s is visible to query t only if s <= t (in absolute positions)
-  int64_t window = 0;    // > 0: only keys with t - window < s <= t (plus sinks) are visible
-  int64_t n_sink = 0;    // the first n_sink keys stay visible to every query (StreamingLLM)
-  int64_t q_offset = -1; // absolute position of the first query; < 0 means Tk - Tq (queries are the last keys)
+  torch::Tensor q;     // [B, Tq, H, K]
+  torch::Tensor k;     // [B, Tk, Hkv, K], Hkv divides H (GQA: query head h reads kv head h / (H / Hkv))
+  torch::Tensor v;     // [B, Tk, Hkv, V]
+  double scale = -1;   // multiplies q.k; <= 0 means K^-0.5
+  bool causal = true;  // key s is visible to query t only if s <= t (in absolute positions)
+  int64_t window = 0;  // > 0: only keys with t - window < s <= t (plus sinks) are visible
+  int64_t n_sink = 0;  // the first n_sink keys stay visible to every query (StreamingLLM)
+  int64_t q_offset =
+      -1;  // absolute position of the first query; < 0 means Tk - Tq (queries are the last keys)
 };
 
 // Returns o [B, Tq, H, V]. Impl: naive (materialised scores, float32 softmax), sdpa (ATen's

@@ -23,13 +23,11 @@ void save_checkpoint(const std::string& dir, LanguageModel& model, torch::optim:
   std::ostringstream rng;
   rng << state.batch_rng;
   auto torch_rng = at::detail::getDefaultCPUGenerator().get_state();
-  std::vector<uint8_t> torch_rng_bytes(torch_rng.data_ptr<uint8_t>(), torch_rng.data_ptr<uint8_t>() + torch_rng.numel());
-  nlohmann::json j = {{"step", state.step},
-                      {"elapsed_s", state.elapsed_s},
-                      {"tokens", state.tokens},
-                      {"batch_rng", rng.str()},
-                      {"torch_rng", torch_rng_bytes},
-                      {"history", state.history.to_json()}};
+  std::vector<uint8_t> torch_rng_bytes(torch_rng.data_ptr<uint8_t>(),
+                                       torch_rng.data_ptr<uint8_t>() + torch_rng.numel());
+  nlohmann::json j = {{"step", state.step},           {"elapsed_s", state.elapsed_s},
+                      {"tokens", state.tokens},       {"batch_rng", rng.str()},
+                      {"torch_rng", torch_rng_bytes}, {"history", state.history.to_json()}};
   write_file_atomic(tmp / "state.json", j.dump() + "\n");
   write_file_atomic(tmp / "config.yaml", config.to_yaml_string());
   tokenizer.save((tmp / "tokenizer.json").string());
@@ -43,8 +41,10 @@ std::string find_checkpoint(const std::string& path) {
   if (!fs::is_directory(p, ec))
     fail("checkpoint: expected a run directory or a checkpoint directory, '{}' is a file", path);
   for (const fs::path& c : {p, p / "checkpoints" / "last", p / "checkpoints" / "last.old"})
-    if (fs::is_regular_file(c / "model.pt", ec) && fs::is_regular_file(c / "state.json", ec)) return c.string();
-  fail("checkpoint: no checkpoint in '{}': expected {}/checkpoints/last/model.pt or {}/model.pt", path, path, path);
+    if (fs::is_regular_file(c / "model.pt", ec) && fs::is_regular_file(c / "state.json", ec))
+      return c.string();
+  fail("checkpoint: no checkpoint in '{}': expected {}/checkpoints/last/model.pt or {}/model.pt", path, path,
+       path);
 }
 
 RunConfig read_checkpoint_config(const std::string& dir) {

@@ -15,10 +15,10 @@
 namespace attnlab {
 
 struct TrainState {
-  int64_t step = 0;         // optimiser steps done
+  int64_t step = 0;           // optimiser steps done
   std::mt19937_64 batch_rng;  // the batch sampler's generator, exactly where it stopped
-  double elapsed_s = 0;     // training time before this checkpoint
-  int64_t tokens = 0;       // training tokens consumed
+  double elapsed_s = 0;       // training time before this checkpoint
+  int64_t tokens = 0;         // training tokens consumed
   History history;
 };
 

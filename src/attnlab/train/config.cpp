@@ -23,8 +23,10 @@ const OptionSet<TrainOptions>& TrainOptions::schema() {
     o.add("beta2", &TrainOptions::beta2, "AdamW beta2", check::in_range(0.0, 0.99999));
     o.add("grad_clip", &TrainOptions::grad_clip, "max global gradient norm (0 = off)",
           check::non_negative<double>());
-    o.add("grad_accum", &TrainOptions::grad_accum, "micro-batches per optimiser step", check::positive<int64_t>());
-    o.add("log_every", &TrainOptions::log_every, "steps between train_loss records", check::positive<int64_t>());
+    o.add("grad_accum", &TrainOptions::grad_accum, "micro-batches per optimiser step",
+          check::positive<int64_t>());
+    o.add("log_every", &TrainOptions::log_every, "steps between train_loss records",
+          check::positive<int64_t>());
     o.add("eval_every", &TrainOptions::eval_every, "steps between validation evaluations",
           check::positive<int64_t>());
     o.add("eval_batches", &TrainOptions::eval_batches, "validation batches per evaluation",
@@ -67,9 +69,12 @@ void RunConfig::apply(const YAML::Node& root, const std::string& where) {
   if (!root.IsMap()) fail("{}: expected a map with sections {}", where, fmt::join(kSections, ", "));
   for (const auto& kv : root) {
     std::string section = kv.first.as<std::string>();
-    if (section == "model") ModelOptions::schema().apply(model, kv.second);
-    else if (section == "data") DataOptions::schema().apply(data, kv.second);
-    else if (section == "train") TrainOptions::schema().apply(train, kv.second);
+    if (section == "model")
+      ModelOptions::schema().apply(model, kv.second);
+    else if (section == "data")
+      DataOptions::schema().apply(data, kv.second);
+    else if (section == "train")
+      TrainOptions::schema().apply(train, kv.second);
     else if (section == "mixer") {
       if (!kv.second.IsMap()) fail("{}: section 'mixer' must map mixer names to their options", where);
       for (const auto& m : kv.second) mixer_slot(*this, m.first.as<std::string>())->apply(m.second);
@@ -84,18 +89,23 @@ void RunConfig::set(const std::string& assignment) {
   auto value = parse_value_text(text);
   auto dot = key.find('.');
   if (dot == std::string::npos)
-    fail("--set {}: expected section.key=value with section one of {}", assignment, fmt::join(kSections, ", "));
+    fail("--set {}: expected section.key=value with section one of {}", assignment,
+         fmt::join(kSections, ", "));
   std::string section = key.substr(0, dot), rest = key.substr(dot + 1);
-  if (section == "model") ModelOptions::schema().set(model, rest, value);
-  else if (section == "data") DataOptions::schema().set(data, rest, value);
-  else if (section == "train") TrainOptions::schema().set(train, rest, value);
+  if (section == "model")
+    ModelOptions::schema().set(model, rest, value);
+  else if (section == "data")
+    DataOptions::schema().set(data, rest, value);
+  else if (section == "train")
+    TrainOptions::schema().set(train, rest, value);
   else if (section == "mixer") {
     auto dot2 = rest.find('.');
     if (dot2 == std::string::npos)
       fail("--set {}: expected mixer.<name>.<key>=value, e.g. mixer.softmax.window=64", assignment);
     mixer_slot(*this, rest.substr(0, dot2))->set(rest.substr(dot2 + 1), value);
   } else {
-    fail("--set {}: unknown config section '{}'; valid sections: {}", assignment, section, fmt::join(kSections, ", "));
+    fail("--set {}: unknown config section '{}'; valid sections: {}", assignment, section,
+         fmt::join(kSections, ", "));
   }
 }
 

@@ -19,7 +19,9 @@ namespace attnlab {
 namespace {
 
 std::atomic<bool> g_stop{false};
-extern "C" void on_sigint(int) { g_stop.store(true); }
+extern "C" void on_sigint(int) {
+  g_stop.store(true);
+}
 
 // Restores the previous SIGINT handler when training ends.
 class SigintScope {
@@ -62,7 +64,9 @@ torch::Tensor lm_loss(LanguageModel& model, const torch::Tensor& x, const torch:
 
 }  // namespace
 
-void request_stop() { g_stop.store(true); }
+void request_stop() {
+  g_stop.store(true);
+}
 
 double Trainer::evaluate(LanguageModel& model, const TokenStream& stream, int64_t seq_len, int64_t batch,
                          int64_t windows, const torch::Device& device, bool autocast) {
@@ -74,8 +78,9 @@ double Trainer::evaluate(LanguageModel& model, const TokenStream& stream, int64_
   double total = 0;
   int64_t count = 0;
   for (size_t i = 0; i < starts.size(); i += static_cast<size_t>(batch)) {
-    std::vector<int64_t> chunk(starts.begin() + static_cast<long>(i),
-                               starts.begin() + static_cast<long>(std::min(starts.size(), i + static_cast<size_t>(batch))));
+    std::vector<int64_t> chunk(
+        starts.begin() + static_cast<long>(i),
+        starts.begin() + static_cast<long>(std::min(starts.size(), i + static_cast<size_t>(batch))));
     auto [x, y] = stream.windows(chunk, seq_len);
     auto loss = lm_loss(model, x.to(device), y.to(device));
     total += loss.item<double>() * static_cast<double>(chunk.size());
@@ -101,12 +106,15 @@ TrainResult Trainer::run() {
   if (resume_) {
     resume_from = find_checkpoint(run_dir_);
     RunConfig saved = read_checkpoint_config(resume_from);
+    if (cfg_.model.vocab_size == 0)
+      cfg_.model.vocab_size = saved.model.vocab_size;  // 0 = "from the tokenizer"
     cfg_.resolve();
     auto diff = RunConfig::differences(saved, cfg_, {"model", "mixer", "data"});
     if (!diff.empty())
-      fail("--resume {}: the checkpoint was made with a different config:\n  {}\n(checkpoint vs now; resume "
-           "without changing these, or start a new run)",
-           run_dir_, fmt::join(diff, "\n  "));
+      fail(
+          "--resume {}: the checkpoint was made with a different config:\n  {}\n(checkpoint vs now; resume "
+          "without changing these, or start a new run)",
+          run_dir_, fmt::join(diff, "\n  "));
     saved_tokenizer = read_checkpoint_tokenizer(resume_from);
   }
 
@@ -140,9 +148,11 @@ TrainResult Trainer::run() {
   result.parameters = model->num_parameters();
   spdlog::info("model: {} layers [{}], d_model {}, {} heads, vocab {}: {} parameters ({} without embeddings)",
                cfg_.model.n_layers, fmt::join(cfg_.model.layer_mixers(), ", "), cfg_.model.d_model,
-               cfg_.model.n_heads, cfg_.model.vocab_size, result.parameters, model->num_non_embedding_parameters());
+               cfg_.model.n_heads, cfg_.model.vocab_size, result.parameters,
+               model->num_non_embedding_parameters());
   spdlog::info("device {}{}, {} threads, {} steps of {} x {} x {} tokens", device.str(),
-               autocast ? " (bf16 autocast)" : " (fp32)", threads, T.steps, T.grad_accum, D.batch_size, D.seq_len);
+               autocast ? " (bf16 autocast)" : " (fp32)", threads, T.steps, T.grad_accum, D.batch_size,
+               D.seq_len);
 
   const int64_t eval_windows = T.eval_batches * D.batch_size;
   auto checkpoint = [&] { save_checkpoint(ckpt_dir, model, *optimizer, state, cfg_, corpus.tokenizer); };
@@ -211,7 +221,8 @@ TrainResult Trainer::run() {
 
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_log).count();
     double tps = dt > 0 ? static_cast<double>(tokens_since_log) / dt : 0;
-    progress.update(state.step, fmt::format("loss {:.4f}  lr {:.2e}  {} tok/s", step_loss, lr, human_count(tps)));
+    progress.update(state.step,
+                    fmt::format("loss {:.4f}  lr {:.2e}  {} tok/s", step_loss, lr, human_count(tps)));
     if (state.step % T.log_every == 0 || state.step == T.steps) {
       state.history.add({state.step, "train", step_loss, std::exp(step_loss), lr, tps, elapsed()});
       result.tokens_per_s = tps;

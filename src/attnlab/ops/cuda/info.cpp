@@ -5,9 +5,13 @@
 
 namespace attnlab::ops::cuda {
 
-std::vector<std::string> gpu_names() { return kernels::describe_devices(); }
+std::vector<std::string> gpu_names() {
+  return kernels::describe_devices();
+}
 
 // Filled as kernels land (flash attention, the linear family).
-std::vector<std::string> kernel_names() { return {}; }
+std::vector<std::string> kernel_names() {
+  return {};
+}
 
 }  // namespace attnlab::ops::cuda

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# On a GPU machine whose python3 holds torch 2.x with CUDA: builds attnlab against that libtorch for sm_90,
+# runs every test (cpu and gpu labels), runs the benchmarks, and prints a short table last.
+# Dependencies missing there come from .deps/ (scripts/gpu_deps.sh gathers them on a Debian machine).
+# Results go to $OUT (or ./gpu-out) : gpu_env.json, ctest.log, train_cuda.log, gpu_summary.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+JOBS=${JOBS:-$(nproc)}
+BUILD=${BUILD:-build-gpu}
+PREFIX=$ROOT/.deps/prefix
+TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+summary() { echo "$*" | tee -a "$OUT/gpu_summary.md"; }
+: > "$OUT/gpu_summary.md"
+
+step() { echo "=== $* ($(date +%T))"; }
+
+# ---- 1. dependencies (built once into .deps/prefix)
+if [ -d .deps/src ] && [ ! -f "$PREFIX/.done" ]; then
+  step "building yaml-cpp and googletest into .deps/prefix"
+  cmake -S .deps/src/yaml-cpp -B .deps/build-yaml -G Ninja -DCMAKE_BUILD_TYPE=Release -DYAML_CPP_BUILD_TESTS=OFF \
+    -DYAML_CPP_BUILD_TOOLS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$PREFIX" >/dev/null &&
+    cmake --build .deps/build-yaml -j "$JOBS" >/dev/null && cmake --install .deps/build-yaml >/dev/null || exit 1
+  cmake -S .deps/src/googletest -B .deps/build-gtest -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_INSTALL_PREFIX="$PREFIX" >/dev/null &&
+    cmake --build .deps/build-gtest -j "$JOBS" >/dev/null && cmake --install .deps/build-gtest >/dev/null || exit 1
+  mkdir -p "$PREFIX/include" && cp -r .deps/include/* "$PREFIX/include/" && touch "$PREFIX/.done"
+fi
+
+# ---- 2. build
+step "configure + build ($BUILD)"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$PREFIX" -DATTNLAB_WERROR=ON 2>&1 | tail -n 5
+if ! cmake --build "$BUILD" -j "$JOBS" 2>&1 | tee "$OUT/build.log" | grep -E "error|warning" | head -n 40; then :; fi
+[ -x "$BUILD/attnlab" ] || { echo "build failed; see build.log"; tail -n 40 "$OUT/build.log"; exit 1; }
+"$BUILD/attnlab" env --json > "$OUT/gpu_env.json"
+"$BUILD/attnlab" env
+
+# ---- 3. tests (cpu and gpu labels)
+step "tests"
+(cd "$BUILD" && ctest --output-on-failure -j 8 --timeout 600) > "$OUT/ctest.log" 2>&1
+tests_rc=$?
+grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)" "$OUT/ctest.log" | tail -n 20
+
+# ---- 4. benchmarks: end-to-end training on CUDA (bf16 autocast)
+step "train quick preset on CUDA"
+rm -rf runs/gpu-quick
+"$BUILD/attnlab" train --config configs/quick.yaml --set train.device=cuda --set data.batch_size=64 \
+  --set train.steps=300 --set train.eval_every=100 --out runs/gpu-quick > "$OUT/train_cuda.log" 2>&1
+train_rc=$?
+tail -n 8 "$OUT/train_cuda.log"
+
+# ---- 5. the short table
+gpu=$(python3 -c 'import torch;print(torch.cuda.get_device_name(0))' 2>/dev/null)
+summary "| what | result |"
+summary "|---|---|"
+summary "| device | $gpu |"
+summary "| commit | $(git rev-parse --short HEAD 2>/dev/null || echo unknown) |"
+summary "| tests | $(grep -E 'tests passed' "$OUT/ctest.log" | tail -n1) (rc $tests_rc) |"
+summary "| quick preset on CUDA | $(grep -E 'validation ppl' "$OUT/train_cuda.log") (rc $train_rc) |"
+summary "| tokens/s (last log) | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_cuda.log" | tail -n1) |"

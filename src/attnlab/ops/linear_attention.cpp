@@ -1,0 +1,220 @@
+// Linear attention: naive and chunkwise forms, the normalised variant, feature maps, shared helpers.
+#include "attnlab/ops/linear_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
+#include "attnlab/ops/registry.h"
+
+namespace attnlab::ops {
+namespace linear {
+
+Prepared prepare(const char* op, const RecurrentArgs& a) {
+  check_shape(op, "q", a.q, "B,T,H,K", {-1, -1, -1, -1});
+  Prepared p;
+  p.B = a.q.size(0), p.T = a.q.size(1), p.H = a.q.size(2), p.K = a.q.size(3);
+  check_shape(op, "k", a.k, "B,T,H,K", {p.B, p.T, p.H, p.K});
+  check_shape(op, "v", a.v, "B,T,H,V", {p.B, p.T, p.H, -1});
+  p.V = a.v.size(3);
+  if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {p.B, p.H, p.K, p.V});
+  ATTNLAB_CHECK(a.chunk_size >= 1, "{}: chunk_size must be >= 1, got {}", op, a.chunk_size);
+  for (const auto* t : {&a.q, &a.k, &a.v, &a.g, &a.u, &a.h0})
+    ATTNLAB_CHECK(!t->defined() || t->is_floating_point(),
+                  "{}: q, k, v, g, u, h0 must be floating point, got {}", op,
+                  c10::toString(t->scalar_type()));
+  // States accumulate in float32 (mechanisms.md); float64 inputs stay float64 so that the tests can hold
+  // the chunk form to the definition at 1e-10.
+  p.dtype = a.q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  p.v_dtype = a.v.scalar_type();
+  double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(p.K));
+  p.q = heads_first(a.q, p.dtype) * scale;
+  p.k = heads_first(a.k, p.dtype);
+  p.v = heads_first(a.v, p.dtype);
+  p.S0 = a.h0.defined() ? a.h0.to(p.dtype) : torch::zeros({p.B, p.H, p.K, p.V}, p.q.options());
+  return p;
+}
+
+torch::Tensor heads_first(const torch::Tensor& x, torch::ScalarType dtype) {
+  return x.to(dtype).transpose(1, 2);
+}
+
+int64_t chunk_len(int64_t chunk_size, int64_t T) {
+  return std::max<int64_t>(1, std::min(chunk_size, T));
+}
+
+torch::Tensor to_chunks(const torch::Tensor& x, int64_t C) {
+  int64_t T = x.size(2), N = (T + C - 1) / C, pad = N * C - T;
+  auto y = x;
+  if (pad > 0) {
+    // constant_pad_nd lists (before, after) pairs from the last dim backwards; only T (dim 2) is padded.
+    std::vector<int64_t> pads;
+    for (int64_t d = x.dim() - 1; d > 2; --d) pads.insert(pads.end(), {0, 0});
+    pads.insert(pads.end(), {0, pad});
+    y = torch::constant_pad_nd(x, pads, 0);
+  }
+  auto sizes = y.sizes().vec();
+  sizes[2] = C;
+  sizes.insert(sizes.begin() + 2, N);
+  return y.reshape(sizes);
+}
+
+torch::Tensor from_chunks(const torch::Tensor& x, int64_t T) {
+  auto sizes = x.sizes().vec();
+  sizes[2] *= sizes[3];
+  sizes.erase(sizes.begin() + 3);
+  return x.reshape(sizes).narrow(2, 0, T);
+}
+
+torch::Tensor exclusive_cumsum(const torch::Tensor& x, int64_t dim) {
+  int64_t n = x.size(dim);
+  return torch::cat({torch::zeros_like(x.narrow(dim, 0, 1)), x.narrow(dim, 0, n - 1).cumsum(dim)}, dim);
+}
+
+torch::Tensor reverse_exclusive_cumsum(const torch::Tensor& x, int64_t dim) {
+  int64_t n = x.size(dim);
+  auto tail = x.narrow(dim, 1, n - 1).flip({dim}).cumsum(dim).flip({dim});
+  return torch::cat({tail, torch::zeros_like(x.narrow(dim, 0, 1))}, dim);
+}
+
+std::pair<torch::Tensor, torch::Tensor> scan_states(const torch::Tensor& S0, const torch::Tensor& decay,
+                                                    const torch::Tensor& U) {
+  int64_t N = U.size(2);
+  if (N == 0) return {torch::zeros_like(U), S0};
+  std::vector<torch::Tensor> entering;
+  entering.reserve(static_cast<size_t>(N));
+  auto S = S0;  // [B, H, K, V]
+  for (int64_t n = 0; n < N; ++n) {
+    entering.push_back(S);
+    S = decay.defined() ? decay.select(2, n) * S + U.select(2, n) : S + U.select(2, n);
+  }
+  return {torch::stack(entering, 2), S};
+}
+
+RecurrentOut finish(const Prepared& p, const torch::Tensor& o, const torch::Tensor& S, bool final_state) {
+  RecurrentOut out;
+  out.o = o.transpose(1, 2).to(p.v_dtype);  // [B, H, T, V] -> [B, T, H, V]
+  if (final_state) out.ht = S;
+  return out;
+}
+
+RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOut()>& naive,
+                      const std::function<RecurrentOut()>& chunk) {
+  switch (impl) {
+    case Impl::naive:
+      return naive();
+    case Impl::chunk:
+    case Impl::automatic:
+      return chunk();
+    case Impl::kernel:
+      fail(
+          "{}: no CUDA kernel is compiled into this build (Impl::kernel is reserved for the CUDA work); "
+          "use naive, chunk or auto",
+          op);
+    case Impl::sdpa:
+      fail("{}: sdpa is for softmax attention only; use naive, chunk or auto", op);
+  }
+  fail("{}: unknown implementation", op);
+}
+
+}  // namespace linear
+
+namespace {
+
+using linear::Prepared;
+
+// The definition, one token at a time.
+RecurrentOut naive(const Prepared& p, bool final_state) {
+  auto S = p.S0;  // [B, H, K, V]
+  std::vector<torch::Tensor> os;
+  for (int64_t t = 0; t < p.T; ++t) {
+    auto q = p.q.select(2, t), k = p.k.select(2, t), v = p.v.select(2, t);  // [B, H, K], [B, H, V]
+    S = S + k.unsqueeze(-1) * v.unsqueeze(-2);
+    os.push_back(torch::matmul(q.unsqueeze(-2), S).squeeze(-2));  // [B, H, V]
+  }
+  auto o = os.empty() ? torch::zeros({p.B, p.H, 0, p.V}, p.v.options()) : torch::stack(os, 2);
+  return linear::finish(p, o, S, final_state);
+}
+
+// Chunkwise parallel: within a chunk o = tril(q k^T) v, across chunks through the state entering the chunk.
+RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
+  int64_t C = linear::chunk_len(chunk_size, p.T);
+  auto q = linear::to_chunks(p.q, C), k = linear::to_chunks(p.k, C);  // [B, H, N, C, K]
+  auto v = linear::to_chunks(p.v, C);                                 // [B, H, N, C, V]
+  auto U = torch::matmul(k.transpose(-1, -2), v);                     // [B, H, N, K, V]
+  auto [S_in, S_end] = linear::scan_states(p.S0, {}, U);              // [B, H, N, K, V], [B, H, K, V]
+  auto causal = torch::ones({C, C}, q.options().dtype(torch::kBool)).tril();
+  auto A = torch::matmul(q, k.transpose(-1, -2)).masked_fill(causal.logical_not(), 0);  // [B, H, N, C, C]
+  auto o = torch::matmul(q, S_in) + torch::matmul(A, v);                                // [B, H, N, C, V]
+  return linear::finish(p, linear::from_chunks(o, p.T), S_end, final_state);
+}
+
+RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl) {
+  auto p = linear::prepare(op, args);
+  ATTNLAB_CHECK(!args.g.defined(), "{}: takes no gate g (got {}); simple_gla and gla are the gated ops", op,
+                shape_str(args.g.sizes()));
+  return linear::dispatch(
+      op, impl, [&] { return naive(p, args.output_final_state); },
+      [&] { return chunk(p, args.chunk_size, args.output_final_state); });
+}
+
+}  // namespace
+
+RecurrentOut linear_attention(const RecurrentArgs& args, Impl impl) {
+  return run("linear_attention", args, impl);
+}
+
+RecurrentOut linear_attention_normalized(const RecurrentArgs& args, Impl impl, double eps) {
+  const char* op = "linear_attention_normalized";
+  check_shape(op, "q", args.q, "B,T,H,K", {-1, -1, -1, -1});
+  check_shape(op, "v", args.v, "B,T,H,V", {args.q.size(0), args.q.size(1), args.q.size(2), -1});
+  int64_t V = args.v.size(3);
+  if (args.h0.defined())
+    check_shape(op, "h0", args.h0, "B,H,K,V+1", {args.q.size(0), args.q.size(2), args.q.size(3), V + 1});
+  // z_t = sum_s k_s is S_t's column for a value that is always 1, so append that column to v and run the
+  // unnormalised op: o[..., :V] = q^T S, o[..., V] = q^T z. Computed in the accumulation dtype, so that the
+  // division does not happen in bf16.
+  auto dt = args.q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto v = args.v.to(dt);
+  RecurrentArgs a = args;
+  a.v = torch::cat({v, torch::ones_like(v.narrow(-1, 0, 1))}, -1);  // [B, T, H, V+1]
+  auto out = run(op, a, impl);
+  auto num = out.o.narrow(-1, 0, V), den = out.o.narrow(-1, V, 1);  // [B, T, H, V], [B, T, H, 1]
+  out.o = (num / (den + eps)).to(args.v.scalar_type());
+  return out;
+}
+
+torch::Tensor feature_map(const torch::Tensor& x, const std::string& name) {
+  if (name == "elu1") return torch::elu(x) + 1;
+  if (name == "relu") return torch::relu(x);
+  if (name == "identity") return x;
+  if (name == "taylor") {
+    int64_t d = x.size(-1);
+    // Upper triangle of x x^T, off-diagonal entries times sqrt(2): sum over i<=j then equals the full sum
+    // over (i, j), so phi(q).phi(k) keeps (q.k)^2 / (2d) with d(d+1)/2 features instead of d^2.
+    auto idx = torch::triu_indices(d, d, 0, x.options().dtype(torch::kLong));  // [2, d(d+1)/2]
+    auto rows = idx[0], cols = idx[1];
+    auto weight =
+        torch::where(rows == cols, torch::ones({}, x.options()), torch::full({}, std::sqrt(2.0), x.options()))
+            .to(x.scalar_type()) /
+        (std::sqrt(2.0) * std::sqrt(static_cast<double>(d)));
+    auto outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2);  // [..., d * d]
+    auto quad = outer.index_select(-1, rows * d + cols) * weight;  // [..., d(d+1)/2]
+    return torch::cat(
+        {torch::ones_like(x.narrow(-1, 0, 1)), x / std::pow(static_cast<double>(d), 0.25), quad}, -1);
+  }
+  fail("feature_map: unknown feature map '{}'; valid: elu1, relu, identity, taylor", name);
+}
+
+int64_t feature_dim(int64_t d, const std::string& name) {
+  if (name == "elu1" || name == "relu" || name == "identity") return d;
+  if (name == "taylor") return 1 + d + d * (d + 1) / 2;
+  fail("feature_map: unknown feature map '{}'; valid: elu1, relu, identity, taylor", name);
+}
+
+ATTNLAB_REGISTER_OP("linear_attention", linear_attention, (std::vector<std::string>{"q", "k", "v", "h0"}),
+                    "S_t = S_{t-1} + k_t v_t^T; o_t = scale q_t^T S_t (unnormalised)");
+
+}  // namespace attnlab::ops

@@ -1,0 +1,59 @@
+// Small helpers shared by the tests: temporary directories, files, and repository paths.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace attnlab::testing {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() / ("attnlab-test-" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_text(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+inline std::string repo_path(const std::string& rel) {
+  return std::string(ATTNLAB_SOURCE_DIR) + "/" + rel;
+}
+
+// Runs `body` and checks that it throws attnlab::Error whose message contains every `needle`.
+#define EXPECT_ERROR_WITH(body, ...)                                                                         \
+  do {                                                                                                       \
+    bool thrown_ = false;                                                                                    \
+    try {                                                                                                    \
+      body;                                                                                                  \
+    } catch (const ::attnlab::Error& e_) {                                                                   \
+      thrown_ = true;                                                                                        \
+      std::string msg_ = e_.what();                                                                          \
+      for (const std::string& needle_ : {__VA_ARGS__})                                                       \
+        EXPECT_NE(msg_.find(needle_), std::string::npos) << "message: " << msg_ << "\nmissing: " << needle_; \
+    }                                                                                                        \
+    EXPECT_TRUE(thrown_) << "expected attnlab::Error from: " #body;                                          \
+  } while (0)
+
+}  // namespace attnlab::testing
