@@ -32,11 +32,14 @@ if(ATTNLAB_CUDA_KERNELS)
   endif()
 endif()
 
-# The binding needs torch with CUDA (the GPU machine's pip torch) as well as nvcc.
-if(ATTNLAB_HAS_CUDA_KERNELS AND (TARGET torch_cuda OR TORCH_CUDA_LIBRARIES))
+# The binding (src/attnlab/ops/cuda/) is compiled whenever the kernels are, also against a CPU-only
+# libtorch: it uses only the tensor API and the CUDA runtime, so CI compiles and links it too; at run time
+# it is used only when torch::cuda::is_available().
+if(ATTNLAB_HAS_CUDA_KERNELS)
+  find_package(CUDAToolkit REQUIRED)
   file(GLOB ATTNLAB_BINDING_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/attnlab/ops/cuda/*.cpp)
   target_sources(attnlab_obj PRIVATE ${ATTNLAB_BINDING_SOURCES})
-  target_link_libraries(attnlab_obj PUBLIC attnlab_kernels)
+  target_link_libraries(attnlab_obj PUBLIC attnlab_kernels CUDA::cudart)
   target_compile_definitions(attnlab_obj PUBLIC ATTNLAB_WITH_CUDA=1)
   message(STATUS "attnlab: CUDA kernels and their binding are built")
 endif()

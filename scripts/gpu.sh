@@ -2,7 +2,8 @@
 # On a GPU machine whose python3 holds torch 2.x with CUDA: builds attnlab against that libtorch for sm_90,
 # runs every test (cpu and gpu labels), runs the benchmarks, and prints a short table last.
 # Dependencies missing there come from .deps/ (scripts/gpu_deps.sh gathers them on a Debian machine).
-# Results go to $OUT (or ./gpu-out) : gpu_env.json, ctest.log, train_cuda.log, gpu_summary.md.
+# Results go to $OUT (or ./gpu-out) : gpu_env.json, ctest.log, bench_softmax.csv/.log, train_cuda.log,
+# gpu_summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -45,7 +46,16 @@ step "tests"
 tests_rc=$?
 grep -E "tests passed|tests failed|\(Failed\)|\(Timeout\)" "$OUT/ctest.log" | tail -n 20
 
-# ---- 4. benchmarks: end-to-end training on CUDA (bf16 autocast)
+# ---- 4. benchmarks: our softmax kernel against SDPA's flash and cuDNN backends (validated, then timed)
+step "bench ops softmax"
+"$BUILD/attnlab" bench ops --ops softmax --dtype bf16 --head-dims 128,64 \
+  --seq-lens 512,1024,2048,4096,8192,16384,32768 --tokens 32768 --heads 16 \
+  --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --out "$OUT/bench_softmax.csv" \
+  > "$OUT/bench_softmax.log" 2>&1
+bench_rc=$?
+grep -E "^(op |softmax +128 )|MISMATCH|error" "$OUT/bench_softmax.log"
+
+# ---- 5. benchmarks: end-to-end training on CUDA (bf16 autocast)
 step "train quick preset on CUDA"
 rm -rf runs/gpu-quick
 "$BUILD/attnlab" train --config configs/quick.yaml --set train.device=cuda --set data.batch_size=64 \
@@ -53,7 +63,7 @@ rm -rf runs/gpu-quick
 train_rc=$?
 tail -n 8 "$OUT/train_cuda.log"
 
-# ---- 5. the short table
+# ---- 6. the short table
 gpu=$(python3 -c 'import torch;print(torch.cuda.get_device_name(0))' 2>/dev/null)
 summary "| what | result |"
 summary "|---|---|"
@@ -62,3 +72,9 @@ summary "| commit | $(git rev-parse --short HEAD 2>/dev/null || echo unknown) |"
 summary "| tests | $(grep -E 'tests passed' "$OUT/ctest.log" | tail -n1) (rc $tests_rc) |"
 summary "| quick preset on CUDA | $(grep -E 'validation ppl' "$OUT/train_cuda.log") (rc $train_rc) |"
 summary "| tokens/s (last log) | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_cuda.log" | tail -n1) |"
+# fwd / fwd+bwd TFLOP/s of one implementation at T=8192, D=128 (CSV columns: impl 2, T 5, D 7, TFLOP/s 11, 12)
+bench_row() {
+  awk -F, -v impl="$1" '!/^#/ && $2 == impl && $5 == 8192 && $7 == 128 { printf "%s / %s", $11, $12 }' \
+    "$OUT/bench_softmax.csv" 2>/dev/null
+}
+summary "| softmax bf16 causal T=8192 D=128, fwd / fwd+bwd TFLOP/s | ours $(bench_row ours); SDPA flash $(bench_row sdpa_flash); SDPA cuDNN $(bench_row sdpa_cudnn) (rc $bench_rc) |"

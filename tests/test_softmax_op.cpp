@@ -133,3 +133,33 @@ TEST(Safetensors, RoundTripAndTruncation) {
   EXPECT_ERROR_WITH(SafetensorFile::load(dir / "tiny.safetensors"), "truncated", "8 bytes");
   EXPECT_ERROR_WITH(SafetensorFile::load(dir.path().string()), "is a directory");
 }
+
+// Child et al. 2019's patterns, checked position by position against their definitions.
+TEST(SoftmaxOp, SparsePatternsMatchTheirDefinition) {
+  torch::manual_seed(4);
+  const int64_t T = 23, stride = 4, c = 2;
+  for (auto pattern : {ops::SparsePattern::strided, ops::SparsePattern::fixed}) {
+    ops::SoftmaxArgs a;
+    a.q = torch::randn({1, T, 2, 8});
+    a.k = torch::randn({1, T, 2, 8});
+    a.v = torch::randn({1, T, 2, 8});
+    a.pattern = pattern;
+    a.stride = stride;
+    a.pattern_c = c;
+    auto mask = ops::softmax_visibility(a, torch::kCPU);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = 0; s < T; ++s) {
+        bool want = s <= t && (pattern == ops::SparsePattern::strided
+                                   ? (t - s < stride || (t - s) % stride == 0)
+                                   : (s / stride == t / stride || s % stride >= stride - c));
+        ASSERT_EQ(mask[t][s].item<bool>(), want) << "t " << t << " s " << s;
+      }
+    // The masked softmax equals a softmax over the visible keys only.
+    auto o = ops::softmax_attention(a, ops::Impl::naive);
+    auto scores = torch::matmul(a.q.transpose(1, 2), a.k.transpose(1, 2).transpose(-1, -2)) / std::sqrt(8.0);
+    auto p = torch::softmax(scores.masked_fill(mask.logical_not(), -1e30), -1);
+    auto ref = torch::matmul(p, a.v.transpose(1, 2)).transpose(1, 2);
+    EXPECT_LT(ops::rel_rms_error(o, ref), 1e-6);
+  }
+  EXPECT_ERROR_WITH(ops::parse_sparse_pattern("bigbird"), "dense, strided, fixed", "bigbird");
+}

@@ -50,7 +50,7 @@ inline std::string repo_path(const std::string& rel) {
     } catch (const ::attnlab::Error& e_) {                                                                   \
       thrown_ = true;                                                                                        \
       std::string msg_ = e_.what();                                                                          \
-      for (const std::string& needle_ : {__VA_ARGS__})                                                       \
+      for (const std::string& needle_ : std::initializer_list<std::string>{__VA_ARGS__})                     \
         EXPECT_NE(msg_.find(needle_), std::string::npos) << "message: " << msg_ << "\nmissing: " << needle_; \
     }                                                                                                        \
     EXPECT_TRUE(thrown_) << "expected attnlab::Error from: " #body;                                          \

@@ -15,6 +15,11 @@ int& exit_code() {
   return code;
 }
 
+std::string& command_line() {
+  static std::string line;
+  return line;
+}
+
 RunConfig load_config(const std::string& config_file, const std::vector<std::string>& sets) {
   RunConfig cfg;
   if (!config_file.empty()) cfg.load_file(config_file);
@@ -39,6 +44,12 @@ int main(int argc, char** argv) {
   attnlab::cli::add_eval(app);
   attnlab::cli::add_generate(app);
   attnlab::cli::add_ops(app);
+  attnlab::cli::add_bench(app);
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.find_first_of(" \t\"'") != std::string::npos) arg = "'" + arg + "'";  // readable, not re-quoted
+    attnlab::cli::command_line() += (i ? " " : "") + arg;
+  }
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
   attnlab::setup_threads();  // subcommands with a threads option set it again
   try {

@@ -59,7 +59,7 @@ void add_train(CLI::App& app) {
     std::cout << fmt::format("\nrun directory       {}\n", r.run_dir);
     std::cout << fmt::format("parameters          {}\n", r.parameters);
     std::cout << fmt::format("steps               {}\n", r.steps_done);
-    std::cout << fmt::format("validation loss     {:.4f} nats/char\n", r.val_loss);
+    std::cout << fmt::format("validation loss     {:.4f} nats/char (at step {})\n", r.val_loss, r.val_step);
     std::cout << fmt::format("validation ppl      {:.3f}\n", r.val_ppl);
     std::cout << fmt::format("unigram model ppl   {:.3f}  (same characters, same validation text)\n",
                              r.unigram_ppl);

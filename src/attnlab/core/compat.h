@@ -38,6 +38,68 @@ inline std::optional<torch::Tensor> sdpa(const torch::Tensor& q, const torch::Te
 #endif
 }
 
+// SDPA's fused backends, selectable one at a time through at::globalContext()'s toggles (benchmarks time
+// each peer explicitly). Flash / efficient / math toggles exist since 2.0; cuDNN's since 2.3 (gated at 2.4,
+// where its backward landed).
+enum class SdpaBackend { flash, cudnn, efficient, math };
+
+inline const char* sdpa_backend_name(SdpaBackend b) {
+  switch (b) {
+    case SdpaBackend::flash:
+      return "flash";
+    case SdpaBackend::cudnn:
+      return "cudnn";
+    case SdpaBackend::efficient:
+      return "efficient";
+    case SdpaBackend::math:
+      return "math";
+  }
+  return "?";
+}
+
+// Whether this libtorch can run SDPA with only backend `b` enabled.
+inline constexpr bool can_select_sdpa_backend(SdpaBackend b) {
+  if (!has_sdpa()) return false;
+  return b != SdpaBackend::cudnn || ATTNLAB_TORCH_AT_LEAST(2, 4);
+}
+
+// RAII: for its lifetime SDPA may use only `b` (it throws "No available kernel" when `b` cannot take the
+// inputs, rather than silently picking another); the previous toggles come back at the end. The toggles
+// are process-wide: not for use while other threads run SDPA.
+class SdpaBackendScope {
+ public:
+  explicit SdpaBackendScope(SdpaBackend b) {
+#if ATTNLAB_HAS_SDPA
+    auto& c = at::globalContext();
+    flash_ = c.userEnabledFlashSDP(), efficient_ = c.userEnabledMemEfficientSDP(),
+    math_ = c.userEnabledMathSDP();
+    c.setSDPUseFlash(b == SdpaBackend::flash);
+    c.setSDPUseMemEfficient(b == SdpaBackend::efficient);
+    c.setSDPUseMath(b == SdpaBackend::math);
+#if ATTNLAB_TORCH_AT_LEAST(2, 4)
+    cudnn_ = c.userEnabledCuDNNSDP();
+    c.setSDPUseCuDNN(b == SdpaBackend::cudnn);
+#endif
+#else
+    (void)b;
+#endif
+  }
+  ~SdpaBackendScope() {
+#if ATTNLAB_HAS_SDPA
+    auto& c = at::globalContext();
+    c.setSDPUseFlash(flash_), c.setSDPUseMemEfficient(efficient_), c.setSDPUseMath(math_);
+#if ATTNLAB_TORCH_AT_LEAST(2, 4)
+    c.setSDPUseCuDNN(cudnn_);
+#endif
+#endif
+  }
+  SdpaBackendScope(const SdpaBackendScope&) = delete;
+  SdpaBackendScope& operator=(const SdpaBackendScope&) = delete;
+
+ private:
+  bool flash_ = true, efficient_ = true, math_ = true, cudnn_ = true;
+};
+
 // bf16 autocast on CUDA. The enable/dtype calls took a device type from 2.4 on.
 inline void set_cuda_autocast(bool enabled, c10::ScalarType dtype = at::kBFloat16) {
 #if ATTNLAB_TORCH_AT_LEAST(2, 4)

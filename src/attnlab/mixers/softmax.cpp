@@ -18,6 +18,9 @@ struct SoftmaxOptions {
   int64_t window = 0;
   int64_t n_sink = 0;
   std::string impl = "auto";
+  std::string pattern = "dense";
+  int64_t stride = 32;
+  int64_t pattern_c = 1;
 
   static const OptionSet<SoftmaxOptions>& schema() {
     static const OptionSet<SoftmaxOptions> s = [] {
@@ -31,6 +34,13 @@ struct SoftmaxOptions {
             check::non_negative<int64_t>());
       o.add("n_sink", &SoftmaxOptions::n_sink, "attention sinks: first tokens always visible (with a window)",
             check::non_negative<int64_t>());
+      o.add("pattern", &SoftmaxOptions::pattern,
+            "sparse pattern (Child et al. 2019): dense | strided | fixed",
+            check::one_of({"dense", "strided", "fixed"}));
+      o.add("stride", &SoftmaxOptions::stride, "stride of the strided pattern, block size of the fixed one",
+            check::positive<int64_t>());
+      o.add("pattern_c", &SoftmaxOptions::pattern_c, "fixed pattern: summary positions per block (<= stride)",
+            check::positive<int64_t>());
       o.add("impl", &SoftmaxOptions::impl, "auto | naive | sdpa | kernel",
             check::one_of({"auto", "naive", "sdpa", "kernel"}));
       return o;
@@ -52,6 +62,9 @@ class SoftmaxMixer : public Mixer {
     ATTNLAB_CHECK(H_ % Hkv_ == 0, "softmax: num_kv_heads {} must divide num_heads {}", Hkv_, H_);
     D_ = ctx.d_model / H_;
     impl_ = ops::parse_impl(opt.impl);
+    pattern_ = ops::parse_sparse_pattern(opt.pattern);
+    ATTNLAB_CHECK(opt.pattern == "dense" || opt.pattern_c <= opt.stride,
+                  "softmax: pattern_c {} must be <= stride {}", opt.pattern_c, opt.stride);
     auto lin = [&](int64_t in, int64_t out) {
       return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
     };
@@ -87,6 +100,9 @@ class SoftmaxMixer : public Mixer {
     args.causal = true;
     args.window = opt_.window;
     args.n_sink = opt_.n_sink;
+    args.pattern = pattern_;
+    args.stride = opt_.stride;
+    args.pattern_c = opt_.pattern_c;
     if (cache) {
       auto* kv = dynamic_cast<KVCache*>(cache);
       ATTNLAB_CHECK(kv, "softmax: expected a KV cache made by this mixer's make_cache()");
@@ -155,6 +171,7 @@ class SoftmaxMixer : public Mixer {
   SoftmaxOptions opt_;
   int64_t H_, Hkv_, D_ = 0;
   ops::Impl impl_;
+  ops::SparsePattern pattern_ = ops::SparsePattern::dense;
   torch::nn::Linear wq_{nullptr}, wk_{nullptr}, wv_{nullptr}, wo_{nullptr};
   RMSNorm q_norm_{nullptr}, k_norm_{nullptr};
 };

@@ -26,7 +26,8 @@ torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
 }
 
 int64_t swiglu_hidden(int64_t dim, double ratio) {
-  auto h = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(dim)));
+  // The epsilon keeps a ratio computed as k * 16 / dim from rounding up to the next step.
+  auto h = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(dim) - 1e-6));
   return (h + 15) / 16 * 16;
 }
 

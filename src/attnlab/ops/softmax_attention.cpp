@@ -1,4 +1,4 @@
-// Softmax attention: the naive reference and the SDPA path.
+// Softmax attention: the naive reference, the SDPA path and our flash kernel (CUDA builds).
 #include "attnlab/ops/softmax_attention.h"
 
 #include <cmath>
@@ -7,6 +7,9 @@
 #include "attnlab/core/error.h"
 #include "attnlab/core/log.h"
 #include "attnlab/ops/check.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/flash_attn.h"
+#endif
 
 namespace attnlab::ops {
 namespace {
@@ -63,7 +66,8 @@ std::optional<torch::Tensor> via_sdpa(const SoftmaxArgs& a, const Dims& d) {
   auto k = expand_kv(a.k, d.H).transpose(1, 2);
   auto v = expand_kv(a.v, d.H).transpose(1, 2);
   // SDPA's is_causal aligns the mask to the top left; pass an explicit mask unless Tq == Tk from 0.
-  bool plain_causal = a.causal && a.window == 0 && d.offset == 0 && d.Tq == d.Tk;
+  bool plain_causal =
+      a.causal && a.window == 0 && a.pattern == SparsePattern::dense && d.offset == 0 && d.Tq == d.Tk;
   std::optional<torch::Tensor> mask;
   if (!plain_causal) {
     auto m = softmax_visibility(a, a.q.device());
@@ -74,12 +78,35 @@ std::optional<torch::Tensor> via_sdpa(const SoftmaxArgs& a, const Dims& d) {
   return o->transpose(1, 2);
 }
 
+// Empty when our flash kernel runs these args, else why not (a phrase for a log line or an error).
+std::string kernel_unusable_reason(const SoftmaxArgs& a) {
+#ifdef ATTNLAB_WITH_CUDA
+  return cuda::flash_attn_unusable_reason(a);
+#else
+  (void)a;
+  return "the flash kernel is not compiled into this build (no CUDA compiler when it was configured)";
+#endif
+}
+
+torch::Tensor via_kernel(const SoftmaxArgs& a) {
+#ifdef ATTNLAB_WITH_CUDA
+  return cuda::flash_attn_softmax(a);
+#else
+  fail("softmax_attention: {}", kernel_unusable_reason(a));
+#endif
+}
+
+// The CUDA path falls back with a log line once per reason; CPU tensors never expect the kernel.
+bool on_cuda(const SoftmaxArgs& a) {
+  return a.q.is_cuda() && a.k.is_cuda() && a.v.is_cuda();
+}
+
 }  // namespace
 
 torch::Tensor softmax_visibility(const SoftmaxArgs& a, const torch::Device& device) {
   int64_t Tq = a.q.size(1), Tk = a.k.size(1);
   int64_t offset = a.q_offset >= 0 ? a.q_offset : Tk - Tq;
-  if (!a.causal && a.window == 0) return {};
+  if (!a.causal && a.window == 0 && a.pattern == SparsePattern::dense) return {};
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
   auto t = (torch::arange(Tq, opts) + offset).unsqueeze(1);  // [Tq, 1] absolute query positions
   auto s = torch::arange(Tk, opts).unsqueeze(0);             // [1, Tk]
@@ -91,6 +118,8 @@ torch::Tensor softmax_visibility(const SoftmaxArgs& a, const torch::Device& devi
     auto sink = s < a.n_sink;
     visible = visible & (in_window | sink);
   }
+  auto pattern = sparse_pattern_mask(a.pattern, a.stride, a.pattern_c, Tq, Tk, offset, device);
+  if (pattern.defined()) visible = visible & pattern;
   return visible;
 }
 
@@ -103,10 +132,25 @@ torch::Tensor softmax_attention(const SoftmaxArgs& args, Impl impl) {
       fail(
           "softmax_attention: no chunk form (the naive path is its reference); use naive, sdpa, kernel or "
           "auto");
-    case Impl::kernel:
-      fail("softmax_attention: the CUDA kernel is not compiled into this build; use naive, sdpa or auto");
+    case Impl::kernel: {
+      auto why = kernel_unusable_reason(args);
+      if (!why.empty())
+        fail(
+            "softmax_attention: impl kernel cannot run these args: {}. It needs CUDA tensors of one dtype "
+            "(bf16 or fp16), head dim 64 or 128 for q, k and v, no sinks, a window only with causal, and "
+            "the default q_offset; use impl sdpa, naive or auto otherwise",
+            why);
+      return via_kernel(args);
+    }
     case Impl::sdpa:
     case Impl::automatic: {
+      if (impl == Impl::automatic && on_cuda(args)) {
+        auto why = kernel_unusable_reason(args);
+        if (why.empty()) return via_kernel(args);
+        log_once("softmax_attention.kernel: " + why,
+                 fmt::format("softmax_attention: {}; using {}", why,
+                             compat::has_sdpa() ? "SDPA" : "the naive path (materialised scores)"));
+      }
       if (auto o = via_sdpa(args, d)) return *o;
       if (impl == Impl::sdpa)
         fail("softmax_attention: sdpa needs libtorch >= 2.1, this is {}", compat::torch_version());

@@ -156,11 +156,12 @@ TrainResult Trainer::run() {
 
   const int64_t eval_windows = T.eval_batches * D.batch_size;
   auto checkpoint = [&] { save_checkpoint(ckpt_dir, model, *optimizer, state, cfg_, corpus.tokenizer); };
-  auto record_val = [&](double elapsed) {
+  auto record_val = [&](double elapsed, bool into_history) {
     double vl = evaluate(model, corpus.val, D.seq_len, D.batch_size, eval_windows, device, autocast);
-    state.history.add({state.step, "val", vl, std::exp(vl), 0, 0, elapsed});
+    if (into_history) state.history.add({state.step, "val", vl, std::exp(vl), 0, 0, elapsed});
     result.val_loss = vl;
     result.val_ppl = std::exp(vl);
+    result.val_step = state.step;
     return vl;
   };
 
@@ -231,7 +232,7 @@ TrainResult Trainer::run() {
     }
     bool eval_now = state.step % T.eval_every == 0 || state.step == T.steps;
     if (eval_now) {
-      double vl = record_val(elapsed());
+      double vl = record_val(elapsed(), true);
       progress.finish();
       spdlog::info("step {}: train_loss {:.4f}  val_loss {:.4f}  val_ppl {:.3f}", state.step, step_loss, vl,
                    std::exp(vl));
@@ -251,7 +252,8 @@ TrainResult Trainer::run() {
     }
   }
   progress.finish();
-  if (std::isnan(result.val_loss) || result.val_ppl == 0) record_val(elapsed());
+  // A resumed run that was already complete has not evaluated in this process: report, do not record.
+  if (result.val_ppl == 0) record_val(elapsed(), false);
   result.steps_done = state.step;
   result.final_train_loss = last_loss;
   result.unigram_ppl = std::exp(unigram_cross_entropy(corpus.train, corpus.val, cfg_.model.vocab_size));

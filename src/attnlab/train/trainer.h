@@ -23,6 +23,7 @@ struct TrainResult {
   bool interrupted = false;  // Ctrl-C: a checkpoint was written, rerun with --resume
   double final_train_loss = 0;
   double val_loss = 0, val_ppl = 0;
+  int64_t val_step = 0;    // the step at which val_loss was measured
   double unigram_ppl = 0;  // the baseline on the same validation tokens
   int64_t parameters = 0;
   double tokens_per_s = 0;

@@ -9,9 +9,9 @@ std::vector<std::string> gpu_names() {
   return kernels::describe_devices();
 }
 
-// Filled as kernels land (flash attention, the linear family).
+// Filled as kernels land (the linear family next); the names are those of kernels/<family>/ launchers.
 std::vector<std::string> kernel_names() {
-  return {};
+  return {"flash_attn_fwd", "flash_attn_bwd"};
 }
 
 }  // namespace attnlab::ops::cuda
