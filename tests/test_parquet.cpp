@@ -51,12 +51,11 @@ struct TempDir {
   TempDir() {
     path = fs::temp_directory_path() / ("attnlab_test_parquet_" + std::to_string(::getpid()) + "_" +
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
+    attnlab::remove_tree(path);
     fs::create_directories(path);
   }
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
+    attnlab::remove_tree(path);
   }
   std::string write(const std::string& name, const std::string& content) const {
     std::ofstream(path / name, std::ios::binary) << content;

@@ -8,6 +8,8 @@
 #include <random>
 #include <string>
 
+#include "attnlab/core/fs.h"
+
 namespace attnlab::testing {
 
 namespace fs = std::filesystem;
@@ -21,8 +23,7 @@ class TempDir {
     fs::create_directories(path_);
   }
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
+    attnlab::remove_tree(path_);
   }
   const fs::path& path() const { return path_; }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }

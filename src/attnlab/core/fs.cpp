@@ -2,6 +2,8 @@
 #include "attnlab/core/fs.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,14 +63,30 @@ std::string read_file(const fs::path& path, const std::string& what) {
   return ss.str();
 }
 
+namespace {
+int remove_entry(const char* path, const struct stat*, int type, struct FTW*) {
+  return type == FTW_DP ? ::rmdir(path) : ::unlink(path);
+}
+}  // namespace
+
+void remove_tree(const fs::path& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;  // nothing there
+  if (!S_ISDIR(st.st_mode)) {
+    ::unlink(path.c_str());
+    return;
+  }
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    fail("cannot remove '{}': {}", path.string(), std::strerror(errno));
+}
+
 void replace_dir_atomic(const fs::path& src, const fs::path& dst) {
   fs::path old = dst;
   old += ".old";
-  std::error_code ec;
-  fs::remove_all(old, ec);
+  remove_tree(old);
   if (fs::exists(dst)) fs::rename(dst, old);
   fs::rename(src, dst);
-  fs::remove_all(old, ec);
+  remove_tree(old);
 }
 
 }  // namespace attnlab

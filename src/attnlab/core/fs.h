@@ -21,6 +21,11 @@ void require_file(const fs::path& path, const std::string& what);
 // Throws unless `path` is an existing directory.
 void require_dir(const fs::path& path, const std::string& what);
 
+// Removes a file or a directory tree (no error if it does not exist). Written on POSIX nftw rather than
+// std::filesystem::remove_all, which crashed in the GPU machine's build (libstdc++ of GCC 13 against the
+// runtime there; seen 2026-11-23 in every test that removed a directory).
+void remove_tree(const fs::path& path);
+
 // Replaces directory `dst` by `src` (both in the same parent), atomically for readers of `dst`'s files:
 // the old directory is moved aside first and removed only after `src` took its place.
 void replace_dir_atomic(const fs::path& src, const fs::path& dst);

@@ -140,7 +140,7 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   // The unit diagonal of (I + A) is implicit (unitriangular) and the solver reads only the strictly lower
   // part of A; its backward likewise gives A a strictly lower gradient.
   auto rhs = torch::cat({kw, v * beta.unsqueeze(-1)}, -1);  // [B, H, N, C, K + V]
-  auto WU = torch::linalg::solve_triangular(A, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  auto WU = at::linalg_solve_triangular(A, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
   auto W = WU.narrow(-1, 0, p.K);    // [B, H, N, C, K]
   auto U = WU.narrow(-1, p.K, p.V);  // [B, H, N, C, V]
 

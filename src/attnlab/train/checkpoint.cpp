@@ -15,8 +15,7 @@ void save_checkpoint(const std::string& dir, LanguageModel& model, torch::optim:
   fs::path final_dir(dir);
   fs::path tmp = final_dir;
   tmp += ".tmp";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   torch::save(model, (tmp / "model.pt").string());
   torch::save(optimizer, (tmp / "optim.pt").string());
