@@ -54,9 +54,7 @@ struct TempDir {
     attnlab::remove_tree(path);
     fs::create_directories(path);
   }
-  ~TempDir() {
-    attnlab::remove_tree(path);
-  }
+  ~TempDir() { attnlab::remove_tree(path); }
   std::string write(const std::string& name, const std::string& content) const {
     std::ofstream(path / name, std::ios::binary) << content;
     return (path / name).string();

@@ -22,9 +22,7 @@ class TempDir {
     path_ = fs::temp_directory_path() / ("attnlab-test-" + std::to_string(rd()) + std::to_string(rd()));
     fs::create_directories(path_);
   }
-  ~TempDir() {
-    attnlab::remove_tree(path_);
-  }
+  ~TempDir() { attnlab::remove_tree(path_); }
   const fs::path& path() const { return path_; }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }
 
