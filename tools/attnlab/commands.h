@@ -17,6 +17,7 @@ void add_eval(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_ops(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_task(CLI::App& app);
 
 // The exit code a subcommand asks for (0 unless it set one, e.g. 130 after Ctrl-C).
 int& exit_code();

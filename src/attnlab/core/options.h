@@ -281,6 +281,23 @@ struct Codec<std::vector<int64_t>> {
     return fmt::format("[{}]", fmt::join(v, ", "));
   }
 };
+template <>
+struct Codec<std::vector<double>> {
+  static const char* type_name() { return "list[float]"; }
+  static std::vector<double> from_yaml(const YAML::Node& n, const std::string& key) {
+    std::vector<double> out;
+    for (const auto& s : parse_list(n, key)) out.push_back(parse_float(s, key));
+    return out;
+  }
+  static YAML::Node to_yaml(const std::vector<double>& v) {
+    YAML::Node node(YAML::NodeType::Sequence);
+    for (auto s : v) node.push_back(s);
+    return node;
+  }
+  static std::string to_string(const std::vector<double>& v) {
+    return fmt::format("[{}]", fmt::join(v, ", "));
+  }
+};
 
 }  // namespace opt_detail
 }  // namespace attnlab

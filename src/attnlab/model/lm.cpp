@@ -20,6 +20,11 @@ const OptionSet<ModelOptions>& ModelOptions::schema() {
     o.add("layers", &ModelOptions::layers, "one mixer name per layer (hybrid pattern); overrides mixer");
     o.add("mlp_ratio", &ModelOptions::mlp_ratio, "SwiGLU hidden width / d_model (0 = no MLP)",
           check::non_negative<double>());
+    o.add("positions", &ModelOptions::positions, "position embeddings added to tokens: none | learned",
+          check::one_of({"none", "learned"}));
+    o.add("max_positions", &ModelOptions::max_positions,
+          "rows of the learned position table (needed when positions = learned)",
+          check::non_negative<int64_t>());
     o.add("tie_embeddings", &ModelOptions::tie_embeddings, "share the embedding and output head weights");
     o.add("norm_eps", &ModelOptions::norm_eps, "RMSNorm epsilon", check::positive<double>());
     o.add("init_std", &ModelOptions::init_std, "std of the normal init of embeddings and linears",
@@ -47,6 +52,14 @@ LanguageModelImpl::LanguageModelImpl(const ModelOptions& opt,
   {
     torch::NoGradGuard g;
     embed_->weight.normal_(0.0, opt.init_std);
+  }
+  if (opt.positions == "learned") {
+    ATTNLAB_CHECK(opt.max_positions > 0,
+                  "model.positions is learned but model.max_positions is {}; set it to the longest sequence",
+                  opt.max_positions);
+    pos_embed_ = register_module("pos_embed", torch::nn::Embedding(opt.max_positions, opt.d_model));
+    torch::NoGradGuard g;
+    pos_embed_->weight.normal_(0.0, opt.init_std);
   }
   auto names = opt.layer_mixers();
   auto& reg = MixerRegistry::instance();
@@ -90,6 +103,13 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, ModelCache
     ATTNLAB_CHECK(cache->layers.size() == mixers_.size(), "model: cache has {} layers, the model {}",
                   cache->layers.size(), mixers_.size());
   auto x = embed_(tokens);  // [B, T, C]
+  if (pos_embed_) {
+    const int64_t start = cache ? cache->position() : 0, T = tokens.size(1);
+    ATTNLAB_CHECK(start + T <= opt_.max_positions,
+                  "model: positions {}..{} exceed the learned table's {} rows (model.max_positions)", start,
+                  start + T - 1, opt_.max_positions);
+    x = x + pos_embed_(torch::arange(start, start + T, tokens.options()));
+  }
   for (size_t i = 0; i < mixers_.size(); ++i) {
     x = x + mixers_[i]->forward(norm1_[i](x), cache ? cache->layers[i].get() : nullptr);
     if (!mlps_.empty()) x = x + mlps_[i](norm2_[i](x));

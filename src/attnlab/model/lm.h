@@ -24,6 +24,10 @@ struct ModelOptions {
   std::vector<std::string> layers;  // hybrid pattern, e.g. [gated_deltanet, gated_deltanet, softmax]
   double mlp_ratio = 8.0 / 3.0;     // SwiGLU hidden = ratio * d_model (0: no MLP, as in Zoology's MQAR)
   bool tie_embeddings = true;
+  // Learned absolute position embeddings added to the token embeddings ("learned", as Zoology's attention
+  // on MQAR) or none (the default: softmax uses RoPE, the linear family needs no positions).
+  std::string positions = "none";
+  int64_t max_positions = 0;  // rows of the learned table (positions must stay below it)
   double norm_eps = 1e-6;
   double init_std = 0.02;
 
@@ -58,6 +62,7 @@ class LanguageModelImpl : public torch::nn::Module {
  private:
   ModelOptions opt_;
   torch::nn::Embedding embed_{nullptr};
+  torch::nn::Embedding pos_embed_{nullptr};  // positions == "learned" only
   std::vector<std::shared_ptr<Mixer>> mixers_;
   std::vector<RMSNorm> norm1_, norm2_;
   std::vector<SwiGLU> mlps_;

@@ -13,6 +13,7 @@
 #include "attnlab/core/log.h"
 #include "attnlab/core/progress.h"
 #include "attnlab/core/runtime.h"
+#include "attnlab/train/optim.h"
 #include "attnlab/train/schedule.h"
 
 namespace attnlab {
@@ -23,39 +24,6 @@ extern "C" void on_sigint(int) {
   g_stop.store(true);
 }
 
-// Restores the previous SIGINT handler when training ends.
-class SigintScope {
- public:
-  SigintScope() { prev_ = std::signal(SIGINT, on_sigint); }
-  ~SigintScope() { std::signal(SIGINT, prev_); }
-
- private:
-  void (*prev_)(int);
-};
-
-// AdamW with decoupled weight decay on matrices only (embeddings and linears), none on norms and biases.
-std::unique_ptr<torch::optim::AdamW> make_optimizer(LanguageModel& model, const TrainOptions& t) {
-  std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  auto opts = torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(t.weight_decay);
-  auto opts_nd = torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(0.0);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(opts_nd));
-  return std::make_unique<torch::optim::AdamW>(groups, opts);
-}
-
-void set_lr(torch::optim::Optimizer& opt, double lr) {
-  for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-}
-
-bool use_autocast(const TrainOptions& t, const torch::Device& device) {
-  if (t.dtype == "fp32") return false;
-  if (t.dtype == "bf16" && !device.is_cuda())
-    fail("train.dtype bf16 is for CUDA devices; on the CPU training runs in fp32 (use dtype: auto or fp32)");
-  return device.is_cuda();
-}
-
 torch::Tensor lm_loss(LanguageModel& model, const torch::Tensor& x, const torch::Tensor& y) {
   auto logits = model->forward(x);  // [B, T, V]
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat),
@@ -63,6 +31,17 @@ torch::Tensor lm_loss(LanguageModel& model, const torch::Tensor& x, const torch:
 }
 
 }  // namespace
+
+SigintScope::SigintScope() : prev_(std::signal(SIGINT, on_sigint)) {
+  g_stop.store(false);
+}
+SigintScope::~SigintScope() {
+  std::signal(SIGINT, prev_);
+}
+
+bool stop_requested() {
+  return g_stop.load();
+}
 
 void request_stop() {
   g_stop.store(true);
@@ -134,7 +113,7 @@ TrainResult Trainer::run() {
 
   LanguageModel model(cfg_.model, cfg_.mixers);
   model->to(device);
-  auto optimizer = make_optimizer(model, T);
+  auto optimizer = make_optimizer(*model, T);
   TrainState state;
   state.batch_rng.seed(static_cast<uint64_t>(T.seed));
   if (resume_) {
@@ -165,7 +144,6 @@ TrainResult Trainer::run() {
     return vl;
   };
 
-  g_stop.store(false);
   SigintScope sigint;
   Progress progress("train", T.steps, T.log_every);
   model->train();

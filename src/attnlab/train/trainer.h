@@ -57,5 +57,21 @@ class Trainer {
 
 // Asks a running Trainer to checkpoint and stop at the end of its current step (what SIGINT does).
 void request_stop();
+// Whether a stop was requested (SIGINT or request_stop()) since the innermost SigintScope began.
+bool stop_requested();
+
+// While alive, SIGINT requests a stop instead of killing the process (training loops poll
+// stop_requested() after each step, save and exit 130). Clears any earlier request; restores the previous
+// handler on exit.
+class SigintScope {
+ public:
+  SigintScope();
+  ~SigintScope();
+  SigintScope(const SigintScope&) = delete;
+  SigintScope& operator=(const SigintScope&) = delete;
+
+ private:
+  void (*prev_)(int);
+};
 
 }  // namespace attnlab
