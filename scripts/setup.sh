@@ -20,6 +20,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev
   gnuplot-nox
+  chromium                            # headless, only for the report.html test (tests/test_report.cpp)
   nodejs npm                          # npm pack fetches the corpora
 )
 missing=()

@@ -18,6 +18,9 @@ void add_generate(CLI::App& app);
 void add_ops(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_task(CLI::App& app);
+void add_study(CLI::App& app);
+// `bench efficiency|memory|scaling|latency|profile` under the bench command.
+void add_bench_stages(CLI::App* bench);
 
 // The exit code a subcommand asks for (0 unless it set one, e.g. 130 after Ctrl-C).
 int& exit_code();

@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   attnlab::cli::add_ops(app);
   attnlab::cli::add_bench(app);
   attnlab::cli::add_task(app);
+  attnlab::cli::add_study(app);
   for (int i = 0; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.find_first_of(" \t\"'") != std::string::npos) arg = "'" + arg + "'";  // readable, not re-quoted

@@ -33,7 +33,7 @@ void require_cuda(const char* what) {
 #endif
 }
 
-std::string first_line(const std::string& s) {
+[[maybe_unused]] std::string first_line(const std::string& s) {
   return s.substr(0, s.find('\n'));
 }
 

@@ -17,6 +17,14 @@
 
 namespace attnlab::compat {
 
+// The type of the totals in c10::MemoryReportingInfoBase::reportMemoryUsage: int64_t up to 1.13, size_t
+// from 2.0 (study/measure.cpp overrides it).
+#if ATTNLAB_TORCH_AT_LEAST(2, 0)
+using MemoryTotal = size_t;
+#else
+using MemoryTotal = int64_t;
+#endif
+
 inline std::string torch_version() {
   return TORCH_VERSION;
 }

@@ -2,7 +2,9 @@
 #include "attnlab/model/lm.h"
 
 #include <cmath>
+#include <optional>
 
+#include "attnlab/bench/tracer.h"
 #include "attnlab/core/error.h"
 #include "attnlab/mixers/registry.h"
 
@@ -98,6 +100,15 @@ LanguageModelImpl::LanguageModelImpl(const ModelOptions& opt,
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, ModelCache* cache) {
+  return head(hidden(tokens, cache));  // [B, T, V]
+}
+
+torch::Tensor LanguageModelImpl::head(const torch::Tensor& h) {
+  ATTNLAB_TRACE("head", "forward");
+  return opt_.tie_embeddings ? torch::matmul(h, embed_->weight.t()) : head_(h);
+}
+
+torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, ModelCache* cache) {
   ATTNLAB_CHECK(tokens.dim() == 2, "model: tokens must be [B,T], got {}", shape_str(tokens.sizes()));
   if (cache)
     ATTNLAB_CHECK(cache->layers.size() == mixers_.size(), "model: cache has {} layers, the model {}",
@@ -110,12 +121,22 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens, ModelCache
                   start + T - 1, opt_.max_positions);
     x = x + pos_embed_(torch::arange(start, start + T, tokens.options()));
   }
+  // Profiling spans per layer (the study's profile stage); a disabled tracer costs one branch per layer.
+  const bool tracing = bench::Tracer::global().enabled();
+  const auto names = tracing ? opt_.layer_mixers() : std::vector<std::string>{};
   for (size_t i = 0; i < mixers_.size(); ++i) {
-    x = x + mixers_[i]->forward(norm1_[i](x), cache ? cache->layers[i].get() : nullptr);
-    if (!mlps_.empty()) x = x + mlps_[i](norm2_[i](x));
+    {
+      std::optional<bench::Span> span;
+      if (tracing) span.emplace(fmt::format("layer{}.{}", i, names[i]), "forward");
+      x = x + mixers_[i]->forward(norm1_[i](x), cache ? cache->layers[i].get() : nullptr);
+    }
+    if (!mlps_.empty()) {
+      std::optional<bench::Span> span;
+      if (tracing) span.emplace(fmt::format("layer{}.mlp", i), "forward");
+      x = x + mlps_[i](norm2_[i](x));
+    }
   }
-  x = final_norm_(x);
-  return opt_.tie_embeddings ? torch::matmul(x, embed_->weight.t()) : head_(x);  // [B, T, V]
+  return final_norm_(x);
 }
 
 ModelCache LanguageModelImpl::make_cache(int64_t batch, int64_t max_len,

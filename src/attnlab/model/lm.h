@@ -50,6 +50,11 @@ class LanguageModelImpl : public torch::nn::Module {
 
   // tokens [B, T] (int64) -> logits [B, T, vocab]. With a cache: continue from cache->position().
   torch::Tensor forward(const torch::Tensor& tokens, ModelCache* cache = nullptr);
+  // The two halves of forward: the final-normed hidden states [B, T, C], and the head applied to any
+  // [..., C] (tasks that score a few positions apply the head to those rows only: with a vocabulary of
+  // 8192 the head is otherwise most of the step).
+  torch::Tensor hidden(const torch::Tensor& tokens, ModelCache* cache = nullptr);
+  torch::Tensor head(const torch::Tensor& h);
 
   ModelCache make_cache(int64_t batch, int64_t max_len, const torch::TensorOptions& options) const;
 

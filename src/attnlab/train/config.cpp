@@ -78,6 +78,8 @@ void RunConfig::apply(const YAML::Node& root, const std::string& where) {
     else if (section == "mixer") {
       if (!kv.second.IsMap()) fail("{}: section 'mixer' must map mixer names to their options", where);
       for (const auto& m : kv.second) mixer_slot(*this, m.first.as<std::string>())->apply(m.second);
+    } else if (section == "study") {
+      // read by `attnlab study` (study/study.h); a study config also trains with `attnlab train`
     } else {
       fail("{}: unknown config section '{}'; valid sections: {}", where, section, fmt::join(kSections, ", "));
     }

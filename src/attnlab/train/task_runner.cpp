@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <numeric>
 #include <set>
-#include <sstream>
 #include <tuple>
 
 #include "attnlab/core/compat.h"
@@ -18,6 +17,7 @@
 #include "attnlab/core/runtime.h"
 #include "attnlab/mixers/registry.h"
 #include "attnlab/model/lm.h"
+#include "attnlab/report/csv.h"
 #include "attnlab/train/optim.h"
 #include "attnlab/train/schedule.h"
 #include "attnlab/train/trainer.h"
@@ -25,54 +25,6 @@
 namespace fs = std::filesystem;
 
 namespace attnlab {
-
-// TEMPORARY shim until report/csv lands (helper-8): the same names, minimal behaviour.
-namespace report {
-struct CsvTable {
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-  std::string get(size_t row, const std::string& col) const {
-    for (size_t c = 0; c < header.size(); ++c)
-      if (header[c] == col) return rows[row][c];
-    fail("no column {}", col);
-  }
-};
-inline std::string cell(double v) {
-  return fmt::format("{}", v);
-}
-inline std::string cell(int64_t v) {
-  return std::to_string(v);
-}
-inline void require_columns(const CsvTable& t, const std::vector<std::string>& cols,
-                            const std::string& what) {
-  for (const auto& c : cols)
-    if (std::find(t.header.begin(), t.header.end(), c) == t.header.end())
-      fail("{}: missing column {}", what, c);
-}
-inline void write_csv(const std::string& path, const CsvTable& t) {
-  std::string s = fmt::format("{}\n", fmt::join(t.header, ","));
-  for (const auto& r : t.rows) s += fmt::format("{}\n", fmt::join(r, ","));
-  write_file_atomic(path, s);
-}
-inline CsvTable read_csv(const std::string& path) {
-  CsvTable t;
-  std::istringstream in(read_file(path, "csv"));
-  std::string line;
-  bool first = true;
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::istringstream ls(line);
-    std::string c;
-    while (std::getline(ls, c, ',')) cells.push_back(c);
-    if (first)
-      t.header = cells;
-    else
-      t.rows.push_back(cells);
-    first = false;
-  }
-  return t;
-}
-}  // namespace report
 
 const OptionSet<TaskSweepOptions>& TaskSweepOptions::schema() {
   static const OptionSet<TaskSweepOptions> s = [] {
@@ -250,61 +202,64 @@ const std::vector<std::string> kColumns = {
     "examples",     "positions",     "parameters", "state_bytes",   "steps",
     "epochs_run",   "early_stopped", "final_loss", "train_seconds", "device"};
 
-report::CsvTable to_table(const std::vector<TaskRow>& rows) {
-  report::CsvTable t;
-  t.header = kColumns;
-  for (const auto& r : rows) {
-    using report::cell;
-    t.rows.push_back({r.task,
-                      r.mixer,
-                      cell(r.d_model),
-                      cell(r.seq_len),
-                      cell(r.lr),
-                      cell(r.weight_decay),
-                      cell(r.seed),
-                      r.eval_set,
-                      cell(r.accuracy),
-                      cell(r.exact_match),
-                      cell(r.examples),
-                      cell(r.positions),
-                      cell(r.parameters),
-                      cell(r.state_bytes),
-                      cell(r.steps),
-                      cell(r.epochs_run),
-                      r.early_stopped ? "1" : "0",
-                      cell(r.final_loss),
-                      cell(r.train_seconds),
-                      r.device});
-  }
+report::Table to_table(const std::vector<TaskRow>& rows) {
+  report::Table t;
+  t.columns = kColumns;
+  for (const auto& r : rows)
+    t.add_row({r.task,
+               r.mixer,
+               r.d_model,
+               r.seq_len,
+               r.lr,
+               r.weight_decay,
+               r.seed,
+               r.eval_set,
+               r.accuracy,
+               r.exact_match,
+               r.examples,
+               r.positions,
+               r.parameters,
+               r.state_bytes,
+               r.steps,
+               r.epochs_run,
+               int64_t(r.early_stopped ? 1 : 0),
+               r.final_loss,
+               r.train_seconds,
+               r.device});
   return t;
 }
 
-std::vector<TaskRow> from_table(const report::CsvTable& t, const std::string& path) {
+std::vector<TaskRow> from_table(const report::Table& t, const std::string& path) {
   report::require_columns(t, kColumns, path);
   std::vector<TaskRow> out;
   for (size_t i = 0; i < t.rows.size(); ++i) {
-    auto get = [&](const char* c) { return t.get(i, c); };
+    auto num = [&](const char* c) {
+      auto v = t.number(i, c);
+      if (!v) fail("{}: row {} has no value in column '{}'", path, i + 1, c);
+      return *v;
+    };
+    auto whole = [&](const char* c) { return static_cast<int64_t>(num(c)); };
     TaskRow r;
-    r.task = get("task");
-    r.mixer = get("mixer");
-    r.eval_set = get("eval_set");
-    r.device = get("device");
-    r.d_model = std::stoll(get("d_model"));
-    r.seq_len = std::stoll(get("seq_len"));
-    r.seed = std::stoll(get("seed"));
-    r.lr = std::stod(get("lr"));
-    r.weight_decay = std::stod(get("weight_decay"));
-    r.accuracy = std::stod(get("accuracy"));
-    r.exact_match = std::stod(get("exact_match"));
-    r.examples = std::stoll(get("examples"));
-    r.positions = std::stoll(get("positions"));
-    r.parameters = std::stoll(get("parameters"));
-    r.state_bytes = std::stoll(get("state_bytes"));
-    r.steps = std::stoll(get("steps"));
-    r.epochs_run = std::stoll(get("epochs_run"));
-    r.early_stopped = get("early_stopped") == "1";
-    r.final_loss = std::stod(get("final_loss"));
-    r.train_seconds = std::stod(get("train_seconds"));
+    r.task = t.text(i, "task");
+    r.mixer = t.text(i, "mixer");
+    r.eval_set = t.text(i, "eval_set");
+    r.device = t.text(i, "device");
+    r.d_model = whole("d_model");
+    r.seq_len = whole("seq_len");
+    r.seed = whole("seed");
+    r.lr = num("lr");
+    r.weight_decay = num("weight_decay");
+    r.accuracy = num("accuracy");
+    r.exact_match = num("exact_match");
+    r.examples = whole("examples");
+    r.positions = whole("positions");
+    r.parameters = whole("parameters");
+    r.state_bytes = whole("state_bytes");
+    r.steps = whole("steps");
+    r.epochs_run = whole("epochs_run");
+    r.early_stopped = whole("early_stopped") == 1;
+    r.final_loss = num("final_loss");
+    r.train_seconds = num("train_seconds");
     out.push_back(r);
   }
   return out;
@@ -315,7 +270,17 @@ RunKey key_of(const TaskRow& r) {
   return {r.task, r.mixer, r.d_model, r.seq_len, r.lr, r.weight_decay, r.seed};
 }
 
-// Predictions (argmax) of the model on `data`, in batches, without gradients.
+// Logits at the scored positions only: [M, V] for the M labels that are not kIgnore, and those labels.
+std::pair<torch::Tensor, torch::Tensor> scored_logits(LanguageModel& model, const torch::Tensor& x,
+                                                      const torch::Tensor& y) {
+  auto h = model->hidden(x);  // [B, T, C]
+  auto idx = y.reshape({-1}).ne(tasks::kIgnore).nonzero().squeeze(1);
+  auto rows = h.reshape({-1, h.size(-1)}).index_select(0, idx);
+  return {model->head(rows), y.reshape({-1}).index_select(0, idx)};
+}
+
+// Predictions (argmax) of the model on `data` at the scored positions, in batches, without gradients;
+// unscored positions are predicted as kIgnore (never compared).
 tasks::TaskScore evaluate(LanguageModel& model, const tasks::TaskData& data, int64_t batch,
                           const torch::Device& device, bool autocast) {
   torch::NoGradGuard ng;
@@ -324,8 +289,13 @@ tasks::TaskScore evaluate(LanguageModel& model, const tasks::TaskData& data, int
   const int64_t n = data.inputs.size(0);
   for (int64_t i = 0; i < n; i += batch) {
     auto x = data.inputs.slice(0, i, std::min(n, i + batch)).to(device);
+    auto y = data.labels.slice(0, i, std::min(n, i + batch)).to(device);
     compat::CudaAutocast ac(autocast);
-    preds.push_back(model->forward(x).argmax(-1).cpu());
+    auto [logits, labels] = scored_logits(model, x, y);
+    auto p = torch::full(y.sizes(), tasks::kIgnore, y.options());
+    auto idx = y.reshape({-1}).ne(tasks::kIgnore).nonzero().squeeze(1);
+    p.reshape({-1}).index_copy_(0, idx, logits.argmax(-1));
+    preds.push_back(p.cpu());
   }
   model->train();
   return tasks::score(torch::cat(preds), data.labels);
@@ -465,10 +435,8 @@ TaskRunSummary run_task_sweep(const TaskConfig& config_in, const std::string& ou
                   torch::Tensor loss;
                   {
                     compat::CudaAutocast ac(autocast);
-                    auto logits = model->forward(x);
-                    loss = torch::nn::functional::cross_entropy(
-                        logits.reshape({-1, logits.size(-1)}).to(torch::kFloat), y.reshape({-1}),
-                        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(tasks::kIgnore));
+                    auto [logits, labels] = scored_logits(model, x, y);
+                    loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), labels);
                   }
                   loss.backward();
                   loss_v = loss.item<double>();
