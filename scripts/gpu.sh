@@ -74,6 +74,23 @@ rm -rf runs/gpu-30m
 t30_rc=$?
 grep -E "parameters|tok/s" "$OUT/train_30m.log" | tail -n 4
 
+# ---- 5c. the synthetic tasks and the whole study on CUDA (issue 6: everything that runs on the CPU runs here)
+step "task mqar (quick preset) on CUDA"
+rm -rf runs/gpu-mqar
+"$BUILD/attnlab" task mqar --preset quick --mixer softmax,linear_attention,deltanet,gated_deltanet \
+  --set sweep.device=cuda --out runs/gpu-mqar > "$OUT/task_mqar_cuda.log" 2>&1
+task_rc=$?
+grep -E "^mqar " "$OUT/task_mqar_cuda.log" | tail -n 8
+step "study configs/quick.yaml on CUDA"
+rm -rf runs/gpu-study
+"$BUILD/attnlab" study configs/quick.yaml --set study.device=cuda --set train.device=cuda \
+  --set 'study.efficiency_seq_lens=[512,1024,2048,4096,8192]' --set study.efficiency_tokens=32768 \
+  --set 'study.memory_seq_lens=[1024,2048,4096,8192,16384]' --out runs/gpu-study > "$OUT/study_cuda.log" 2>&1
+study_rc=$?
+tail -n 6 "$OUT/study_cuda.log"
+mkdir -p "$OUT/study" && cp -r runs/gpu-study/results runs/gpu-study/report.html runs/gpu-study/figures "$OUT/study/" 2>/dev/null
+cp runs/gpu-mqar/results.csv "$OUT/task_mqar_cuda.csv" 2>/dev/null
+
 # ---- 6. the short table
 gpu=$(python3 -c 'import torch;print(torch.cuda.get_device_name(0))' 2>/dev/null)
 summary "| what | result |"
@@ -83,6 +100,8 @@ summary "| commit | ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo u
 summary "| tests | $(grep -E 'tests passed' "$OUT/ctest.log" | tail -n1) (rc $tests_rc) |"
 summary "| quick preset on CUDA | $(grep -E 'validation ppl' "$OUT/train_cuda.log") (rc $train_rc) |"
 summary "| tokens/s (last log) | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_cuda.log" | tail -n1) |"
+summary "| mqar quick on CUDA (rc $task_rc) | $(awk -F, 'NR>1 {printf "%s lr %s: %.3f; ", $2, $5, $9}' "$OUT/task_mqar_cuda.csv" 2>/dev/null) |"
+summary "| study quick on CUDA | rc $study_rc, $(grep -c 'done in' "$OUT/study_cuda.log") stages done |"
 summary "| 30M model B16 T2048 bf16 | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_30m.log" | tail -n1) (rc $t30_rc) |"
 # fwd / fwd+bwd TFLOP/s of one implementation at T=8192, D=128 (CSV columns: impl 2, T 5, D 7, TFLOP/s 11, 12)
 bench_row() {
@@ -90,3 +109,7 @@ bench_row() {
     "$OUT/bench_softmax.csv" 2>/dev/null
 }
 summary "| softmax bf16 causal T=8192 D=128, fwd / fwd+bwd TFLOP/s | ours $(bench_row ours); SDPA flash $(bench_row sdpa_flash); SDPA cuDNN $(bench_row sdpa_cudnn) (rc $bench_rc) |"
+
+# The device returns at most 8 files: everything but the summary travels in one archive.
+(cd "$OUT" && tar czf ../gpu_results.tgz . && find . -mindepth 1 ! -name gpu_summary.md -delete &&
+  mv ../gpu_results.tgz .)

@@ -4,6 +4,7 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/mixers/registry.h"
+#include "attnlab/mixers/widths.h"
 #include "attnlab/model/layers.h"
 #include "attnlab/ops/simple_gla.h"
 
@@ -44,20 +45,12 @@ struct RetNetCache : MixerCache {
   torch::Tensor state;  // [B, H, K, V] float32 (float64 for float64 models)
 };
 
-// round(f * n), insisting that it is a whole number, for widths given as ratios.
-int64_t width(const char* what, double f, int64_t n) {
-  double w = f * static_cast<double>(n);
-  auto r = static_cast<int64_t>(std::llround(w));
-  ATTNLAB_CHECK(r > 0 && std::abs(w - static_cast<double>(r)) < 1e-9,
-                "retnet: {} times {} must be a positive whole number, got {}", what, n, w);
-  return r;
-}
-
 class RetNetMixer : public Mixer {
  public:
   RetNetMixer(const MixerContext& ctx, const RetNetOptions& opt)
       : opt_(opt), C_(ctx.d_model), H_(ctx.n_heads) {
-    int64_t Kw = width("expand_k", opt.expand_k, C_), Vw = width("expand_v", opt.expand_v, Kw);
+    int64_t Kw = ratio_width("retnet", "expand_k", opt.expand_k, C_),
+            Vw = ratio_width("retnet", "expand_v", opt.expand_v, Kw);
     ATTNLAB_CHECK(H_ > 0 && Kw % H_ == 0 && Vw % H_ == 0,
                   "retnet: key width {} and value width {} must be divisible by num_heads {}", Kw, Vw, H_);
     K_ = Kw / H_;

@@ -4,6 +4,7 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/mixers/registry.h"
+#include "attnlab/mixers/widths.h"
 #include "attnlab/model/layers.h"
 #include "attnlab/ops/simple_gla.h"
 
@@ -41,20 +42,12 @@ struct SimpleGLACache : MixerCache {
   torch::Tensor state;  // [B, H, K, V] float32 (float64 for float64 models)
 };
 
-// round(f * n), insisting that it is a whole number, for widths given as ratios.
-int64_t width(const char* what, double f, int64_t n) {
-  double w = f * static_cast<double>(n);
-  auto r = static_cast<int64_t>(std::llround(w));
-  ATTNLAB_CHECK(r > 0 && std::abs(w - static_cast<double>(r)) < 1e-9,
-                "simple_gla: {} times d_model {} must be a positive whole number, got {}", what, n, w);
-  return r;
-}
-
 class SimpleGLAMixer : public Mixer {
  public:
   SimpleGLAMixer(const MixerContext& ctx, const SimpleGLAOptions& opt)
       : opt_(opt), C_(ctx.d_model), H_(ctx.n_heads) {
-    int64_t Kw = width("expand_k", opt.expand_k, C_), Vw = width("expand_v", opt.expand_v, C_);
+    int64_t Kw = ratio_width("simple_gla", "expand_k", opt.expand_k, C_),
+            Vw = ratio_width("simple_gla", "expand_v", opt.expand_v, C_);
     ATTNLAB_CHECK(H_ > 0 && Kw % H_ == 0 && Vw % H_ == 0,
                   "simple_gla: key width {} and value width {} must be divisible by num_heads {}", Kw, Vw,
                   H_);
