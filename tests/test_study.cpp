@@ -9,6 +9,7 @@
 #include <set>
 
 #include "attnlab/report/csv.h"
+#include "attnlab/report/figures.h"
 #include "attnlab/report/tensorboard.h"
 #include "attnlab/study/measure.h"
 #include "attnlab/study/study.h"
@@ -94,10 +95,12 @@ TEST(Study, RunsEveryStageResumesAndReports) {
   auto fits = report::read_csv(fs::path(dir) / "results" / "memory_fit.csv");
   for (size_t i = 0; i < fits.rows.size(); ++i) {
     const double slope = *fits.number(i, "slope");
-    if (fits.text(i, "mixer") == "softmax")
-      EXPECT_GT(slope, 1.4);
-    else
+    // (On CUDA softmax runs a flash kernel, linear in T, so only the linear family is checked there.)
+    if (fits.text(i, "mixer") != "softmax") {
       EXPECT_LT(slope, 1.4);
+    } else if (!torch::cuda::is_available()) {
+      EXPECT_GT(slope, 1.4);
+    }
   }
   // Perplexity in and out of domain for both models.
   auto ppl = report::read_csv(fs::path(dir) / "results" / "perplexity.csv");
@@ -125,7 +128,11 @@ TEST(Study, RunsEveryStageResumesAndReports) {
   int pngs = 0;
   for (const auto& e : fs::directory_iterator(fs::path(dir) / "figures"))
     if (e.path().extension() == ".png") ++pngs;
-  EXPECT_GE(pngs, 8);
+  if (!report::find_executable("gnuplot").empty()) {
+    EXPECT_GE(pngs, 8);
+  } else {
+    std::cout << "[ note ] gnuplot not installed (scripts/setup.sh installs it): no figures to check\n";
+  }
   size_t imgs = 0;
   for (size_t p = html.find("<img"); p != std::string::npos; p = html.find("<img", p + 1)) ++imgs;
   EXPECT_EQ(imgs, size_t(pngs));

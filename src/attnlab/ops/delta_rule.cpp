@@ -140,7 +140,12 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   // The unit diagonal of (I + A) is implicit (unitriangular) and the solver reads only the strictly lower
   // part of A; its backward likewise gives A a strictly lower gradient.
   auto rhs = torch::cat({kw, v * beta.unsqueeze(-1)}, -1);  // [B, H, N, C, K + V]
-  auto WU = at::linalg_solve_triangular(A, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  // The solve runs in (at least) float32: under CUDA autocast A and rhs arrive in bf16, which the triangular
+  // solver does not take (and would be too coarse for the WY recursion anyway).
+  const auto solve_dtype = A.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto WU =
+      at::linalg_solve_triangular(A.to(solve_dtype), rhs.to(solve_dtype), /*upper=*/false, /*left=*/true,
+                                  /*unitriangular=*/true);
   auto W = WU.narrow(-1, 0, p.K);    // [B, H, N, C, K]
   auto U = WU.narrow(-1, p.K, p.V);  // [B, H, N, C, V]
 
