@@ -335,3 +335,19 @@ TEST(TaskRunner, SoftmaxGetsLearnedPositionsOnMqarAndErrorsNameTheKey) {
   EXPECT_ERROR_WITH(cfg.set("sweep.preset=huge"), "sweep.preset", "quick");
   EXPECT_ERROR_WITH(TaskConfig("nope"), "unknown task 'nope'", "mqar");
 }
+
+TEST(TaskRunner, TheSameSeedGivesTheSameNumbersOnTheCpu) {
+  TempDir tmp;
+  auto once = [&](const std::string& out) {
+    TaskConfig cfg("mqar");
+    for (const char* s : {"sweep.mixers=[gated_deltanet]", "sweep.d_models=[32]", "sweep.lrs=[3e-3]",
+                          "sweep.train_examples=64", "sweep.test_examples=16", "sweep.epochs=2",
+                          "sweep.batch_size=16", "sweep.device=cpu"})
+      cfg.set(s);
+    return run_task_sweep(cfg, tmp / out).rows.at(0);
+  };
+  auto a = once("a"), b = once("b");
+  EXPECT_EQ(a.final_loss, b.final_loss);
+  EXPECT_EQ(a.accuracy, b.accuracy);
+  EXPECT_EQ(a.steps, b.steps);
+}
