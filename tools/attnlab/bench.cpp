@@ -68,7 +68,8 @@ void bench_ops(const BenchOpsArgs& a) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  auto* bench_cmd = app.add_subcommand("bench", "Benchmarks: ops (validated, then timed on the GPU) and the study's stages");
+  auto* bench_cmd = app.add_subcommand(
+      "bench", "Benchmarks: ops (validated, then timed on the GPU) and the study's stages");
   add_bench_stages(bench_cmd);
   bench_cmd->require_subcommand(1);
   auto* cmd = bench_cmd->add_subcommand(

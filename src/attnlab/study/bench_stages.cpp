@@ -6,7 +6,6 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
-#include <set>
 
 #include "attnlab/bench/tracer.h"
 #include "attnlab/core/compat.h"
@@ -105,11 +104,12 @@ StepResult bench_train_step(const ModelOptions& mo,
   return r;
 }
 
-ModelOptions model_for(const StudyConfig& cfg, const std::string& mixer, int64_t parameters) {
+// The parameter-matched model of a mixer for the study's vocabulary (its parameter count included, so that
+// no stage builds a model only to count).
+CalibratedModel model_for(const StudyConfig& cfg, const std::string& mixer, int64_t parameters) {
   auto c = calibrated(cfg, mixer, parameters, study_vocab(cfg));
-  ModelOptions mo = c.model;
-  mo.vocab_size = study_vocab(cfg);
-  return mo;
+  c.model.vocab_size = study_vocab(cfg);
+  return c;
 }
 
 std::string device_name(const torch::Device& d) {
@@ -127,14 +127,14 @@ bool stage_efficiency(const StudyConfig& cfg, const std::string& dir) {
   t.columns = {"mixer",  "parameters",    "T",     "batch", "step_ms", "tokens_per_s", "peak_bytes",
                "status", "memory_source", "clock", "device"};
   for (const auto& mixer : cfg.study.mixers) {
-    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters);
+    const CalibratedModel c = model_for(cfg, mixer, cfg.study.parameters);
+    const ModelOptions& mo = c.model;
     for (int64_t T : cfg.study.efficiency_seq_lens) {
       const int64_t B = std::max<int64_t>(1, cfg.study.efficiency_tokens / T);
       auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
       spdlog::info("efficiency {} T {} B {}: {:.2f} ms/step, {:.0f} tok/s, peak {:.1f} MiB {}", mixer, T, B,
                    r.step_ms, r.tokens_per_s, double(r.peak_bytes) / (1 << 20), r.status);
-      LanguageModel probe(mo, cfg.run.mixers);
-      t.add_row({mixer, probe->num_parameters(), T, B, r.step_ms, r.tokens_per_s, r.peak_bytes, r.status,
+      t.add_row({mixer, c.parameters, T, B, r.step_ms, r.tokens_per_s, r.peak_bytes, r.status,
                  MemoryMeter::source(), r.clock, device_name(device)});
       if (stop_requested()) return false;
     }
@@ -172,7 +172,6 @@ bool stage_memory(const StudyConfig& cfg, const std::string& dir) {
   t.columns = {"mixer",         "op",    "T",     "batch", "fwd_bwd_ms", "peak_bytes", "status",
                "memory_source", "clock", "device"};
   fits.columns = {"mixer", "op", "slope", "r2", "points"};
-  std::set<std::string> done_ops;
   for (const auto& mixer : cfg.study.mixers) {
     const std::string op = op_of_mixer(mixer);
     if (op.empty()) {
@@ -267,15 +266,14 @@ bool stage_scaling(const StudyConfig& cfg, const std::string& dir) {
                "step_ms", "tokens_per_s",      "peak_bytes", "status",  "memory_source", "clock", "device"};
   for (const auto& mixer : cfg.study.mixers)
     for (int64_t target : cfg.study.scaling_parameters) {
-      const ModelOptions mo = model_for(cfg, mixer, target);
+      const CalibratedModel c = model_for(cfg, mixer, target);
+      const ModelOptions& mo = c.model;
       const int64_t B = cfg.study.scaling_batch, T = cfg.study.scaling_seq_len;
       auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
-      LanguageModel probe(mo, cfg.run.mixers);
-      spdlog::info("scaling {} {} parameters: {:.1f} ms/step, {:.0f} tok/s", mixer, probe->num_parameters(),
-                   r.step_ms, r.tokens_per_s);
-      t.add_row({mixer, target, probe->num_parameters(), mo.d_model, mo.n_layers, T, B, r.step_ms,
-                 r.tokens_per_s, r.peak_bytes, r.status, MemoryMeter::source(), r.clock,
-                 device_name(device)});
+      spdlog::info("scaling {} {} parameters: {:.1f} ms/step, {:.0f} tok/s", mixer, c.parameters, r.step_ms,
+                   r.tokens_per_s);
+      t.add_row({mixer, target, c.parameters, mo.d_model, mo.n_layers, T, B, r.step_ms, r.tokens_per_s,
+                 r.peak_bytes, r.status, MemoryMeter::source(), r.clock, device_name(device)});
       if (stop_requested()) return false;
     }
   report::write_csv(fs::path(dir) / "results" / "scaling.csv", t);
@@ -292,7 +290,7 @@ bool stage_latency(const StudyConfig& cfg, const std::string& dir) {
                  "device"};
   torch::NoGradGuard ng;
   for (const auto& mixer : cfg.study.mixers) {
-    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters);
+    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters).model;
     LanguageModel model(mo, cfg.run.mixers);
     model->to(device);
     model->eval();
@@ -351,7 +349,7 @@ bool stage_profile(const StudyConfig& cfg, const std::string& dir) {
   all.columns = {"mixer",    "T",       "batch",   "span",    "calls",
                  "total_ms", "self_ms", "mean_us", "percent", "step_peak_bytes"};
   for (const auto& mixer : cfg.study.mixers) {
-    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters);
+    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters).model;
     for (int64_t T : cfg.study.profile_seq_lens) {
       const int64_t B = std::max<int64_t>(1, cfg.study.efficiency_tokens / T);
       auto r =

@@ -76,7 +76,7 @@ struct Figures {
   }
 };
 
-// The rows of a table with the given column values only (e.g. one mixer's).
+// The first n rows of a table.
 report::Table head_rows(const report::Table& t, size_t n) {
   report::Table out;
   out.columns = t.columns;
@@ -209,11 +209,7 @@ bool stage_report(const StudyConfig& cfg, const std::string& dir) {
     auto f = make_figure("task_accuracy_vs_state", "Task accuracy against state size",
                          "state bytes per sequence", "accuracy");
     f.logx = true;
-    // one series per task and evaluation set, one point per mixer
-    report::Table first;
-    first.columns = t->columns;
-    for (size_t i = 0; i < t->rows.size(); ++i) first.rows.push_back(t->rows[i]);
-    f.series = series_by(first, "mixer", "state_bytes", "accuracy", "points");
+    f.series = series_by(*t, "mixer", "state_bytes", "accuracy", "points");  // one series per mixer
     s.figure(figs.render(f), "accuracy of each mixer against its inference state size");
   }
 

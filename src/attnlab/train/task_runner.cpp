@@ -270,13 +270,16 @@ RunKey key_of(const TaskRow& r) {
   return {r.task, r.mixer, r.d_model, r.seq_len, r.lr, r.weight_decay, r.seed};
 }
 
-// Logits at the scored positions only: [M, V] for the M labels that are not kIgnore, and those labels.
-std::pair<torch::Tensor, torch::Tensor> scored_logits(LanguageModel& model, const torch::Tensor& x,
-                                                      const torch::Tensor& y) {
+// Logits at the scored positions only: [M, V] for the M labels that are not kIgnore, those labels, and
+// their flat indices into y.
+struct Scored {
+  torch::Tensor logits, labels, index;
+};
+Scored scored_logits(LanguageModel& model, const torch::Tensor& x, const torch::Tensor& y) {
   auto h = model->hidden(x);  // [B, T, C]
   auto idx = y.reshape({-1}).ne(tasks::kIgnore).nonzero().squeeze(1);
   auto rows = h.reshape({-1, h.size(-1)}).index_select(0, idx);
-  return {model->head(rows), y.reshape({-1}).index_select(0, idx)};
+  return {model->head(rows), y.reshape({-1}).index_select(0, idx), idx};
 }
 
 // Predictions (argmax) of the model on `data` at the scored positions, in batches, without gradients;
@@ -291,10 +294,9 @@ tasks::TaskScore evaluate(LanguageModel& model, const tasks::TaskData& data, int
     auto x = data.inputs.slice(0, i, std::min(n, i + batch)).to(device);
     auto y = data.labels.slice(0, i, std::min(n, i + batch)).to(device);
     compat::CudaAutocast ac(autocast);
-    auto [logits, labels] = scored_logits(model, x, y);
+    auto sc = scored_logits(model, x, y);
     auto p = torch::full(y.sizes(), tasks::kIgnore, y.options());
-    auto idx = y.reshape({-1}).ne(tasks::kIgnore).nonzero().squeeze(1);
-    p.reshape({-1}).index_copy_(0, idx, logits.argmax(-1));
+    p.reshape({-1}).index_copy_(0, sc.index, sc.logits.argmax(-1));
     preds.push_back(p.cpu());
   }
   model->train();
@@ -435,8 +437,8 @@ TaskRunSummary run_task_sweep(const TaskConfig& config_in, const std::string& ou
                   torch::Tensor loss;
                   {
                     compat::CudaAutocast ac(autocast);
-                    auto [logits, labels] = scored_logits(model, x, y);
-                    loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), labels);
+                    auto sc = scored_logits(model, x, y);
+                    loss = torch::nn::functional::cross_entropy(sc.logits.to(torch::kFloat), sc.labels);
                   }
                   loss.backward();
                   loss_v = loss.item<double>();

@@ -74,7 +74,7 @@ void emit(const std::vector<int64_t>& seq, const std::vector<int64_t>& targets, 
 }
 
 template <Recall K>
-class RecallTask final : public Task {
+class RecallTask final : public SingleSetTask {
  public:
   using Options = RecallOptions<K>;
   explicit RecallTask(const Options& o) : o_(o) {
@@ -100,13 +100,6 @@ class RecallTask final : public Task {
   int64_t vocab_size() const override { return o_.vocab_size; }
   int64_t seq_len() const override { return o_.seq_len; }
   int64_t max_len() const override { return width(); }
-  TaskData train_data(int64_t n, uint64_t seed) const override {
-    return make(n, split_seed(seed, "train"), true);
-  }
-  TaskData eval_data(const std::string& set, int64_t n, uint64_t seed) const override {
-    check_eval_set(set);
-    return make(n, split_seed(seed, "test"), false);
-  }
 
  private:
   // Row width: mad-lab's multi-query instances are one token shorter (no copy token before the probe).
@@ -115,7 +108,7 @@ class RecallTask final : public Task {
     return o_.multi_query ? o_.seq_len - 1 : o_.seq_len;
   }
 
-  TaskData make(int64_t n, uint64_t seed, bool training) const {
+  TaskData make(int64_t n, uint64_t seed, bool training) const override {
     const int64_t W = width();
     auto inputs = torch::zeros({n, W}, torch::kLong);
     auto labels = torch::full({n, W}, kIgnore, torch::kLong);
@@ -265,7 +258,7 @@ struct SelectiveCopyingOptions {
   }
 };
 
-class SelectiveCopyingTask final : public Task {
+class SelectiveCopyingTask final : public SingleSetTask {
  public:
   explicit SelectiveCopyingTask(const SelectiveCopyingOptions& o) : o_(o) {
     ATTNLAB_CHECK(o_.seq_len > 2 * o_.num_tokens + 1, "selective_copying: seq_len {} must be > 2 * {} + 1",
@@ -275,16 +268,11 @@ class SelectiveCopyingTask final : public Task {
   int64_t vocab_size() const override { return o_.vocab_size; }
   int64_t seq_len() const override { return o_.seq_len; }
   int64_t max_len() const override { return o_.seq_len; }
-  TaskData train_data(int64_t n, uint64_t seed) const override { return make(n, split_seed(seed, "train")); }
-  TaskData eval_data(const std::string& set, int64_t n, uint64_t seed) const override {
-    check_eval_set(set);
-    return make(n, split_seed(seed, "test"));
-  }
 
  private:
   // mad-lab's layout, labels aligned with inputs (no shift): the copies are predicted at the blanks that
   // follow the copy token, so training and evaluation both score the copy only.
-  TaskData make(int64_t n, uint64_t seed) const {
+  TaskData make(int64_t n, uint64_t seed, bool /*training*/) const override {
     const int64_t L = o_.seq_len, N = o_.num_tokens, copy = o_.vocab_size - 1, blank = o_.vocab_size - 2;
     const int64_t blanks = L - 2 * N - 1;
     auto inputs = torch::full({n, L}, blank, torch::kLong);
@@ -329,7 +317,7 @@ struct MemorizationOptions {
   }
 };
 
-class MemorizationTask final : public Task {
+class MemorizationTask final : public SingleSetTask {
  public:
   explicit MemorizationTask(const MemorizationOptions& o) : o_(o) {
     ATTNLAB_CHECK(o_.seq_len % 2 == 0, "memorization: seq_len must be even, got {}", o_.seq_len);
@@ -342,15 +330,10 @@ class MemorizationTask final : public Task {
   int64_t vocab_size() const override { return o_.vocab_size; }
   int64_t seq_len() const override { return o_.seq_len; }
   int64_t max_len() const override { return o_.seq_len; }
-  TaskData train_data(int64_t n, uint64_t seed) const override { return make(n, split_seed(seed, "train")); }
-  TaskData eval_data(const std::string& set, int64_t n, uint64_t seed) const override {
-    check_eval_set(set);
-    return make(n, split_seed(seed, "test"));
-  }
 
  private:
   // `k insert k insert ...`; the value is predicted at each insert token (labels aligned, as mad-lab).
-  TaskData make(int64_t n, uint64_t seed) const {
+  TaskData make(int64_t n, uint64_t seed, bool /*training*/) const override {
     const int64_t L = o_.seq_len, insert = o_.vocab_size - 1;
     auto inputs = torch::full({n, L}, insert, torch::kLong);
     auto labels = torch::full({n, L}, kIgnore, torch::kLong);

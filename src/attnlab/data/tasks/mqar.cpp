@@ -51,7 +51,7 @@ int64_t pairs_for(int64_t L) {
   }
 }
 
-class MqarTask final : public Task {
+class MqarTask final : public SingleSetTask {
  public:
   explicit MqarTask(const MqarOptions& o) : o_(o), n_(o.num_pairs > 0 ? o.num_pairs : pairs_for(o.seq_len)) {
     // Zoology asserts the same: the query region must hold every key at an even offset.
@@ -72,14 +72,8 @@ class MqarTask final : public Task {
   int64_t seq_len() const override { return o_.seq_len; }
   bool learned_positions() const override { return true; }
 
-  TaskData train_data(int64_t n, uint64_t seed) const override { return make(n, split_seed(seed, "train")); }
-  TaskData eval_data(const std::string& set, int64_t n, uint64_t seed) const override {
-    check_eval_set(set);
-    return make(n, split_seed(seed, "test"));
-  }
-
  private:
-  TaskData make(int64_t count, uint64_t seed) const {
+  TaskData make(int64_t count, uint64_t seed, bool /*training*/) const override {
     const int64_t L = o_.seq_len, N = n_, half = o_.vocab_size / 2;
     auto inputs = torch::zeros({count, L}, torch::kLong);
     auto labels = torch::full({count, L}, kIgnore, torch::kLong);

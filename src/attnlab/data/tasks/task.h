@@ -78,6 +78,22 @@ class Task {
   void check_eval_set(const std::string& set) const;
 };
 
+// A task with one evaluation set ("test") drawn like its training data: subclasses write make(), which
+// gets the split's seed and whether the rows are for training (some tasks score more tokens then).
+class SingleSetTask : public Task {
+ public:
+  TaskData train_data(int64_t n, uint64_t seed) const final {
+    return make(n, split_seed(seed, "train"), true);
+  }
+  TaskData eval_data(const std::string& set, int64_t n, uint64_t seed) const final {
+    check_eval_set(set);
+    return make(n, split_seed(seed, "test"), false);
+  }
+
+ protected:
+  virtual TaskData make(int64_t n, uint64_t seed, bool training) const = 0;
+};
+
 // Scores of a model's predictions on one evaluation set.
 struct TaskScore {
   double accuracy = 0;     // mean over examples of the fraction of scored positions predicted right
