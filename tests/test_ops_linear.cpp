@@ -415,8 +415,10 @@ TEST(LinearOps, BadInputIsAClearError) {
     auto in = make_inputs(op, {2, 37, 3, 16, 20}, "medium", false, torch::kFloat, 3);
     m = error_of([&] { op_fn(op)(args_of(in, 0, -1, false), Impl::chunk); });
     EXPECT_HAS(m, "chunk_size must be >= 1, got 0");
+    // CPU tensors: the kernel path says it cannot run them (or that the op has none), naming the op.
     m = error_of([&] { op_fn(op)(args_of(in, 16, -1, false), Impl::kernel); });
-    EXPECT_HAS(m, "no CUDA kernel is compiled into this build");
+    EXPECT_HAS(m, op + ": ");
+    EXPECT_HAS(m, "kernel");
   }
 }
 

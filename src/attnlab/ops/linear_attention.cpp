@@ -6,25 +6,34 @@
 #include <vector>
 
 #include "attnlab/core/error.h"
+#include "attnlab/core/log.h"
 #include "attnlab/ops/check.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/linear_chunk.h"
+#endif
 #include "attnlab/ops/registry.h"
 
 namespace attnlab::ops {
 namespace linear {
 
-Prepared prepare(const char* op, const RecurrentArgs& a) {
+void check_inputs(const char* op, const RecurrentArgs& a) {
   check_shape(op, "q", a.q, "B,T,H,K", {-1, -1, -1, -1});
-  Prepared p;
-  p.B = a.q.size(0), p.T = a.q.size(1), p.H = a.q.size(2), p.K = a.q.size(3);
-  check_shape(op, "k", a.k, "B,T,H,K", {p.B, p.T, p.H, p.K});
-  check_shape(op, "v", a.v, "B,T,H,V", {p.B, p.T, p.H, -1});
-  p.V = a.v.size(3);
-  if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {p.B, p.H, p.K, p.V});
+  const int64_t B = a.q.size(0), T = a.q.size(1), H = a.q.size(2), K = a.q.size(3);
+  check_shape(op, "k", a.k, "B,T,H,K", {B, T, H, K});
+  check_shape(op, "v", a.v, "B,T,H,V", {B, T, H, -1});
+  if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {B, H, K, a.v.size(3)});
   ATTNLAB_CHECK(a.chunk_size >= 1, "{}: chunk_size must be >= 1, got {}", op, a.chunk_size);
   for (const auto* t : {&a.q, &a.k, &a.v, &a.g, &a.u, &a.h0})
     ATTNLAB_CHECK(!t->defined() || t->is_floating_point(),
                   "{}: q, k, v, g, u, h0 must be floating point, got {}", op,
                   c10::toString(t->scalar_type()));
+}
+
+Prepared prepare(const char* op, const RecurrentArgs& a) {
+  check_inputs(op, a);
+  Prepared p;
+  p.B = a.q.size(0), p.T = a.q.size(1), p.H = a.q.size(2), p.K = a.q.size(3);
+  p.V = a.v.size(3);
   // States accumulate in float32 (mechanisms.md); float64 inputs stay float64 so that the tests can hold
   // the chunk form to the definition at 1e-10.
   p.dtype = a.q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
@@ -100,19 +109,44 @@ RecurrentOut finish(const Prepared& p, const torch::Tensor& o, const torch::Tens
   return out;
 }
 
+KernelPath chunk_kernel_path(const RecurrentArgs& args, bool gated) {
+  KernelPath path;
+  path.on_cuda = args.q.defined() && args.q.is_cuda();
+#ifdef ATTNLAB_WITH_CUDA
+  path.unusable = [&args, gated] { return cuda::linear_chunk_unusable_reason(args, gated); };
+  path.run = [&args, gated] { return cuda::linear_chunk(args, gated); };
+#else
+  (void)gated;
+  path.unusable = [] { return std::string("this build has no CUDA kernels"); };
+  path.run = []() -> RecurrentOut { fail("linear_chunk: this build has no CUDA kernels"); };
+#endif
+  return path;
+}
+
 RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOut()>& naive,
-                      const std::function<RecurrentOut()>& chunk) {
+                      const std::function<RecurrentOut()>& chunk, const KernelPath& kernel) {
   switch (impl) {
     case Impl::naive:
       return naive();
     case Impl::chunk:
-    case Impl::automatic:
       return chunk();
-    case Impl::kernel:
-      fail(
-          "{}: no CUDA kernel is compiled into this build (Impl::kernel is reserved for the CUDA work); "
-          "use naive, chunk or auto",
-          op);
+    case Impl::automatic: {
+      if (kernel.run && kernel.on_cuda) {
+        auto why = kernel.unusable();
+        if (why.empty()) return kernel.run();
+        log_once(
+            fmt::format("{}.kernel: {}", op, why),
+            fmt::format("{}: the CUDA kernel cannot take these inputs ({}); using the chunk form", op, why));
+      }
+      return chunk();
+    }
+    case Impl::kernel: {
+      ATTNLAB_CHECK(kernel.run, "{}: has no CUDA kernel; use naive, chunk or auto", op);
+      auto why = kernel.unusable();
+      ATTNLAB_CHECK(why.empty(), "{}: impl kernel cannot run these inputs: {}; use chunk, naive or auto", op,
+                    why);
+      return kernel.run();
+    }
     case Impl::sdpa:
       fail("{}: sdpa is for softmax attention only; use naive, chunk or auto", op);
   }
@@ -152,12 +186,13 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
 }
 
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl) {
-  auto p = linear::prepare(op, args);
+  linear::check_inputs(op, args);
   ATTNLAB_CHECK(!args.g.defined(), "{}: takes no gate g (got {}); simple_gla and gla are the gated ops", op,
                 shape_str(args.g.sizes()));
   return linear::dispatch(
-      op, impl, [&] { return naive(p, args.output_final_state); },
-      [&] { return chunk(p, args.chunk_size, args.output_final_state); });
+      op, impl, [&] { return naive(linear::prepare(op, args), args.output_final_state); },
+      [&] { return chunk(linear::prepare(op, args), args.chunk_size, args.output_final_state); },
+      linear::chunk_kernel_path(args, /*gated=*/false));
 }
 
 }  // namespace

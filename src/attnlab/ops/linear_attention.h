@@ -50,7 +50,10 @@ struct Prepared {
   torch::Tensor S0;                           // [B, H, K, V]: h0, or zeros
 };
 
-// Checks q, k, v, h0 (when defined) and chunk_size, converts to the heads-first layout and applies the scale.
+// Checks q, k, v, h0 (when defined) and chunk_size: shapes and floating point types.
+void check_inputs(const char* op, const RecurrentArgs& a);
+
+// check_inputs, then converts to the heads-first layout and applies the scale.
 // Gates and other inputs are the caller's to check (check_shape with the op's letters).
 Prepared prepare(const char* op, const RecurrentArgs& a);
 
@@ -83,9 +86,24 @@ std::pair<torch::Tensor, torch::Tensor> scan_states(const torch::Tensor& S0, con
 // o [B, H, T, V] -> RecurrentOut with o [B, T, H, V] in v's dtype, and ht when asked for.
 RecurrentOut finish(const Prepared& p, const torch::Tensor& o, const torch::Tensor& S, bool final_state);
 
-// Runs naive or chunk for `impl` (automatic = chunk); kernel and sdpa are errors that say why.
+// An op's CUDA kernel path, for dispatch. `unusable` returns why the kernel cannot take these arguments
+// (empty: it can; it also says so for CPU tensors or a build without the kernels); `run` runs it.
+// Both unset: the op has no kernel.
+struct KernelPath {
+  bool on_cuda = false;  // the inputs are CUDA tensors (only then is a fallback worth a log line)
+  std::function<std::string()> unusable;
+  std::function<RecurrentOut()> run;
+};
+
+// The kernel path of the scalar-decay ops (linear attention: gated = false; simple GLA / retention: true):
+// cuda::linear_chunk when the build has it. `args` must outlive the returned path.
+KernelPath chunk_kernel_path(const RecurrentArgs& args, bool gated);
+
+// Runs the implementation `impl` names. automatic: the kernel when the inputs are on CUDA and it takes
+// them (otherwise chunk, logged once with the reason); kernel: the kernel or an error saying why not;
+// sdpa: an error (softmax only).
 RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOut()>& naive,
-                      const std::function<RecurrentOut()>& chunk);
+                      const std::function<RecurrentOut()>& chunk, const KernelPath& kernel = {});
 
 }  // namespace linear
 }  // namespace attnlab::ops

@@ -21,6 +21,9 @@ struct RecurrentArgs {
   double scale = -1;   // multiplies q; <= 0 means K^-0.5
   bool output_final_state = false;
   int64_t chunk_size = 64;  // chunk form only; must be >= 1
+  // Kernels only: chunks per sequence segment of the chunked CUDA kernels (0 = chosen from the shape and
+  // the GPU). Tests set it small to run the segment scan on short sequences.
+  int64_t kernel_seg_chunks = 0;
 };
 
 struct RecurrentOut {

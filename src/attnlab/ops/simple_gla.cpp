@@ -59,11 +59,18 @@ RecurrentOut chunk(const Prepared& p, const torch::Tensor& g_bht, int64_t chunk_
 
 // g [B, T, H], already checked.
 RecurrentOut run(const char* op, const RecurrentArgs& args, const torch::Tensor& g, Impl impl) {
-  auto p = linear::prepare(op, args);
-  auto g_bht = linear::heads_first(g, p.dtype);  // [B, H, T]
+  linear::check_inputs(op, args);
+  auto reference = [&](bool chunked) {
+    auto p = linear::prepare(op, args);
+    auto g_bht = linear::heads_first(g, p.dtype);  // [B, H, T]
+    return chunked ? chunk(p, g_bht, args.chunk_size, args.output_final_state)
+                   : naive(p, g_bht, args.output_final_state);
+  };
+  RecurrentArgs gated = args;
+  gated.g = g;
   return linear::dispatch(
-      op, impl, [&] { return naive(p, g_bht, args.output_final_state); },
-      [&] { return chunk(p, g_bht, args.chunk_size, args.output_final_state); });
+      op, impl, [&] { return reference(false); }, [&] { return reference(true); },
+      linear::chunk_kernel_path(gated, /*gated=*/true));
 }
 
 }  // namespace

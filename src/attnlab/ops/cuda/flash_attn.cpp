@@ -9,6 +9,7 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
+#include "attnlab/ops/cuda/cuda_util.h"
 #include "kernels/flash_attn/params.h"
 
 namespace attnlab::ops::cuda {
@@ -18,27 +19,8 @@ namespace kn = attnlab::kernels;
 constexpr const char* kOp = "flash_attn";
 
 void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    fail("{}: {} failed: {} ({})", kOp, what, cudaGetErrorString(err), cudaGetErrorName(err));
+  cuda::check_cuda(err, kOp, what);
 }
-
-// Makes `device` current for the scope (the binding has no c10/cuda DeviceGuard), restoring the previous.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) : device_(device) {
-    check_cuda(cudaGetDevice(&prev_), "cudaGetDevice");
-    if (prev_ != device_) check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-  }
-  ~DeviceScope() {
-    if (prev_ != device_) (void)cudaSetDevice(prev_);  // nothing to report from a destructor
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int device_;
-  int prev_ = 0;
-};
 
 uintptr_t address(const torch::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr());

@@ -1,0 +1,317 @@
+// Device building blocks of the linear_chunk kernels: warp-level matrix products on swizzled shared
+// tiles, accumulator stores, the in-chunk gate cumsum, chunk loads, and state tiles in registers.
+//
+// Every 16-bit tile in shared memory is row-major with R = 64 or 128 elements per row and the 128-byte
+// XOR swizzle of kernels/common/mma.cuh (swz<R>). A product C += A B reads A as [m][k] rows ("A rows")
+// or [k][m] rows ("A cols", ldmatrix.trans), and B as [n][k] rows ("B rows") or [k][n] rows ("B cols",
+// ldmatrix.trans): whichever way the operand already sits, no transposed copy is made.
+//
+// Warp layout (8 warps, 256 threads): a C x D tile of token rows (C = 64) gives warp w the rows
+// 16 (w % 4) .. +16 and the columns (D / 2)(w / 4) .. +D/2; the K x V state gives warp w the rows
+// (K / 4)(w % 4) .. and the columns (V / 2)(w / 4) .. . Accumulator element e of tile (mi, nj) sits at
+// row m0 + 16 mi + lane / 4 (+ 8 for e >= 2), column n0 + 8 nj + 2 (lane % 4) + (e % 2).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/common/mma.cuh"
+#include "kernels/linear_chunk/params.h"
+
+namespace attnlab::kernels::linear_chunk {
+
+constexpr int kC = kLinearChunk;  // tokens per chunk
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+
+// ---------------------------------------------------------------- element conversions
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t x);
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t x) {
+  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t x) {
+  return __half22float2(*reinterpret_cast<__half2*>(&x));
+}
+
+// ---------------------------------------------------------------- warp products
+// acc[MT][NT] += A[m0 .. m0 + 16 MT, k0 .. k0 + 16 KS] * B[k0 .., n0 .. n0 + 8 NT], all in shared memory.
+// kACols: A stored [k][m] (else [m][k]); kBCols: B stored [k][n] (else [n][k]). RA, RB: row lengths.
+template <int MT, int NT, int KS, bool kACols, bool kBCols, int RA, int RB, typename T>
+__device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], uint32_t sA, int a_m0, int a_k0,
+                                         uint32_t sB, int b_k0, int b_n0, int lane) {
+  static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+      if constexpr (!kACols) {
+        const int row = a_m0 + mi * 16 + (lane & 15);
+        const int ch = (a_k0 + ks * 16) / 8 + (lane >> 4);
+        ldmatrix_x4(a[mi], sA + swz<RA>(row, ch));
+      } else {
+        const int row = a_k0 + ks * 16 + (lane & 7) + ((lane >> 4) << 3);
+        const int ch = (a_m0 + mi * 16) / 8 + ((lane >> 3) & 1);
+        ldmatrix_x4_trans(a[mi], sA + swz<RA>(row, ch));
+      }
+    }
+#pragma unroll
+    for (int nj = 0; nj < NT; nj += 2) {
+      uint32_t b[4];
+      if constexpr (!kBCols) {
+        const int row = b_n0 + nj * 8 + (lane & 7) + ((lane >> 4) << 3);
+        const int ch = (b_k0 + ks * 16) / 8 + ((lane >> 3) & 1);
+        ldmatrix_x4(b, sB + swz<RB>(row, ch));
+      } else {
+        const int row = b_k0 + ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+        const int ch = (b_n0 + nj * 8) / 8 + (lane >> 4);
+        ldmatrix_x4_trans(b, sB + swz<RB>(row, ch));
+      }
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+        mma_16816<T>(acc[mi][nj], a[mi], b[0], b[1]);
+        mma_16816<T>(acc[mi][nj + 1], a[mi], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][nj][e] = 0.f;
+}
+
+// Stores the accumulators (rows m0.., columns n0..) as 16-bit pairs into a swizzled [rows][R] tile.
+template <int R, typename T, int MT, int NT>
+__device__ __forceinline__ void store_acc_smem(unsigned char* s, const float (&acc)[MT][NT][4], int m0,
+                                               int n0, int lane) {
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = m0 + mi * 16 + (lane >> 2) + half * 8;
+        const int col = n0 + nj * 8 + 2 * (lane & 3);
+        *reinterpret_cast<uint32_t*>(s + swz<R>(row, col / 8) + (col % 8) * 2) =
+            MmaType<T>::pack(acc[mi][nj][2 * half], acc[mi][nj][2 * half + 1]);
+      }
+}
+
+// Stores the accumulators of a C x D token tile (rows m0.., columns n0..) to global rows r < rows_valid of
+// a [.., row_stride] 16-bit tensor.
+template <typename T, int NT>
+__device__ __forceinline__ void store_acc_global(T* g, int64_t row_stride, const float (&acc)[1][NT][4],
+                                                 int m0, int n0, int rows_valid, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = m0 + (lane >> 2) + half * 8;
+    if (row >= rows_valid) continue;
+#pragma unroll
+    for (int nj = 0; nj < NT; ++nj) {
+      const int col = n0 + nj * 8 + 2 * (lane & 3);
+      *reinterpret_cast<uint32_t*>(g + row * row_stride + col) =
+          MmaType<T>::pack(acc[0][nj][2 * half], acc[0][nj][2 * half + 1]);
+    }
+  }
+}
+
+// Multiplies accumulator rows by f(row) (row = m0 + 16 mi + lane / 4 (+8)).
+template <int MT, int NT, typename F>
+__device__ __forceinline__ void scale_rows(float (&acc)[MT][NT][4], int m0, int lane, F&& f) {
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float s = f(m0 + mi * 16 + (lane >> 2) + half * 8);
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj) {
+        acc[mi][nj][2 * half] *= s;
+        acc[mi][nj][2 * half + 1] *= s;
+      }
+    }
+}
+
+// Per-row sums over this warp's columns of acc * x, x read from a swizzled [rows][R] tile; returns, for
+// half = 0 / 1, the sum for row m0 + lane / 4 (+ 8), reduced over the 4 lanes of a quad.
+template <int R, typename T, int NT>
+__device__ __forceinline__ float2 row_dot(const float (&acc)[1][NT][4], const unsigned char* s, int m0,
+                                          int n0, int lane) {
+  float r[2] = {0.f, 0.f};
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = m0 + (lane >> 2) + half * 8;
+#pragma unroll
+    for (int nj = 0; nj < NT; ++nj) {
+      const int col = n0 + nj * 8 + 2 * (lane & 3);
+      const float2 x =
+          unpack2<T>(*reinterpret_cast<const uint32_t*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
+      r[half] += acc[0][nj][2 * half] * x.x + acc[0][nj][2 * half + 1] * x.y;
+    }
+    r[half] += __shfl_xor_sync(0xffffffffu, r[half], 1);
+    r[half] += __shfl_xor_sync(0xffffffffu, r[half], 2);
+  }
+  return make_float2(r[0], r[1]);
+}
+
+// ---------------------------------------------------------------- state tiles
+// The K x V float32 state split over the 8 warps (see the header comment).
+template <int kK, int kV>
+struct StateTile {
+  static constexpr int MT = kK / 64;  // 16-row tiles per warp
+  static constexpr int NT = kV / 16;  // 8-column tiles per warp
+  static __device__ __forceinline__ int m0(int warp) { return (kK / 4) * (warp % 4); }
+  static __device__ __forceinline__ int n0(int warp) { return (kV / 2) * (warp / 4); }
+
+  // acc = S (a [K, V] row-major float32 matrix), or zeros when S is nullptr.
+  static __device__ __forceinline__ void load(float (&acc)[MT][NT][4], const float* S, int warp, int lane) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = m0(warp) + mi * 16 + (lane >> 2) + half * 8;
+          const int col = n0(warp) + nj * 8 + 2 * (lane & 3);
+          float2 x = make_float2(0.f, 0.f);
+          if (S) x = *reinterpret_cast<const float2*>(S + row * kV + col);
+          acc[mi][nj][2 * half] = x.x;
+          acc[mi][nj][2 * half + 1] = x.y;
+        }
+  }
+  static __device__ __forceinline__ void store(float* S, const float (&acc)[MT][NT][4], int warp, int lane) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = m0(warp) + mi * 16 + (lane >> 2) + half * 8;
+          const int col = n0(warp) + nj * 8 + 2 * (lane & 3);
+          *reinterpret_cast<float2*>(S + row * kV + col) =
+              make_float2(acc[mi][nj][2 * half], acc[mi][nj][2 * half + 1]);
+        }
+  }
+  static __device__ __forceinline__ void scale(float (&acc)[MT][NT][4], float s) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mi][nj][e] *= s;
+  }
+};
+
+// ---------------------------------------------------------------- chunk loads and gates
+// Issues the cp.async copies of one C-row chunk (rows t0 .. t0 + C of a [B, T, H, D] tensor at head h)
+// into a swizzled [C][D] tile; rows past T are zero-filled.
+template <int kD, typename T>
+__device__ __forceinline__ void load_chunk(uint32_t s, const T* x, int b, int t0, int h, int T_, int H,
+                                           int tid) {
+  const T* base = x + ((static_cast<int64_t>(b) * T_ + t0) * H + h) * kD;
+  load_tile<kC, kD, kThreads, T>(s, base, static_cast<int64_t>(H) * kD, T_ - t0, tid);
+}
+
+// Issues the 4-byte copies of the chunk's gates g[b, t0 + i, h] (zero past T: a padded step keeps the
+// state). Threads 0 .. C-1 take part.
+__device__ __forceinline__ void load_gates(float* s, const float* g, int b, int t0, int h, int T_, int H,
+                                           int tid) {
+  if (tid < kC) {
+    const bool ok = t0 + tid < T_;
+    const float* src = ok ? g + (static_cast<int64_t>(b) * T_ + t0 + tid) * H + h : g;
+    cp_async_4(smem_u32(s + tid), src, ok);
+  }
+}
+
+// G[i] = g[0] + ... + g[i] (in place, C = 64 values), by warp 0; the caller syncs afterwards.
+__device__ __forceinline__ void gate_cumsum(float* G, int warp, int lane) {
+  if (warp != 0) return;
+  const float a = G[2 * lane], b = G[2 * lane + 1];
+  float s = a + b;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, s, off);
+    if (lane >= off) s += y;
+  }
+  const float before = s - (a + b);
+  G[2 * lane] = before + a;
+  G[2 * lane + 1] = s;
+}
+
+// dst[r][:] = src[r][:] * w(r) for a swizzled [C][kD] tile (dst may be src); all threads.
+template <int kD, typename T, typename W>
+__device__ __forceinline__ void scale_tile_rows(unsigned char* dst, const unsigned char* src, int tid,
+                                                W&& w) {
+  constexpr int kChunksPerRow = kD / 8;
+#pragma unroll
+  for (int i = 0; i < kC * kChunksPerRow / kThreads; ++i) {
+    const int c = tid + i * kThreads;
+    const int row = c / kChunksPerRow, ch = c % kChunksPerRow;
+    const uint32_t off = swz<kD>(row, ch);
+    uint4 x = *reinterpret_cast<const uint4*>(src + off);
+    const float f = w(row);
+    uint32_t* u = reinterpret_cast<uint32_t*>(&x);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 y = unpack2<T>(u[j]);
+      u[j] = MmaType<T>::pack(y.x * f, y.y * f);
+    }
+    *reinterpret_cast<uint4*>(dst + off) = x;
+  }
+}
+
+// Scores of a C x C tile held as accumulators (rows m0.., columns n0.., one 16-row tile): keeps entry
+// (r, c) where `keep(r, c)` and multiplies it by f(r, c); zero elsewhere.
+template <int NT, typename Keep, typename F>
+__device__ __forceinline__ void mask_scores(float (&acc)[1][NT][4], int m0, int n0, int lane, Keep&& keep,
+                                            F&& f) {
+#pragma unroll
+  for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + (lane >> 2) + (e >= 2 ? 8 : 0);
+      const int c = n0 + nj * 8 + 2 * (lane & 3) + (e & 1);
+      acc[0][nj][e] = keep(r, c) ? acc[0][nj][e] * f(r, c) : 0.f;
+    }
+}
+
+// Dispatch over (dtype, head dim) on the host: body is a lambda returning cudaError_t, with T the CUDA
+// element type and kD the head dim (K = V).
+#define LINEAR_CHUNK_SWITCH(P, T, kD, ...)                                         \
+  [&]() -> cudaError_t {                                                           \
+    auto with_dim = [&](auto tag) -> cudaError_t {                                 \
+      using T = typename decltype(tag)::type;                                      \
+      if ((P).K == 64) {                                                           \
+        static constexpr int kD = 64;                                              \
+        return __VA_ARGS__();                                                      \
+      }                                                                            \
+      if ((P).K == 128) {                                                          \
+        static constexpr int kD = 128;                                             \
+        return __VA_ARGS__();                                                      \
+      }                                                                            \
+      return cudaErrorInvalidValue;                                                \
+    };                                                                             \
+    if ((P).dtype == ::attnlab::kernels::LinearDtype::kBF16)                       \
+      return with_dim(::attnlab::kernels::linear_chunk::TypeTag<__nv_bfloat16>{}); \
+    if ((P).dtype == ::attnlab::kernels::LinearDtype::kFP16)                       \
+      return with_dim(::attnlab::kernels::linear_chunk::TypeTag<__half>{});        \
+    return cudaErrorInvalidValue;                                                  \
+  }()
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+}  // namespace attnlab::kernels::linear_chunk

@@ -1,0 +1,89 @@
+// Forward of the chunked linear / simple-GLA kernels (params.h): the segment-state kernel, the scan over
+// segments, and the output kernel. Also the parameter checks and workspace sizes shared with the backward.
+#include <algorithm>
+#include <string>
+
+#include "kernels/linear_chunk/linear_chunk_common.cuh"
+#include "kernels/linear_chunk/linear_chunk_kernels.cuh"
+
+namespace attnlab::kernels {
+
+int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms) {
+  const int nt = linear_chunk_count(T);
+  if (nt <= 1) return 1;
+  const long long heads = static_cast<long long>(B) * H;
+  const long long target = 2LL * std::max(num_sms, 1);  // two blocks per SM over the launch
+  if (heads >= target) return nt;
+  // Segments shorter than 4 chunks make the segment-state pass (which reads k and v once more) cost more
+  // than the parallelism gains.
+  const long long n_seg = std::min<long long>((target + heads - 1) / heads, std::max(1, nt / 4));
+  return static_cast<int>((nt + n_seg - 1) / n_seg);
+}
+
+std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
+  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (p.K != p.V || (p.K != 64 && p.K != 128))
+    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
+           " not in the kernels (K = V = 64 or 128)";
+  if (p.B < 1 || p.H < 1 || p.T < 0) return "B and H must be >= 1 and T >= 0";
+  if (p.seg_chunks < 1) return "seg_chunks must be >= 1";
+  if (!p.q || !p.k || !p.v || !p.o) return "q, k, v and o must be set";
+  const int n_seg = linear_chunk_segments(p);
+  if (n_seg > 1 && (!p.seg_states || !p.seg_gate))
+    return "seg_states and seg_gate must be set when n_seg > 1";
+  if (backward) {
+    if (!p.dout || !p.dq || !p.dk || !p.dv) return "dout, dq, dk and dv must be set";
+    if (p.g && (!p.dg || !p.dg_work)) return "dg and dg_work must be set when g is";
+    if (n_seg > 1 && !p.dseg_states) return "dseg_states must be set when n_seg > 1";
+  }
+  return {};
+}
+
+size_t linear_chunk_fwd_workspace_floats(const LinearChunkParams& p) {
+  const size_t n_seg = static_cast<size_t>(linear_chunk_segments(p));
+  const size_t bh = static_cast<size_t>(p.B) * p.H;
+  return bh * n_seg * p.K * p.V + bh * n_seg;
+}
+
+size_t linear_chunk_bwd_workspace_floats(const LinearChunkParams& p) {
+  const size_t n_seg = static_cast<size_t>(linear_chunk_segments(p));
+  const size_t bh = static_cast<size_t>(p.B) * p.H;
+  return bh * n_seg * p.K * p.V + bh * static_cast<size_t>(p.T);
+}
+
+namespace linear_chunk {
+namespace {
+
+template <int kD, typename T, bool kGated>
+cudaError_t run_fwd(const LinearChunkParams& p) {
+  const int n_seg = linear_chunk_segments(p);
+  if (n_seg == 0) return cudaSuccess;
+  cudaError_t err;
+  if (n_seg > 1) {
+    auto* states = &fwd_kernel<kD, T, kGated, false>;
+    const int smem = FwdSmem<kD, false>::kBytes;
+    if ((err = cudaFuncSetAttribute(states, cudaFuncAttributeMaxDynamicSharedMemorySize, smem))) return err;
+    states<<<dim3(n_seg - 1, p.H, p.B), kThreads, smem, p.stream>>>(p);
+    if ((err = cudaGetLastError())) return err;
+    const int kv4 = kD * kD / 4;
+    scan_fwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
+    if ((err = cudaGetLastError())) return err;
+  }
+  auto* out = &fwd_kernel<kD, T, kGated, true>;
+  const int smem = FwdSmem<kD, true>::kBytes;
+  if ((err = cudaFuncSetAttribute(out, cudaFuncAttributeMaxDynamicSharedMemorySize, smem))) return err;
+  out<<<dim3(n_seg, p.H, p.B), kThreads, smem, p.stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace linear_chunk
+
+cudaError_t launch_linear_chunk_fwd(const LinearChunkParams& p) {
+  if (!linear_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
+  using namespace linear_chunk;
+  return LINEAR_CHUNK_SWITCH(p, T, kD,
+                             [&] { return p.g ? run_fwd<kD, T, true>(p) : run_fwd<kD, T, false>(p); });
+}
+
+}  // namespace attnlab::kernels

@@ -1,0 +1,417 @@
+// The linear_chunk kernels (params.h has the semantics, docs/kernels.md the design). Grids are
+// (segment, head, batch) with 8 warps per block; each block walks the 64-token chunks of its segment,
+// two chunks in flight through cp.async, the K x V state (or its gradient) in float32 registers and a
+// 16-bit copy of it in shared memory as the operand of the next chunk's products.
+#pragma once
+
+#include "kernels/linear_chunk/linear_chunk_common.cuh"
+
+namespace attnlab::kernels::linear_chunk {
+
+__device__ __forceinline__ int64_t bh_index(int b, int h, int H) {
+  return static_cast<int64_t>(b) * H + h;
+}
+
+// ---------------------------------------------------------------- forward
+// Shared memory of fwd_kernel: two stages of (Q, K, V tiles, gates), then the 16-bit state, the scaled V
+// and the scores. Q, the state copy and the scores only when the kernel writes outputs.
+template <int kD, bool kOutput>
+struct FwdSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0;
+  static constexpr int kK = kOutput ? kTile : 0;
+  static constexpr int kV = kK + kTile;
+  static constexpr int kG = kV + kTile;
+  static constexpr int kStage = kG + kC * 4;
+  static constexpr int kS = 2 * kStage;                         // [kD][kD] state, 16-bit
+  static constexpr int kVw = kS + (kOutput ? kD * kD * 2 : 0);  // [C][kD] V rows times exp(G_last - G_s)
+  static constexpr int kP = kVw + kTile;                        // [C][C] decayed masked scores
+  static constexpr int kBytes = kP + (kOutput ? kC * kC * 2 : 0);
+};
+
+// kOutput = false: the state contribution of segment blockIdx.x (from a zero state) and its gate sum, into
+// seg_states / seg_gate. kOutput = true: o for segment blockIdx.x from the state entering it (seg_states
+// after the scan, or h0), and ht from the last segment.
+template <int kD, typename T, bool kGated, bool kOutput>
+__global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParams p) {
+  using L = FwdSmem<kD, kOutput>;
+  using ST = StateTile<kD, kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), n_seg = linear_chunk_segments(p);
+  const int c_begin = seg * p.seg_chunks, c_end = min(nt, c_begin + p.seg_chunks);
+  const int64_t bh = bh_index(b, h, p.H);
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const uint32_t s0 = smem_u32(smem);
+
+  auto issue = [&](int c) {
+    if (c < c_end) {
+      const int st = (c - c_begin) & 1, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      if constexpr (kOutput) load_chunk<kD>(base + L::kQ, q, b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kK, k, b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kV, v, b, t0, h, p.T, p.H, tid);
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();  // empty groups past the end keep wait_group<1> exact
+  };
+  issue(c_begin);
+  issue(c_begin + 1);
+
+  float S[ST::MT][ST::NT][4];
+  const float* S_init = nullptr;
+  if constexpr (kOutput)
+    S_init = n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr);
+  ST::load(S, S_init, warp, lane);
+  if constexpr (kOutput) store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+  float seg_g = 0.f;
+
+  const int m0 = 16 * (warp % 4);         // token rows of this warp in C x * tiles
+  const int n0s = 32 * (warp / 4);        // score columns
+  const int n0o = (kD / 2) * (warp / 4);  // output columns
+
+  for (int c = c_begin; c < c_end; ++c) {
+    const int st = (c - c_begin) & 1, t0 = c * kC;
+    unsigned char* stage = smem + st * L::kStage;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    cp_async_wait<1>();
+    __syncthreads();
+    if constexpr (kGated) {
+      gate_cumsum(G, warp, lane);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    if constexpr (kGated)
+      scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
+    if constexpr (kOutput) {
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + st * L::kStage + L::kQ, m0, 0,
+                                                       s0 + st * L::kStage + L::kK, 0, n0s, lane);
+      mask_scores(
+          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
+          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
+      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+    }
+    __syncthreads();  // Vw and P ready
+    if constexpr (kOutput) {
+      float O[1][kD / 16][4];
+      zero_acc(O);
+      // inter-chunk part: scale exp(G_t) q_t^T S
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(O, s0 + st * L::kStage + L::kQ, m0, 0, s0 + L::kS,
+                                                            0, n0o, lane);
+      scale_rows(O, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+      // intra-chunk part: P v
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(O, s0 + L::kP, m0, 0, s0 + st * L::kStage + L::kV,
+                                                            0, n0o, lane);
+      T* o = static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
+      store_acc_global<T>(o, static_cast<int64_t>(p.H) * kD, O, m0, n0o, p.T - t0, lane);
+    }
+    // state: S = exp(G_last) S + K^T (V exp(G_last - G_s))
+    if constexpr (kGated) ST::scale(S, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, s0 + st * L::kStage + L::kK, ST::m0(warp), 0,
+                                                             s0 + (kGated ? L::kVw : st * L::kStage + L::kV),
+                                                             0, ST::n0(warp), lane);
+    seg_g += g_last;
+    __syncthreads();  // every read of this stage, the state copy, Vw and P is done
+    if constexpr (kOutput) store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    issue(c + 2);
+  }
+  cp_async_wait<0>();
+
+  if constexpr (kOutput) {
+    if (seg == n_seg - 1 && p.ht) ST::store(p.ht + bh * kD * kD, S, warp, lane);
+  } else {
+    ST::store(p.seg_states + (bh * n_seg + seg) * kD * kD, S, warp, lane);
+    if (tid == 0) p.seg_gate[bh * n_seg + seg] = seg_g;
+  }
+}
+
+// seg_states[s] <- the state entering segment s: h = h0; for each segment, (entering = h,
+// h = exp(seg_gate) h + contribution). Each thread owns 4 consecutive state entries of one (b, h).
+template <bool kGated>
+__global__ void scan_fwd_kernel(const LinearChunkParams p) {
+  const int kv = p.K * p.V;
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (i >= kv) return;
+  const int64_t bh = blockIdx.y;
+  const int n_seg = linear_chunk_segments(p);
+  float4 hs = p.h0 ? *reinterpret_cast<const float4*>(p.h0 + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s = 0; s < n_seg - 1; ++s) {
+    float4* ptr = reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + s) * kv + i);
+    const float4 loc = *ptr;
+    *ptr = hs;
+    const float d = kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f;
+    hs = make_float4(d * hs.x + loc.x, d * hs.y + loc.y, d * hs.z + loc.z, d * hs.w + loc.w);
+  }
+  *reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + n_seg - 1) * kv + i) = hs;
+}
+
+// ---------------------------------------------------------------- backward
+// Gradients (derivation in linear_chunk_bwd.cu). Inside a chunk, with G the in-chunk cumulative gate,
+// w_s = exp(G_last - G_s) and the decayed causal masks
+//   Pq[t][s] = scale (do_t . v_s) exp(G_t - G_s) (s <= t),  Pk[s][t] = scale (q_t . k_s) exp(G_t - G_s),
+//   Pv[s][t] = scale (do_t . v_s) exp(G_t - G_s) (t >= s):
+//   dq_t = scale exp(G_t) S_in do_t + sum_s Pq[t][s] k_s
+//   dv_s = w_s dS_out^T k_s + sum_t Pk[s][t] do_t,   dk_s = w_s dS_out v_s + sum_t Pv[s][t] q_t
+//   dS_in = exp(G_last) dS_out + sum_t scale exp(G_t) q_t do_t^T
+// S_in is the state entering the chunk (forward walk), dS_out the gradient of the state leaving it
+// (reverse walk).
+
+// dq: the forward walk again (state recomputed from the entering state the forward saved), dq per chunk,
+// and with a gate q.dq per token added into dg_work.
+template <int kD>
+struct DqSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kDo = 0, kV = kTile, kK = 2 * kTile, kQ = 3 * kTile, kG = 4 * kTile;
+  static constexpr int kStage = kG + kC * 4;
+  static constexpr int kS = 2 * kStage;
+  static constexpr int kVw = kS + kD * kD * 2;
+  static constexpr int kP = kVw + kTile;
+  static constexpr int kBytes = kP + kC * kC * 2;
+};
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkParams p) {
+  using L = DqSmem<kD>;
+  using ST = StateTile<kD, kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), n_seg = linear_chunk_segments(p);
+  const int c_begin = seg * p.seg_chunks, c_end = min(nt, c_begin + p.seg_chunks);
+  const int64_t bh = bh_index(b, h, p.H);
+  const uint32_t s0 = smem_u32(smem);
+
+  auto issue = [&](int c) {
+    if (c < c_end) {
+      const int st = (c - c_begin) & 1, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      load_chunk<kD>(base + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+      if constexpr (kGated) {
+        load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
+      }
+    }
+    cp_async_commit();
+  };
+  issue(c_begin);
+  issue(c_begin + 1);
+
+  float S[ST::MT][ST::NT][4];
+  ST::load(S,
+           n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr),
+           warp, lane);
+  store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+
+  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  for (int c = c_begin; c < c_end; ++c) {
+    const int st = (c - c_begin) & 1, t0 = c * kC;
+    const uint32_t sst = s0 + st * L::kStage;
+    unsigned char* stage = smem + st * L::kStage;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    cp_async_wait<1>();
+    __syncthreads();
+    if constexpr (kGated) {
+      gate_cumsum(G, warp, lane);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    if constexpr (kGated)
+      scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
+    {
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kDo, m0, 0, sst + L::kV, 0, n0s, lane);
+      mask_scores(
+          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
+          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
+      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+    }
+    __syncthreads();
+    {
+      float DQ[1][kD / 16][4];
+      zero_acc(DQ);
+      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(DQ, sst + L::kDo, m0, 0, s0 + L::kS, 0, n0o,
+                                                             lane);
+      scale_rows(DQ, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(DQ, s0 + L::kP, m0, 0, sst + L::kK, 0, n0o, lane);
+      T* dq = static_cast<T*>(p.dq) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
+      store_acc_global<T>(dq, static_cast<int64_t>(p.H) * kD, DQ, m0, n0o, p.T - t0, lane);
+      if constexpr (kGated) {
+        const float2 d = row_dot<kD, T>(DQ, stage + L::kQ, m0, n0o, lane);
+        if ((lane & 3) == 0) {
+          const int r = m0 + (lane >> 2);
+          if (t0 + r < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r, d.x);
+          if (t0 + r + 8 < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r + 8, d.y);
+        }
+      }
+    }
+    if constexpr (kGated) ST::scale(S, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(
+        S, sst + L::kK, ST::m0(warp), 0, kGated ? s0 + L::kVw : sst + L::kV, 0, ST::n0(warp), lane);
+    __syncthreads();
+    store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    issue(c + 2);
+  }
+  cp_async_wait<0>();
+}
+
+// dS contributions: kDkv = false: the state-gradient contribution of segment blockIdx.x + 1 from a zero
+// gradient at its end (reverse walk), into dseg_states. kDkv = true: dk, dv for segment blockIdx.x from
+// the gradient at its end (dseg_states after the scan, or dht), k.dk per token subtracted from dg_work,
+// and dh0 from segment 0.
+template <int kD, bool kDkv>
+struct DkvSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0, kDo = kTile;
+  static constexpr int kK = 2 * kTile, kV = 3 * kTile;
+  static constexpr int kG = (kDkv ? 4 : 2) * kTile;
+  static constexpr int kStage = kG + kC * 4;
+  static constexpr int kQw = 2 * kStage;         // [C][kD] q rows times scale exp(G_t)
+  static constexpr int kS = kQw + kTile;         // [kD][kD] 16-bit dS (dkv only)
+  static constexpr int kP1 = kS + kD * kD * 2;   // [C][C] Pk
+  static constexpr int kP2 = kP1 + kC * kC * 2;  // [C][C] Pv
+  static constexpr int kBytes = kDkv ? kP2 + kC * kC * 2 : kS;
+};
+
+template <int kD, typename T, bool kGated, bool kDkv>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkParams p) {
+  using L = DkvSmem<kD, kDkv>;
+  using ST = StateTile<kD, kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int seg = kDkv ? blockIdx.x : blockIdx.x + 1, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), n_seg = linear_chunk_segments(p);
+  const int c_begin = seg * p.seg_chunks, c_end = min(nt, c_begin + p.seg_chunks);
+  const int64_t bh = bh_index(b, h, p.H);
+  const uint32_t s0 = smem_u32(smem);
+
+  // The walk goes backwards: step i handles chunk c_end - 1 - i.
+  auto issue = [&](int i) {
+    const int c = c_end - 1 - i;
+    if (c >= c_begin) {
+      const int st = i & 1, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
+      if constexpr (kDkv) {
+        load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+        load_chunk<kD>(base + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
+      }
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();
+  };
+  issue(0);
+  issue(1);
+
+  float dS[ST::MT][ST::NT][4];
+  const float* dS_init = nullptr;
+  if constexpr (kDkv)
+    dS_init =
+        n_seg > 1 ? p.dseg_states + (bh * n_seg + seg) * kD * kD : (p.dht ? p.dht + bh * kD * kD : nullptr);
+  ST::load(dS, dS_init, warp, lane);
+  if constexpr (kDkv) store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
+
+  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int steps = c_end - c_begin;
+  for (int i = 0; i < steps; ++i) {
+    const int c = c_end - 1 - i, st = i & 1, t0 = c * kC;
+    const uint32_t sst = s0 + st * L::kStage;
+    unsigned char* stage = smem + st * L::kStage;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    cp_async_wait<1>();
+    __syncthreads();
+    if constexpr (kGated) {
+      gate_cumsum(G, warp, lane);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    scale_tile_rows<kD, T>(smem + L::kQw, stage + L::kQ, tid,
+                           [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+    if constexpr (kDkv) {
+      auto keep = [](int r, int cc) { return cc >= r; };  // rows s, columns t >= s
+      auto decay = [&](int r, int cc) { return kGated ? p.scale * __expf(G[cc] - G[r]) : p.scale; };
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kK, m0, 0, sst + L::kQ, 0, n0s, lane);
+      mask_scores(A, m0, n0s, lane, keep, decay);
+      store_acc_smem<kC, T>(smem + L::kP1, A, m0, n0s, lane);
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kV, m0, 0, sst + L::kDo, 0, n0s, lane);
+      mask_scores(A, m0, n0s, lane, keep, decay);
+      store_acc_smem<kC, T>(smem + L::kP2, A, m0, n0s, lane);
+    }
+    __syncthreads();  // Qw, P1, P2 ready
+    if constexpr (kDkv) {
+      auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
+      const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+      const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
+      float X[1][kD / 16][4];
+      // dv = w_s (K dS)[s] + Pk do
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, sst + L::kK, m0, 0, s0 + L::kS, 0, n0o, lane);
+      if constexpr (kGated) scale_rows(X, m0, lane, w);
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kP1, m0, 0, sst + L::kDo, 0, n0o,
+                                                            lane);
+      store_acc_global<T>(static_cast<T*>(p.dv) + off, row_stride, X, m0, n0o, p.T - t0, lane);
+      // dk = w_s (V dS^T)[s] + Pv q
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, sst + L::kV, m0, 0, s0 + L::kS, 0, n0o, lane);
+      if constexpr (kGated) scale_rows(X, m0, lane, w);
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kP2, m0, 0, sst + L::kQ, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, X, m0, n0o, p.T - t0, lane);
+      if constexpr (kGated) {
+        const float2 d = row_dot<kD, T>(X, stage + L::kK, m0, n0o, lane);
+        if ((lane & 3) == 0) {
+          const int r = m0 + (lane >> 2);
+          if (t0 + r < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r, -d.x);
+          if (t0 + r + 8 < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r + 8, -d.y);
+        }
+      }
+    }
+    // dS = exp(G_last) dS + Qw^T do
+    if constexpr (kGated) ST::scale(dS, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(dS, s0 + L::kQw, ST::m0(warp), 0, sst + L::kDo,
+                                                             0, ST::n0(warp), lane);
+    __syncthreads();
+    if constexpr (kDkv) store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
+    issue(i + 2);
+  }
+  cp_async_wait<0>();
+  if constexpr (kDkv) {
+    if (seg == 0 && p.dh0) ST::store(p.dh0 + bh * kD * kD, dS, warp, lane);
+  } else {
+    ST::store(p.dseg_states + (bh * n_seg + seg) * kD * kD, dS, warp, lane);
+  }
+}
+
+// dseg_states[s] <- dS at the end of segment s: d = dht; walking back over the segments, (at the end
+// = d, d = exp(seg_gate) d + contribution).
+template <bool kGated>
+__global__ void scan_bwd_kernel(const LinearChunkParams p) {
+  const int kv = p.K * p.V;
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (i >= kv) return;
+  const int64_t bh = blockIdx.y;
+  const int n_seg = linear_chunk_segments(p);
+  float4 d = p.dht ? *reinterpret_cast<const float4*>(p.dht + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s = n_seg - 1; s >= 1; --s) {
+    float4* ptr = reinterpret_cast<float4*>(p.dseg_states + (bh * n_seg + s) * kv + i);
+    const float4 loc = *ptr;
+    *ptr = d;
+    const float e = kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f;
+    d = make_float4(e * d.x + loc.x, e * d.y + loc.y, e * d.z + loc.z, e * d.w + loc.w);
+  }
+  *reinterpret_cast<float4*>(p.dseg_states + bh * n_seg * kv + i) = d;
+}
+
+}  // namespace attnlab::kernels::linear_chunk

@@ -1,0 +1,161 @@
+// The linear_chunk binding: validates tensors, fills LinearChunkParams, launches, and wraps it for autograd.
+#include "attnlab/ops/cuda/linear_chunk.h"
+
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cmath>
+
+#include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
+#include "attnlab/ops/cuda/cuda_util.h"
+#include "kernels/linear_chunk/params.h"
+
+namespace attnlab::ops::cuda {
+namespace {
+
+namespace kn = attnlab::kernels;
+constexpr const char* kOp = "linear_chunk";
+
+float* f32(const torch::Tensor& t) {
+  return t.defined() ? static_cast<float*>(t.data_ptr()) : nullptr;
+}
+
+// Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (either may be undefined).
+kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& g, const torch::Tensor& h0, double scale,
+                                  int64_t seg_chunks) {
+  kn::LinearChunkParams p;
+  p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
+  p.B = static_cast<int>(q.size(0)), p.T = static_cast<int>(q.size(1)), p.H = static_cast<int>(q.size(2));
+  p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(v.size(3));
+  p.scale = static_cast<float>(scale);
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
+  p.g = g.defined() ? static_cast<const float*>(g.data_ptr()) : nullptr;
+  p.h0 = h0.defined() ? static_cast<const float*>(h0.data_ptr()) : nullptr;
+  p.seg_chunks = seg_chunks > 0
+                     ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
+                     : kn::linear_chunk_default_seg_chunks(p.B, p.T, p.H, sm_count(q.device().index()));
+  p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
+  return p;
+}
+
+void check_params(const kn::LinearChunkParams& p, bool backward) {
+  auto why = kn::linear_chunk_check(p, backward);
+  if (!why.empty()) fail("{}: {} (from linear_chunk_check)", kOp, why);
+}
+
+// (o, ht) = the recurrence over q, k, v, g, h0; gradients for all five.
+class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
+                                                torch::Tensor k, torch::Tensor v, torch::Tensor g,
+                                                torch::Tensor h0, double scale, int64_t seg_chunks) {
+    DeviceScope device(q.device().index());
+    auto p = make_params(q, k, v, g, h0, scale, seg_chunks);
+    auto o = torch::empty(v.sizes(), v.options());  // [B, T, H, V]
+    auto f32opt = q.options().dtype(torch::kFloat);
+    auto ht = torch::empty({q.size(0), q.size(2), q.size(3), v.size(3)}, f32opt);  // [B, H, K, V]
+    const int64_t n_seg = kn::linear_chunk_segments(p);
+    torch::Tensor seg_states, seg_gate;
+    if (n_seg > 1) {
+      seg_states = torch::empty({q.size(0), q.size(2), n_seg, q.size(3), v.size(3)}, f32opt);
+      seg_gate = torch::empty({q.size(0), q.size(2), n_seg}, f32opt);
+    }
+    p.o = o.data_ptr(), p.ht = f32(ht), p.seg_states = f32(seg_states), p.seg_gate = f32(seg_gate);
+    check_params(p, false);
+    check_cuda(kn::launch_linear_chunk_fwd(p), kOp, "launch_linear_chunk_fwd");
+    ctx->save_for_backward({q, k, v, g, h0, ht, seg_states, seg_gate});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["seg_chunks"] = static_cast<int64_t>(p.seg_chunks);
+    return {o, ht};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto &q = s[0], &k = s[1], &v = s[2], &g = s[3], &h0 = s[4], &ht = s[5];
+    const auto &seg_states = s[6], &seg_gate = s[7];
+    DeviceScope device(q.device().index());
+    auto p = make_params(q, k, v, g, h0, ctx->saved_data["scale"].toDouble(),
+                         ctx->saved_data["seg_chunks"].toInt());
+    p.seg_states = f32(seg_states), p.seg_gate = f32(seg_gate);
+    // Upstream gradients can be any view (sum()'s backward hands an expanded, stride-0 tensor) or undefined.
+    torch::Tensor dout =
+        grads[0].defined() ? grads[0].to(v.scalar_type()).contiguous() : torch::zeros_like(v);
+    torch::Tensor dht = grads[1].defined() ? grads[1].to(torch::kFloat).contiguous() : torch::Tensor();
+    auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    auto f32opt = q.options().dtype(torch::kFloat);
+    torch::Tensor dg, dg_work, dg_last, dh0, dseg;
+    if (g.defined()) {
+      dg = torch::empty(g.sizes(), f32opt);
+      dg_work = torch::empty({q.size(0), q.size(2), q.size(1)}, f32opt);
+      if (dht.defined()) dg_last = (dht * ht).sum({2, 3}).contiguous();  // [B, H]
+    }
+    if (h0.defined()) dh0 = torch::empty(h0.sizes(), f32opt);
+    const int64_t n_seg = kn::linear_chunk_segments(p);
+    if (n_seg > 1) dseg = torch::empty({q.size(0), q.size(2), n_seg, q.size(3), v.size(3)}, f32opt);
+    p.o = const_cast<void*>(static_cast<const void*>(v.data_ptr()));  // not written by the backward
+    p.dout = dout.data_ptr(), p.dht = f32(dht), p.dg_last = f32(dg_last);
+    p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
+    p.dg = f32(dg), p.dg_work = f32(dg_work), p.dh0 = f32(dh0), p.dseg_states = f32(dseg);
+    check_params(p, true);
+    check_cuda(kn::launch_linear_chunk_bwd(p), kOp, "launch_linear_chunk_bwd");
+    return {dq, dk, dv, dg, dh0, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::string linear_chunk_unusable_reason(const RecurrentArgs& a, bool gated) {
+  if (!a.q.defined() || !a.k.defined() || !a.v.defined()) return "q, k or v is undefined";
+  if (a.q.dim() != 4 || a.k.dim() != 4 || a.v.dim() != 4) return "q, k, v must be [B, T, H, D]";
+  for (const auto* t : {&a.q, &a.k, &a.v, &a.g, &a.h0})
+    if (t->defined() && !t->is_cuda())
+      return fmt::format("tensors on {}, the kernels need CUDA", t->device().str());
+  for (const auto* t : {&a.k, &a.v, &a.g, &a.h0})
+    if (t->defined() && t->device() != a.q.device())
+      return fmt::format("inputs on different devices ({} and {})", a.q.device().str(), t->device().str());
+  const auto dt = a.q.scalar_type();
+  if (dt != torch::kBFloat16 && dt != torch::kHalf)
+    return fmt::format("dtype {} not in the kernels (bf16, fp16)", c10::toString(dt));
+  if (a.k.scalar_type() != dt || a.v.scalar_type() != dt)
+    return fmt::format("dtypes of q, k, v differ ({}, {}, {}); the kernels need one", c10::toString(dt),
+                       c10::toString(a.k.scalar_type()), c10::toString(a.v.scalar_type()));
+  const int64_t B = a.q.size(0), T = a.q.size(1), H = a.q.size(2), K = a.q.size(3), V = a.v.size(3);
+  if (a.k.sizes() != a.q.sizes() || a.v.size(0) != B || a.v.size(1) != T || a.v.size(2) != H)
+    return fmt::format("shapes q {}, k {}, v {} do not match [B,T,H,K] / [B,T,H,V]", shape_str(a.q.sizes()),
+                       shape_str(a.k.sizes()), shape_str(a.v.sizes()));
+  if (K != V || (K != 64 && K != 128))
+    return fmt::format("head dims K = {}, V = {} not in the kernels (K = V = 64 or 128)", K, V);
+  if (T == 0) return "T = 0";
+  if (B > 65535 || H > 65535 || T > INT_MAX / 2)
+    return fmt::format("B {} / H {} / T {} past the grid limits", B, H, T);
+  if (gated) {
+    if (!a.g.defined()) return "the gate g is undefined";
+    if (a.g.dim() != 3 || a.g.size(0) != B || a.g.size(1) != T || a.g.size(2) != H)
+      return fmt::format("g must be [B,T,H] = [{},{},{}], got {}", B, T, H, shape_str(a.g.sizes()));
+  } else if (a.g.defined()) {
+    return "a gate g was given to the ungated kernel";
+  }
+  if (a.h0.defined() &&
+      (a.h0.dim() != 4 || a.h0.size(0) != B || a.h0.size(1) != H || a.h0.size(2) != K || a.h0.size(3) != V))
+    return fmt::format("h0 must be [B,H,K,V] = [{},{},{},{}], got {}", B, H, K, V, shape_str(a.h0.sizes()));
+  return {};
+}
+
+RecurrentOut linear_chunk(const RecurrentArgs& args, bool gated) {
+  auto why = linear_chunk_unusable_reason(args, gated);
+  ATTNLAB_CHECK(why.empty(), "{}: cannot run these inputs: {}", kOp, why);
+  const double scale = args.scale > 0 ? args.scale : 1.0 / std::sqrt(static_cast<double>(args.q.size(3)));
+  auto g = gated ? args.g.to(torch::kFloat).contiguous() : torch::Tensor();
+  auto h0 = args.h0.defined() ? args.h0.to(torch::kFloat).contiguous() : torch::Tensor();
+  auto out = LinearChunkFunction::apply(args.q.contiguous(), args.k.contiguous(), args.v.contiguous(), g, h0,
+                                        scale, args.kernel_seg_chunks);
+  RecurrentOut r;
+  r.o = out[0];
+  if (args.output_final_state) r.ht = out[1];
+  return r;
+}
+
+}  // namespace attnlab::ops::cuda

@@ -1,0 +1,175 @@
+// labels: gpu
+// The chunked linear / simple-GLA kernels (cuda::linear_chunk) against our chunk form (itself held to the
+// naive recurrence and FLA's fixtures by test_ops_linear): o, ht and every gradient (q, k, v, g, h0) of
+// sum(o * do) + sum(ht * dht), on float32 copies of the same 16-bit inputs, so that only the kernel's own
+// rounding counts. Awkward lengths (not multiples of the 64-token chunk), weak and strong gates, forced
+// segment splits (the scan path), bf16 and fp16, D = 64 and 128.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "attnlab/core/compat.h"
+#include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
+#include "attnlab/ops/linear_attention.h"
+#include "attnlab/ops/simple_gla.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/linear_chunk.h"
+#endif
+#include "support/helpers.h"
+
+using namespace attnlab;
+
+#ifdef ATTNLAB_WITH_CUDA
+namespace {
+
+#define SKIP_WITHOUT_CUDA()                                                         \
+  if (!torch::cuda::is_available())                                                 \
+  GTEST_SKIP() << "no CUDA device (torch::cuda::is_available() is false, libtorch " \
+               << compat::torch_version() << "); this test needs a GPU"
+
+struct Case {
+  int64_t B, T, H, D;
+  torch::ScalarType dtype;
+  std::string gate;  // none | weak | strong
+  bool h0;
+  int64_t seg_chunks;  // 0 = the kernels' choice
+};
+
+std::string name(const Case& c) {
+  return fmt::format("B{}_T{}_H{}_D{}_{}_{}{}_seg{}", c.B, c.T, c.H, c.D,
+                     c.dtype == torch::kHalf ? "fp16" : "bf16", c.gate, c.h0 ? "_h0" : "", c.seg_chunks);
+}
+
+double rel_rms(const torch::Tensor& a, const torch::Tensor& ref) {
+  auto x = a.to(torch::kDouble), r = ref.to(torch::kDouble);
+  return ((x - r).norm() / r.norm().clamp_min(1e-30)).item<double>();
+}
+
+struct Result {
+  torch::Tensor o, ht, dq, dk, dv, dg, dh0;
+};
+
+// Runs the op on leaves made from the given tensors (dtype `dt`), backward of sum(o * do) + sum(ht * dht).
+Result run(const Case& c, const std::vector<torch::Tensor>& in, torch::ScalarType dt, ops::Impl impl) {
+  const auto &q0 = in[0], &k0 = in[1], &v0 = in[2], &g0 = in[3], &h00 = in[4], &do0 = in[5], &dht0 = in[6];
+  ops::RecurrentArgs a;
+  a.q = q0.to(dt).detach().requires_grad_(true);
+  a.k = k0.to(dt).detach().requires_grad_(true);
+  a.v = v0.to(dt).detach().requires_grad_(true);
+  if (c.gate != "none") a.g = g0.detach().requires_grad_(true);
+  if (c.h0) a.h0 = h00.detach().requires_grad_(true);
+  a.output_final_state = true;
+  a.kernel_seg_chunks = c.seg_chunks;
+  auto out = c.gate == "none" ? ops::linear_attention(a, impl) : ops::simple_gla(a, impl);
+  auto loss = (out.o.to(torch::kFloat) * do0).sum() + (out.ht * dht0).sum();
+  loss.backward();
+  Result r{out.o.detach().to(torch::kFloat),
+           out.ht.detach(),
+           a.q.grad().to(torch::kFloat),
+           a.k.grad().to(torch::kFloat),
+           a.v.grad().to(torch::kFloat),
+           {},
+           {}};
+  if (c.gate != "none") r.dg = a.g.grad();
+  if (c.h0) r.dh0 = a.h0.grad();
+  return r;
+}
+
+void check_case(const Case& c) {
+  torch::manual_seed(1234 + c.T + c.D);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  // Inputs as the layers make them: unit-variance q, k scaled down like a K^-1/2 projection, and gates
+  // from log-sigmoid logits (weak: decays near 1, as GLA's normaliser 16 gives; strong: down to e^-5).
+  auto q = torch::randn({c.B, c.T, c.H, c.D}, f).to(c.dtype).to(torch::kFloat);
+  auto k = (torch::randn({c.B, c.T, c.H, c.D}, f) / std::sqrt(double(c.D))).to(c.dtype).to(torch::kFloat);
+  auto v = torch::randn({c.B, c.T, c.H, c.D}, f).to(c.dtype).to(torch::kFloat);
+  auto logits = torch::randn({c.B, c.T, c.H}, f);
+  auto g = c.gate == "strong" ? torch::log_sigmoid(logits * 2 - 1) * 2 : torch::log_sigmoid(logits + 2) / 16;
+  auto h0 = torch::randn({c.B, c.H, c.D, c.D}, f);
+  auto dout = torch::randn({c.B, c.T, c.H, c.D}, f);
+  auto dht = torch::randn({c.B, c.H, c.D, c.D}, f);
+  std::vector<torch::Tensor> in{q, k, v, g, h0, dout, dht};
+
+  auto ref = run(c, in, torch::kFloat, ops::Impl::chunk);
+  auto got = run(c, in, c.dtype, ops::Impl::kernel);
+  // bf16 keeps 8 bits: the kernel's 16-bit scores and state copy give ~2-3e-3; fp16 (11 bits) 8x less.
+  const double tol = c.dtype == torch::kHalf ? 1e-3 : 5e-3;
+  auto expect = [&](const char* what, const torch::Tensor& x, const torch::Tensor& r, double t) {
+    ASSERT_TRUE(x.defined()) << what;
+    EXPECT_FALSE(torch::isnan(x).any().item<bool>()) << name(c) << ": NaN in " << what;
+    double e = rel_rms(x, r);
+    EXPECT_LT(e, t) << name(c) << ": " << what << " rel RMS " << e;
+    std::printf("  %-44s %-4s %.2e\n", name(c).c_str(), what, e);
+  };
+  expect("o", got.o, ref.o, tol);
+  expect("ht", got.ht, ref.ht, tol);
+  expect("dq", got.dq, ref.dq, tol);
+  expect("dk", got.dk, ref.dk, tol);
+  expect("dv", got.dv, ref.dv, tol);
+  if (c.h0) expect("dh0", got.dh0, ref.dh0, tol);
+  // dg_t sums q.dq - k.dk over the rest of the sequence: a difference of large terms, so its relative error
+  // is that of dq and dk times their ratio to dg; 4x the others' bound.
+  if (c.gate != "none") expect("dg", got.dg, ref.dg, 4 * tol);
+}
+
+class LinearChunkKernel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LinearChunkKernel, MatchesChunkForm) {
+  SKIP_WITHOUT_CUDA();
+  check_case(GetParam());
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (int64_t D : {64, 128})
+    for (const char* gate : {"none", "weak", "strong"}) {
+      out.push_back({2, 200, 3, D, torch::kBFloat16, gate, true, 0});
+      out.push_back({1, 1000, 2, D, torch::kBFloat16, gate, false, 0});
+      out.push_back({2, 333, 2, D, torch::kBFloat16, gate, true, 2});  // 6 chunks in 3 segments
+      out.push_back({1, 777, 3, D, torch::kHalf, gate, true, 3});
+    }
+  out.push_back({3, 1, 2, 64, torch::kBFloat16, "weak", true, 0});      // one token
+  out.push_back({2, 64, 2, 128, torch::kBFloat16, "strong", true, 1});  // one full chunk
+  out.push_back({1, 4096, 4, 128, torch::kBFloat16, "weak", true, 0});  // long: the default split
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, LinearChunkKernel, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return name(info.param); });
+
+TEST(LinearChunkKernel, AutomaticUsesTheKernelOnCuda) {
+  SKIP_WITHOUT_CUDA();
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({2, 100, 2, 64}, f), a.k = torch::randn({2, 100, 2, 64}, f) * 0.1;
+  a.v = torch::randn({2, 100, 2, 64}, f);
+  a.g = torch::log_sigmoid(torch::randn({2, 100, 2}, f.dtype(torch::kFloat)));
+  auto viakernel = ops::simple_gla(a, ops::Impl::kernel).o;
+  auto automatic = ops::simple_gla(a, ops::Impl::automatic).o;
+  EXPECT_TRUE(torch::equal(viakernel, automatic));
+  // Deterministic: the same inputs give the same bits (no atomics in o).
+  EXPECT_TRUE(torch::equal(viakernel, ops::simple_gla(a, ops::Impl::kernel).o));
+}
+
+TEST(LinearChunkKernel, RejectsWhatItCannotRun) {
+  SKIP_WITHOUT_CUDA();
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({1, 10, 2, 96}, f), a.k = torch::randn({1, 10, 2, 96}, f);
+  a.v = torch::randn({1, 10, 2, 96}, f);
+  EXPECT_ERROR_WITH(ops::linear_attention(a, ops::Impl::kernel), "linear_attention", "96", "64 or 128");
+  // automatic falls back to the chunk form (logged once) and still answers.
+  EXPECT_EQ(ops::linear_attention(a, ops::Impl::automatic).o.sizes(), a.v.sizes());
+  a.q = a.q.cpu(), a.k = a.k.cpu(), a.v = a.v.cpu();
+  EXPECT_NE(ops::cuda::linear_chunk_unusable_reason(a, false).find("CUDA"), std::string::npos);
+}
+
+}  // namespace
+#else
+TEST(LinearChunkKernel, NotBuilt) {
+  GTEST_SKIP() << "this build has no CUDA kernels (nvcc was not found at configure time)";
+}
+#endif
