@@ -91,8 +91,9 @@ class GLAMixer : public Mixer {
       args.h0 = c->state;
       args.output_final_state = true;
     }
-    // Decoding one token: the naive step is one state update, cheaper than the chunk form's masks.
-    const auto impl = T == 1 && impl_ == ops::Impl::automatic ? ops::Impl::naive : impl_;
+    // Decoding one token on the CPU: the naive step is one state update, cheaper than the chunk form's
+    // masks. On CUDA the op chooses (its fused decode-step kernel where it has one).
+    const auto impl = T == 1 && !x.is_cuda() && impl_ == ops::Impl::automatic ? ops::Impl::naive : impl_;
     auto out = ops::gla(args, impl);  // o [B, T, H, V]
     if (c) {
       c->state = out.ht.detach().to(c->state.scalar_type());

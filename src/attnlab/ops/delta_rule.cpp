@@ -4,11 +4,16 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "attnlab/core/error.h"
+#include "attnlab/core/log.h"
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/registry.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/recurrent_step.h"
+#endif
 
 namespace attnlab::ops {
 namespace {
@@ -162,17 +167,57 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   return finish(p, o, S, final_state);
 }
 
+// The CUDA kernel of the delta ops: the fused one-token decode step (kernels/recurrent_step), T == 1 only.
+// It reads the args as they are (no prepare(): its conversions would each be a launch at decode). q and k
+// are used as given, as in naive and chunk (the DeltaNet layers L2-normalise them before the op).
+// Empty when it takes these args, else why not (a phrase for a log line or an error).
+std::string kernel_unusable_reason(const RecurrentArgs& a, bool gated) {
+  if (a.q.defined() && a.q.dim() == 4 && a.q.size(1) != 1)
+    return "the delta rule's CUDA kernel is the one-token decode step (T == 1); longer inputs run the chunk "
+           "form";
+#ifdef ATTNLAB_WITH_CUDA
+  return cuda::recurrent_step_unusable_reason(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
+                                              /*l2norm_qk=*/false);
+#else
+  (void)gated;
+  return "the step kernel is not compiled into this build (no CUDA compiler when it was configured)";
+#endif
+}
+
+RecurrentOut via_kernel(const char* op, const RecurrentArgs& a, bool gated) {
+#ifdef ATTNLAB_WITH_CUDA
+  (void)op;
+  return cuda::recurrent_step(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
+                              /*l2norm_qk=*/false);
+#else
+  fail("{}: {}", op, kernel_unusable_reason(a, gated));
+#endif
+}
+
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gated) {
-  Prepared p = prepare(op, args, gated);
   switch (impl) {
     case Impl::naive:
-      return naive(p, args.output_final_state);
+      return naive(prepare(op, args, gated), args.output_final_state);
     case Impl::chunk:
-    case Impl::automatic:
-      return chunk(p, args.chunk_size, args.output_final_state);
-    case Impl::kernel:
-      fail("{}: the CUDA kernel is not compiled into this build (none exists yet); use naive, chunk or auto",
-           op);
+      return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
+    case Impl::automatic: {
+      // The kernel when the inputs are on CUDA and it takes them; otherwise chunk, the reason logged once
+      // (CPU tensors never expect the kernel).
+      if (args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda()) {
+        auto why = kernel_unusable_reason(args, gated);
+        if (why.empty()) return via_kernel(op, args, gated);
+        log_once(
+            fmt::format("{}.kernel: {}", op, why),
+            fmt::format("{}: the CUDA kernel cannot take these inputs ({}); using the chunk form", op, why));
+      }
+      return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
+    }
+    case Impl::kernel: {
+      auto why = kernel_unusable_reason(args, gated);
+      ATTNLAB_CHECK(why.empty(), "{}: impl kernel cannot run these inputs: {}; use chunk, naive or auto", op,
+                    why);
+      return via_kernel(op, args, gated);
+    }
     case Impl::sdpa:
       fail("{}: has no sdpa path (that is softmax attention's); use naive, chunk or auto", op);
   }

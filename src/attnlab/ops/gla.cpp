@@ -3,11 +3,15 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/registry.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/recurrent_step.h"
+#endif
 
 namespace attnlab::ops {
 namespace linear {
@@ -108,19 +112,55 @@ RecurrentOut naive(const Prepared& p, const torch::Tensor& g, bool final_state) 
   return linear::finish(p, o, S, final_state);
 }
 
+// gla's CUDA kernel: the fused one-token decode step (kernels/recurrent_step), for T == 1. It reads the
+// args as they are, so the kernel path skips prepare()'s layout conversions (each one a launch at decode).
+linear::KernelPath step_kernel(const RecurrentArgs& args) {
+  linear::KernelPath k;
+  k.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
+#ifdef ATTNLAB_WITH_CUDA
+  k.unusable = [&args]() -> std::string {
+    if (args.q.dim() == 4 && args.q.size(1) != 1)
+      return "gla's CUDA kernel is the one-token decode step (T == 1); longer inputs run the chunk form";
+    return cuda::recurrent_step_unusable_reason(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false);
+  };
+  k.run = [&args] { return cuda::recurrent_step(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false); };
+#else
+  k.unusable = [] {
+    return std::string(
+        "the step kernel is not compiled into this build (no CUDA compiler when it was configured)");
+  };
+  k.run = []() -> RecurrentOut { fail("gla: the step kernel is not compiled into this build"); };
+#endif
+  return k;
+}
+
 }  // namespace
 
 RecurrentOut gla(const RecurrentArgs& args, Impl impl) {
   const char* op = "gla";
-  auto p = linear::prepare(op, args);
-  check_shape(op, "g", args.g, "B,T,H,K", {p.B, p.T, p.H, p.K});
-  auto g = linear::heads_first(args.g, p.dtype);  // [B, H, T, K]
+  // naive and chunk take the checked, heads-first inputs; prepared only on those paths.
+  struct Inputs {
+    Prepared p;
+    torch::Tensor g;  // [B, H, T, K]
+  };
+  auto inputs = [&] {
+    Inputs in{linear::prepare(op, args), {}};
+    check_shape(op, "g", args.g, "B,T,H,K", {in.p.B, in.p.T, in.p.H, in.p.K});
+    in.g = linear::heads_first(args.g, in.p.dtype);
+    return in;
+  };
   return linear::dispatch(
-      op, impl, [&] { return naive(p, g, args.output_final_state); },
+      op, impl,
       [&] {
-        auto [o, S] = linear::gated_chunk(p, g, args.chunk_size, false);
-        return linear::finish(p, o, S, args.output_final_state);
-      });
+        auto in = inputs();
+        return naive(in.p, in.g, args.output_final_state);
+      },
+      [&] {
+        auto in = inputs();
+        auto [o, S] = linear::gated_chunk(in.p, in.g, args.chunk_size, false);
+        return linear::finish(in.p, o, S, args.output_final_state);
+      },
+      step_kernel(args));
 }
 
 ATTNLAB_REGISTER_OP("gla", gla, (std::vector<std::string>{"q", "k", "v", "g", "h0"}),

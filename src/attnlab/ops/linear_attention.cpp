@@ -10,6 +10,7 @@
 #include "attnlab/ops/check.h"
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/linear_chunk.h"
+#include "attnlab/ops/cuda/recurrent_step.h"
 #endif
 #include "attnlab/ops/registry.h"
 
@@ -113,8 +114,19 @@ KernelPath chunk_kernel_path(const RecurrentArgs& args, bool gated) {
   KernelPath path;
   path.on_cuda = args.q.defined() && args.q.is_cuda();
 #ifdef ATTNLAB_WITH_CUDA
-  path.unusable = [&args, gated] { return cuda::linear_chunk_unusable_reason(args, gated); };
-  path.run = [&args, gated] { return cuda::linear_chunk(args, gated); };
+  // One token without autograd (decoding): the fused step kernel, one launch; otherwise the chunk kernels.
+  const auto step = gated ? cuda::StepKind::scalar_gate : cuda::StepKind::linear;
+  auto use_step = [&args, step] {
+    return args.q.defined() && args.q.dim() == 4 && args.q.size(1) == 1 &&
+           cuda::recurrent_step_unusable_reason(step, args, /*l2norm_qk=*/false).empty();
+  };
+  path.unusable = [&args, gated, use_step] {
+    return use_step() ? std::string() : cuda::linear_chunk_unusable_reason(args, gated);
+  };
+  path.run = [&args, gated, step, use_step] {
+    return use_step() ? cuda::recurrent_step(step, args, /*l2norm_qk=*/false)
+                      : cuda::linear_chunk(args, gated);
+  };
 #else
   (void)gated;
   path.unusable = [] { return std::string("this build has no CUDA kernels"); };

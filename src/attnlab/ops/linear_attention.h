@@ -96,7 +96,8 @@ struct KernelPath {
 };
 
 // The kernel path of the scalar-decay ops (linear attention: gated = false; simple GLA / retention: true):
-// cuda::linear_chunk when the build has it. `args` must outlive the returned path.
+// the fused one-token step kernel for T == 1 without autograd, cuda::linear_chunk otherwise, when the build
+// has them. `args` must outlive the returned path.
 KernelPath chunk_kernel_path(const RecurrentArgs& args, bool gated);
 
 // Runs the implementation `impl` names. automatic: the kernel when the inputs are on CUDA and it takes

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The linear-family part of the GPU run, in one call that fits a short device budget: builds only what it
+# needs (the CLI and the gpu-labelled kernel tests) against the pip torch's libtorch for sm_90, runs the
+# kernel tests, then FLA's Triton kernels (bench/fla_bench.py, when .peer/fla was carried) and ours
+# (attnlab bench ops) on the shapes of PERFORMANCE.md. Logs and CSVs under $OUT (default ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+JOBS=${JOBS:-$(nproc)}; BUILD=${BUILD:-build-gpu}; P=$PWD/.deps/prefix
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+if [ ! -f "$P/.done" ]; then
+  (cmake -S .deps/src/yaml-cpp -B .deps/by -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+     -DYAML_CPP_BUILD_TESTS=OFF -DYAML_CPP_BUILD_TOOLS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$P" &&
+   cmake --build .deps/by -j "$JOBS" && cmake --install .deps/by &&
+   cmake -S .deps/src/googletest -B .deps/bg -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+     -DCMAKE_INSTALL_PREFIX="$P" && cmake --build .deps/bg -j "$JOBS" && cmake --install .deps/bg &&
+   mkdir -p "$P/include" && cp -r .deps/include/* "$P/include/" && touch "$P/.done") > "$OUT/deps.log" 2>&1 ||
+    { tail -n 20 "$OUT/deps.log"; exit 1; }
+fi
+el deps
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
+  -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1 ||
+  { tail -n 30 "$OUT/configure.log"; exit 1; }
+TESTS=${TESTS:-"test_gpu_linear_chunk test_gpu_recurrent_step"}
+cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
+el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+for t in $TESTS; do
+  [ -x "$BUILD/tests/$t" ] || { echo "$t: not built"; continue; }
+  timeout 240 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1; el "$t rc $?"
+  grep -E "^\[  (PASSED|FAILED) |Failure" "$OUT/$t.log" | head -n 20
+done
+if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
+  timeout 240 python3 bench/fla_bench.py --fla .peer/fla --out "$OUT/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
+  el "fla rc $?"; tail -n 4 "$OUT/fla.log"
+fi
+OPS=${OPS:-linear_attention,simple_gla,gated_delta_rule_step}
+timeout 240 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
+  --seq-lens 512,1024,2048,4096,8192,16384,32768 --tokens 32768 --heads 16 \
+  $( [ -f "$OUT/fla.csv" ] && echo --fla-csv "$OUT/fla.csv" ) --out "$OUT/bench_linear.csv" > "$OUT/bench_linear.log" 2>&1
+el "bench rc $?"
+grep -E "^(op |linear|simple|gated)" "$OUT/bench_linear.log" | head -n 40
