@@ -145,6 +145,7 @@ RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOu
     case Impl::automatic: {
       if (kernel.run && kernel.on_cuda) {
         auto why = kernel.unusable();
+        if (why.empty() && kernel.not_default) why = kernel.not_default();
         if (why.empty()) return kernel.run();
         log_once(
             fmt::format("{}.kernel: {}", op, why),
