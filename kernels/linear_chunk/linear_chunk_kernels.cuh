@@ -125,6 +125,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
 
   if constexpr (kOutput) {
     if (seg == n_seg - 1 && p.ht) ST::store(p.ht + bh * kD * kD, S, warp, lane);
+    // The last segment's gate sum: the forward scan never needs it (no segment follows), the backward's
+    // reverse scan does (the state gradient crosses it first), and only this pass walks that segment.
+    if (seg == n_seg - 1 && n_seg > 1 && tid == 0) p.seg_gate[bh * n_seg + seg] = seg_g;
   } else {
     ST::store(p.seg_states + (bh * n_seg + seg) * kD * kD, S, warp, lane);
     if (tid == 0) p.seg_gate[bh * n_seg + seg] = seg_g;

@@ -18,7 +18,13 @@ namespace kn = attnlab::kernels;
 constexpr const char* kOp = "linear_chunk";
 
 float* f32(const torch::Tensor& t) {
-  return t.defined() ? static_cast<float*>(t.data_ptr()) : nullptr;
+  return t.defined() && t.numel() > 0 ? static_cast<float*>(t.data_ptr()) : nullptr;
+}
+
+// An absent optional input (g, h0) crosses the autograd Function as an empty tensor: libtorch records the
+// device of every tensor input, and an undefined one has none.
+bool given(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0;
 }
 
 // Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (either may be undefined).
@@ -31,8 +37,8 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(v.size(3));
   p.scale = static_cast<float>(scale);
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
-  p.g = g.defined() ? static_cast<const float*>(g.data_ptr()) : nullptr;
-  p.h0 = h0.defined() ? static_cast<const float*>(h0.data_ptr()) : nullptr;
+  p.g = f32(g);
+  p.h0 = f32(h0);
   p.seg_chunks = seg_chunks > 0
                      ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
                      : kn::linear_chunk_default_seg_chunks(p.B, p.T, p.H, sm_count(q.device().index()));
@@ -87,12 +93,12 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto f32opt = q.options().dtype(torch::kFloat);
     torch::Tensor dg, dg_work, dg_last, dh0, dseg;
-    if (g.defined()) {
+    if (given(g)) {
       dg = torch::empty(g.sizes(), f32opt);
       dg_work = torch::empty({q.size(0), q.size(2), q.size(1)}, f32opt);
       if (dht.defined()) dg_last = (dht * ht).sum({2, 3}).contiguous();  // [B, H]
     }
-    if (h0.defined()) dh0 = torch::empty(h0.sizes(), f32opt);
+    if (given(h0)) dh0 = torch::empty(h0.sizes(), f32opt);
     const int64_t n_seg = kn::linear_chunk_segments(p);
     if (n_seg > 1) dseg = torch::empty({q.size(0), q.size(2), n_seg, q.size(3), v.size(3)}, f32opt);
     p.o = const_cast<void*>(static_cast<const void*>(v.data_ptr()));  // not written by the backward
@@ -148,8 +154,9 @@ RecurrentOut linear_chunk(const RecurrentArgs& args, bool gated) {
   auto why = linear_chunk_unusable_reason(args, gated);
   ATTNLAB_CHECK(why.empty(), "{}: cannot run these inputs: {}", kOp, why);
   const double scale = args.scale > 0 ? args.scale : 1.0 / std::sqrt(static_cast<double>(args.q.size(3)));
-  auto g = gated ? args.g.to(torch::kFloat).contiguous() : torch::Tensor();
-  auto h0 = args.h0.defined() ? args.h0.to(torch::kFloat).contiguous() : torch::Tensor();
+  auto none = torch::empty({0}, args.q.options().dtype(torch::kFloat));
+  auto g = gated ? args.g.to(torch::kFloat).contiguous() : none;
+  auto h0 = args.h0.defined() ? args.h0.to(torch::kFloat).contiguous() : none;
   auto out = LinearChunkFunction::apply(args.q.contiguous(), args.k.contiguous(), args.v.contiguous(), g, h0,
                                         scale, args.kernel_seg_chunks);
   RecurrentOut r;
