@@ -2,8 +2,10 @@
 # On a GPU machine whose python3 holds torch 2.x with CUDA: builds attnlab against that libtorch for sm_90,
 # runs every test (cpu and gpu labels), runs the benchmarks, and prints a short table last.
 # Dependencies missing there come from .deps/ (scripts/gpu_deps.sh gathers them on a Debian machine).
-# Results go to $OUT (or ./gpu-out) : gpu_env.json, ctest.log, bench_softmax.csv/.log, train_cuda.log,
-# gpu_summary.md.
+# Results go to $OUT (or ./gpu-out) : gpu_env.json, ctest.log, bench_softmax.csv/.log, fla.csv/.log,
+# bench_linear.csv/.log, train_cuda.log, gpu_summary.md.
+# The linear part wants FLA's source tree at .peer/fla (git-ignored; carry it: carry ".peer/fla"), with the
+# Triton autotune results of an earlier run in .peer/fla/triton-autotune (then only the chosen configs compile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -15,8 +17,8 @@ PREFIX=$ROOT/.deps/prefix
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 summary() { echo "$*" | tee -a "$OUT/gpu_summary.md"; }
-# PARTS picks what runs after the build (all by default): tests bench train tasks study
-PARTS=${PARTS:-"tests bench train tasks study"}
+# PARTS picks what runs after the build (all by default): tests bench linear train tasks study
+PARTS=${PARTS:-"tests bench linear train tasks study"}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 : > "$OUT/gpu_summary.md"
 
@@ -43,9 +45,10 @@ if ! cmake --build "$BUILD" -j "$JOBS" -- -k 0 2>&1 | tee "$OUT/build.log" | gre
 [ -x "$BUILD/attnlab" ] || { echo "build failed; see build.log"; tail -n 40 "$OUT/build.log"; exit 1; }
 "$BUILD/attnlab" env --json > "$OUT/gpu_env.json"
 "$BUILD/attnlab" env
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 
 # ---- 3. tests (cpu and gpu labels)
-tests_rc=skipped bench_rc=skipped train_rc=skipped t30_rc=skipped task_rc=skipped study_rc=skipped
+tests_rc=skipped bench_rc=skipped fla_rc=skipped linear_rc=skipped train_rc=skipped t30_rc=skipped task_rc=skipped study_rc=skipped
 if want tests; then
 step "tests"
 (cd "$BUILD" && ctest --output-on-failure -j 8 --timeout 600) > "$OUT/ctest.log" 2>&1
@@ -62,6 +65,40 @@ step "bench ops softmax"
   > "$OUT/bench_softmax.log" 2>&1
 bench_rc=$?
 grep -E "^(op |softmax +128 )|MISMATCH|error" "$OUT/bench_softmax.log"
+fi
+
+# ---- 4b. the linear family: FLA's Triton kernels (bench/fla_bench.py) then ours (impl kernel and chunk),
+# with FLA's times beside ours (ratio = FLA ms / ours). Shapes of PERFORMANCE.md; LINEAR_SEQ / LINEAR_DIMS pick
+# fewer. FLA compiles its kernels in parallel processes first (seconds with .peer/fla/triton-autotune, ~5 min
+# without); each side has a time limit and writes its CSV row by row.
+LINEAR_SEQ=${LINEAR_SEQ:-512,1024,2048,4096,8192,16384,32768}
+LINEAR_DIMS=${LINEAR_DIMS:-128,64}
+if want linear; then
+step "linear family: FLA's Triton kernels (bench/fla_bench.py)"
+if [ -d .peer/fla/fla ]; then
+  timeout "${FLA_TIMEOUT:-270}" python3 bench/fla_bench.py --fla .peer/fla --out "$OUT/fla.csv" \
+    --seq-lens "$LINEAR_SEQ" --head-dims "$LINEAR_DIMS" --time-budget "${FLA_BUDGET:-240}" ${FLA_ARGS:-} \
+    > "$OUT/fla.log" 2>&1
+  fla_rc=$?
+  grep -E "^(LIFTED|FLA's Hopper guard)|^priming done|^prime .*(killed|errors|exit)|^fla_bench:" "$OUT/fla.log"
+  # New autotune results (a first run on this GPU model) come back for .peer/fla/triton-autotune.
+  tar czf "$OUT/fla_triton_autotune.tgz" -C .peer/fla triton-autotune 2>/dev/null
+else
+  fla_rc=absent
+  echo "FLA not run: .peer/fla is absent (the FLA source tree, git-ignored: carry .peer/fla)"
+fi
+step "linear family: ours (bench ops)"
+case "$gpu_name" in *H100*) BANDWIDTH_GBS=${BANDWIDTH_GBS:-3350} ;; *) BANDWIDTH_GBS=${BANDWIDTH_GBS:-4800} ;; esac
+fla_csv_arg=()
+[ -s "$OUT/fla.csv" ] && fla_csv_arg=(--fla-csv "$OUT/fla.csv")
+timeout "${LINEAR_TIMEOUT:-300}" "$BUILD/attnlab" bench ops \
+  --ops linear_attention,simple_gla,gla,delta_rule,gated_delta_rule,gated_delta_rule_step --dtype bf16 \
+  --head-dims "$LINEAR_DIMS" --seq-lens "$LINEAR_SEQ" --tokens 32768 --heads 16 --decode-batches 1,32 \
+  --bandwidth-gbs "$BANDWIDTH_GBS" --chunk-repeat "${CHUNK_REPEAT:-3}" ${fla_csv_arg[@]+"${fla_csv_arg[@]}"} \
+  --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" --out "$OUT/bench_linear.csv" \
+  > "$OUT/bench_linear.log" 2>&1
+linear_rc=$?
+grep -E "^(op |[a-z_]+ +128 +8192 )|gated_delta_rule_step|MISMATCH|error" "$OUT/bench_linear.log" | head -n 40
 fi
 
 # ---- 5. benchmarks: end-to-end training on CUDA (bf16 autocast)
@@ -130,6 +167,23 @@ bench_row() {
     "$OUT/bench_softmax.csv" 2>/dev/null
 }
 summary "| softmax bf16 causal T=8192 D=128, fwd / fwd+bwd TFLOP/s | ours $(bench_row ours); SDPA flash $(bench_row sdpa_flash); SDPA cuDNN $(bench_row sdpa_cudnn) (rc $bench_rc) |"
+# The linear family at T=8192, D=128 (bench_linear.csv: op 1, impl 2, T 5, D 7, fwd_ms 9, fwdbwd_ms 10,
+# ratio_fwd 13, ratio_fwdbwd 14 = FLA ms / ours, peak_mib 27, fla_fwd_ms 28, fla_fwdbwd_ms 29; notes last)
+linear_row() {
+  awk -F, -v op="$1" '!/^#/ && $1 == op && $2 == "kernel" && $5 == 8192 && $7 == 128 {
+      if ($9 == "") printf "ours: kernel unavailable"; else printf "ours %s / %s", $9, $10
+      printf "; FLA %s / %s", ($28 == "" ? "-" : $28), ($29 == "" ? "-" : $29)
+      if ($13 != "") printf "; FLA/ours %s / %s", $13, $14 }' "$OUT/bench_linear.csv" 2>/dev/null
+}
+for op in linear_attention simple_gla gla delta_rule gated_delta_rule; do
+  summary "| $op bf16 T=8192 D=128, fwd / fwd+bwd ms | $(linear_row $op) (rc fla $fla_rc, ours $linear_rc) |"
+done
+step_row() {  # microseconds, one token
+  awk -F, -v b="$1" '!/^#/ && $1 == "gated_delta_rule_step" && $2 == "kernel" && $4 == b {
+      printf "ours %s us", ($9 == "" ? "unavailable" : $9 * 1000); if ($28 != "") printf ", FLA %s us", $28 * 1000 }' \
+    "$OUT/bench_linear.csv" 2>/dev/null
+}
+summary "| gated_delta_rule decode step H=16 K=V=128, B=1 / B=32 | $(step_row 1) / $(step_row 32) |"
 
 # The device returns at most 8 files: everything but the summary travels in one archive.
 (cd "$OUT" && tar czf ../gpu_results.tgz . && find . -mindepth 1 ! -name gpu_summary.md -delete &&
