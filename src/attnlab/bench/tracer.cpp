@@ -161,7 +161,33 @@ std::string Tracer::chrome_trace(const std::vector<fs::path>& merge) const {
           "trace to merge '{}': expected a Chrome trace (an object with a \"traceEvents\" array, or an "
           "array)",
           path.string());
-    for (const auto& e : *list) events.push_back(e);
+    // Kineto (libtorch 2.x) writes "ts" relative to "baseTimeNanoseconds" (Unix epoch): shift back onto
+    // the Unix-epoch clock of our spans. Events on this process's pid (libtorch's CPU ops) move to a pid of
+    // their own, so that Perfetto shows them as a track beside ours; their process name says whose.
+    const double base_us =
+        other.is_object() && other.contains("baseTimeNanoseconds") && other["baseTimeNanoseconds"].is_number()
+            ? other["baseTimeNanoseconds"].get<double>() / 1e3
+            : 0.0;
+    const int moved_pid = pid + 1 + static_cast<int>(&path - merge.data());
+    bool moved = false;
+    for (json e : *list) {
+      if (base_us != 0 && e.is_object() && e.contains("ts") && e["ts"].is_number() &&
+          e.value("ph", "") != "M")
+        e["ts"] = e["ts"].get<double>() + base_us;
+      if (e.is_object() && e.contains("pid") && e["pid"].is_number_integer() &&
+          e["pid"].get<int64_t>() == pid) {
+        if (e.value("ph", "") == "M" && e.value("name", "") == "process_name") continue;
+        e["pid"] = moved_pid;
+        moved = true;
+      }
+      events.push_back(std::move(e));
+    }
+    if (moved)
+      events.push_back({{"name", "process_name"},
+                        {"ph", "M"},
+                        {"pid", moved_pid},
+                        {"tid", 0},
+                        {"args", {{"name", fmt::format("{} (merged)", path.filename().string())}}}});
   }
   json out = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
   return out.dump() + "\n";

@@ -43,9 +43,11 @@ class Tracer {
   std::vector<Event> events() const;
 
   // Chrome trace JSON ({"traceEvents": [...]}, complete events "ph":"X", microseconds), readable by
-  // chrome://tracing and ui.perfetto.dev. Timestamps are Unix-epoch microseconds, the clock libtorch's
-  // (Kineto) profiler traces use, so the events of each file in `merge` (an object with "traceEvents" or a
-  // bare array) line up with ours. Throws attnlab::Error naming a merge file that is not a trace.
+  // chrome://tracing and ui.perfetto.dev. Timestamps are Unix-epoch microseconds, the clock of libtorch's
+  // profiler, so the events of each file in `merge` (an object with "traceEvents" or a bare array) line up
+  // with ours: a file's "baseTimeNanoseconds" (Kineto 2.x writes "ts" relative to it) is added back, and
+  // its events on this process's pid move to pid + 1 + (index in merge), named "<file> (merged)", so that
+  // they show as a process of their own. Throws attnlab::Error naming a merge file that is not a trace.
   std::string chrome_trace(const std::vector<fs::path>& merge = {}) const;
   void write_chrome_trace(const fs::path& path, const std::vector<fs::path>& merge = {}) const;
 

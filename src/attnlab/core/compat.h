@@ -6,8 +6,10 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #define ATTNLAB_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -135,5 +137,39 @@ class CudaAutocast {
  private:
   bool enabled_;
 };
+
+// ---- libtorch's op profiler (torch/csrc/autograd/profiler_kineto.h; compat.cpp). The same calls exist in
+// 1.13 and 2.x (prepareProfiler, enableProfiler(ProfilerConfig, activities), disableProfiler() returning a
+// ProfilerResult with events() and save(path)); what differs: KinetoEvent's times (startUs()/durationUs()
+// up to 2.0, startNs()/durationNs() later), and whether the build has Kineto, without which save() throws
+// (Debian's 1.13) while events() still holds every op.
+
+// One event of libtorch's profiler: a CPU op (aten::mm, autograd::engine::..., cudaLaunchKernel) or a
+// device activity (a CUDA kernel, memcpy, memset: `on_device`).
+struct OpEvent {
+  std::string name;
+  int64_t start_ns = 0;  // Unix epoch, the clock of attnlab's tracer
+  int64_t dur_ns = 0;
+  uint64_t tid = 0;  // libtorch's thread id (1, 2, ... for CPU ops; the stream for device activities)
+  bool on_device = false;
+  int device_index = -1;  // device activities
+  // A device activity's linked_correlation is the correlation of the CPU op that launched it.
+  uint64_t correlation = 0, linked_correlation = 0;
+};
+
+struct OpProfile {
+  bool collected = false;      // the profiler ran and returned its events
+  bool trace_written = false;  // libtorch wrote its own Chrome trace (needs Kineto)
+  std::string note;            // why no trace was written (libtorch's message), or why nothing was collected
+  std::vector<OpEvent> events;
+};
+
+// Starts libtorch's profiler on this thread: CPU ops, and CUDA activities when `cuda`. Returns "" when it
+// runs, else why not (a MemoryMeter or another profiler holds the thread's profiler slot: they cannot
+// nest; libtorch refused). Never throws.
+std::string start_op_profiler(bool cuda);
+// Stops the profiler started by start_op_profiler and returns its events; writes libtorch's own Chrome
+// trace to `chrome_trace_path` (unless empty) where the build can. Never throws.
+OpProfile stop_op_profiler(const std::string& chrome_trace_path);
 
 }  // namespace attnlab::compat

@@ -2,6 +2,8 @@
 #include "attnlab/model/lm.h"
 
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <optional>
 
 #include "attnlab/bench/tracer.h"
@@ -9,6 +11,56 @@
 #include "attnlab/mixers/registry.h"
 
 namespace attnlab {
+
+namespace {
+
+// Backward spans per block (mixer, MLP) from gradient hooks on the residual stream. Block k maps b_k to
+// b_{k+1} (b_0 the embeddings); autograd computes the gradient of b_{k+1} before any of block k's backward
+// runs and that of b_k (complete: the residual path and the block's) after all of it, so a hook on b_{k+1}
+// opens block k's span and a hook on b_k closes it. The hooks run on the thread that runs the backward of
+// these tensors: the calling thread on the CPU, the device's autograd thread on CUDA (top-level spans of
+// that thread there).
+class BackwardSpans : public std::enable_shared_from_this<BackwardSpans> {
+ public:
+  // The input of the first block.
+  void boundary(const torch::Tensor& b) { hook(b, 0); }
+  // The block just run: its name and its output (the next block's input).
+  void block(std::string name, const torch::Tensor& out) {
+    spans_.push_back({std::move(name)});
+    hook(out, spans_.size());
+  }
+
+ private:
+  struct Open {
+    std::string name;
+    bool open = false;
+    size_t index = 0;
+    uint64_t generation = 0;
+  };
+  void hook(const torch::Tensor& b, size_t k) {
+    // The hooks own the object (the graph keeps it alive until the backward is done; no cycle: it holds
+    // no tensors).
+    b.register_hook([self = shared_from_this(), k](const torch::Tensor&) { self->reached(k); });
+  }
+  // The gradient of b_k is complete: block k's backward is over and block k-1's begins.
+  void reached(size_t k) {
+    auto& tracer = bench::Tracer::global();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (k < spans_.size() && spans_[k].open) {
+      tracer.close(spans_[k].index, spans_[k].generation);
+      spans_[k].open = false;
+    }
+    if (k > 0 && tracer.enabled()) {
+      Open& o = spans_[k - 1];
+      o.index = tracer.open(o.name, "backward", o.generation);
+      o.open = true;
+    }
+  }
+  std::mutex mutex_;
+  std::vector<Open> spans_;
+};
+
+}  // namespace
 
 const OptionSet<ModelOptions>& ModelOptions::schema() {
   static const OptionSet<ModelOptions> s = [] {
@@ -124,17 +176,22 @@ torch::Tensor LanguageModelImpl::hidden(const torch::Tensor& tokens, ModelCache*
   // Profiling spans per layer (the study's profile stage); a disabled tracer costs one branch per layer.
   const bool tracing = bench::Tracer::global().enabled();
   const auto names = tracing ? opt_.layer_mixers() : std::vector<std::string>{};
+  std::shared_ptr<BackwardSpans> bwd;
+  if (tracing && x.requires_grad() && torch::GradMode::is_enabled()) bwd = std::make_shared<BackwardSpans>();
+  if (bwd) bwd->boundary(x);
   for (size_t i = 0; i < mixers_.size(); ++i) {
     {
       std::optional<bench::Span> span;
       if (tracing) span.emplace(fmt::format("layer{}.{}", i, names[i]), "forward");
       x = x + mixers_[i]->forward(norm1_[i](x), cache ? cache->layers[i].get() : nullptr);
     }
+    if (bwd) bwd->block(fmt::format("layer{}.{}.backward", i, names[i]), x);
     if (!mlps_.empty()) {
       std::optional<bench::Span> span;
       if (tracing) span.emplace(fmt::format("layer{}.mlp", i), "forward");
       x = x + mlps_[i](norm2_[i](x));
     }
+    if (bwd && !mlps_.empty()) bwd->block(fmt::format("layer{}.mlp.backward", i), x);
   }
   return final_norm_(x);
 }

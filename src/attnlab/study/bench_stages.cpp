@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 
+#include "attnlab/bench/torch_profile.h"
 #include "attnlab/bench/tracer.h"
 #include "attnlab/core/compat.h"
 #include "attnlab/core/error.h"
@@ -50,6 +51,47 @@ struct StepResult {
   std::string clock;
 };
 
+// A model, its AdamW and a batch of random tokens: one training step (forward, loss, backward, AdamW) at a
+// time, with the tracer's step spans.
+struct TrainRig {
+  LanguageModel model;
+  std::unique_ptr<torch::optim::AdamW> opt;
+  bool autocast = false;
+  int64_t vocab = 0;
+  torch::Tensor x, y;
+
+  TrainRig(const ModelOptions& mo, const std::map<std::string, std::shared_ptr<AnyOptions>>& mixers,
+           int64_t B, int64_t T, const torch::Device& device)
+      : model(mo, mixers), vocab(mo.vocab_size) {
+    model->to(device);
+    TrainOptions topt;
+    opt = make_optimizer(*model, topt);
+    autocast = use_autocast(topt, device);
+    const auto o = torch::TensorOptions().dtype(torch::kLong).device(device);
+    x = torch::randint(vocab, {B, T}, o);
+    y = torch::randint(vocab, {B, T}, o);
+  }
+
+  void step() {
+    ATTNLAB_TRACE("train_step", "step");
+    opt->zero_grad();
+    torch::Tensor loss;
+    {
+      ATTNLAB_TRACE("forward", "step");
+      compat::CudaAutocast ac(autocast);
+      auto logits = model->forward(x);
+      loss = torch::nn::functional::cross_entropy(logits.reshape({-1, vocab}).to(torch::kFloat),
+                                                  y.reshape({-1}));
+    }
+    {
+      ATTNLAB_TRACE("backward", "step");
+      loss.backward();
+    }
+    ATTNLAB_TRACE("optimizer", "step");
+    opt->step();
+  }
+};
+
 // Whole training steps (forward, loss, backward, AdamW) of a model on random tokens; the peak counts the
 // parameters, gradients, optimiser state and activations (the meter starts before the model exists).
 StepResult bench_train_step(const ModelOptions& mo,
@@ -59,31 +101,8 @@ StepResult bench_train_step(const ModelOptions& mo,
   StepResult r;
   try {
     MemoryMeter meter;
-    LanguageModel model(mo, mixers);
-    model->to(device);
-    TrainOptions topt;
-    auto opt = make_optimizer(*model, topt);
-    const bool autocast = use_autocast(topt, device);
-    auto x = torch::randint(mo.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kLong).device(device));
-    auto y = torch::randint(mo.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kLong).device(device));
-    auto step = [&] {
-      ATTNLAB_TRACE("train_step", "step");
-      opt->zero_grad();
-      torch::Tensor loss;
-      {
-        ATTNLAB_TRACE("forward", "step");
-        compat::CudaAutocast ac(autocast);
-        auto logits = model->forward(x);
-        loss = torch::nn::functional::cross_entropy(logits.reshape({-1, mo.vocab_size}).to(torch::kFloat),
-                                                    y.reshape({-1}));
-      }
-      {
-        ATTNLAB_TRACE("backward", "step");
-        loss.backward();
-      }
-      ATTNLAB_TRACE("optimizer", "step");
-      opt->step();
-    };
+    TrainRig rig(mo, mixers, B, T, device);
+    auto step = [&] { rig.step(); };
     if (trace) {
       for (int i = 0; i < warmup; ++i) step();
       bench::Tracer::global().clear();
@@ -102,6 +121,80 @@ StepResult bench_train_step(const ModelOptions& mo,
     spdlog::warn("out of memory at B {} T {}: recorded as OOM", B, T);
   }
   return r;
+}
+
+// What the libtorch-profiler pass of one profiled point produced (a row of results/profile_torch.csv).
+struct TorchProfileRun {
+  std::string status = "ok";  // ok | OOM | unavailable
+  std::string trace_source;   // libtorch (its own Kineto trace) | attnlab (written from libtorch's events)
+  int64_t events = 0;
+  std::string note;
+};
+
+// The same training steps again, without the MemoryMeter (it holds the profiler's slot), under libtorch's
+// profiler and our tracer together: profiler/<stem>_torch_trace.json (libtorch's Chrome trace, or, where
+// libtorch cannot write one, its events written by attnlab), <stem>_merged_trace.json (our spans of this run
+// and libtorch's events in one trace, two processes), <stem>_torch_top_ops.csv.
+TorchProfileRun torch_profile_steps(const ModelOptions& mo,
+                                    const std::map<std::string, std::shared_ptr<AnyOptions>>& mixers,
+                                    int64_t B, int64_t T, const torch::Device& device, int warmup, int repeat,
+                                    const fs::path& pdir, const std::string& stem) {
+  TorchProfileRun run;
+  auto& tracer = bench::Tracer::global();
+  const fs::path torch_trace = pdir / (stem + "_torch_trace.json");
+  compat::OpProfile prof;
+  try {
+    TrainRig rig(mo, mixers, B, T, device);
+    for (int i = 0; i < warmup; ++i) rig.step();
+    if (device.is_cuda()) torch::cuda::synchronize();
+    tracer.clear();
+    tracer.enable();
+    const std::string why = compat::start_op_profiler(device.is_cuda());
+    if (!why.empty()) {
+      tracer.disable();
+      run.status = "unavailable";
+      run.note = why;
+      return run;
+    }
+    try {
+      for (int i = 0; i < repeat; ++i) rig.step();
+      if (device.is_cuda()) torch::cuda::synchronize();
+    } catch (...) {
+      tracer.disable();
+      (void)compat::stop_op_profiler("");
+      throw;
+    }
+    prof = compat::stop_op_profiler(torch_trace.string());
+    tracer.disable();
+  } catch (const std::exception& e) {
+    tracer.disable();
+    if (!is_oom(e)) throw;
+    run.status = "OOM";
+    run.note = "out of memory";
+    return run;
+  }
+  if (!prof.collected) {
+    run.status = "unavailable";
+    run.note = prof.note;
+    tracer.clear();
+    return run;
+  }
+  run.events = static_cast<int64_t>(prof.events.size());
+  if (prof.trace_written) {
+    run.trace_source = "libtorch";
+  } else {
+    run.trace_source = "attnlab";
+    run.note = "libtorch wrote no trace (" + prof.note + "); its events, written by attnlab";
+    bench::write_torch_events_chrome_trace(torch_trace, prof.events,
+                                           "libtorch profiler (events via attnlab)");
+  }
+  tracer.write_chrome_trace(pdir / (stem + "_merged_trace.json"), {torch_trace});
+  report::Table top = bench::torch_top_ops(prof.events);
+  top.comments = {fmt::format("libtorch's profiler over {} training step(s), {} events, trace by {}{}",
+                              repeat, run.events, run.trace_source, run.note.empty() ? "" : ": " + run.note)};
+  report::write_csv(pdir / (stem + "_torch_top_ops.csv"), top);
+  tracer.clear();
+  return run;
 }
 
 // The parameter-matched model of a mixer for the study's vocabulary (its parameter count included, so that
@@ -345,16 +438,19 @@ bool stage_profile(const StudyConfig& cfg, const std::string& dir) {
   const torch::Device device = resolve_device(cfg.study.device);
   const fs::path pdir = fs::path(dir) / "profiler";
   fs::create_directories(pdir);
-  report::Table all;
+  report::Table all, torch_runs;
   all.columns = {"mixer",    "T",       "batch",   "span",    "calls",
                  "total_ms", "self_ms", "mean_us", "percent", "step_peak_bytes"};
+  torch_runs.comments = {
+      "libtorch's profiler over the same training steps (a second run, without the memory meter): "
+      "profiler/<mixer>_T<T>_torch_trace.json, _merged_trace.json (with our spans), _torch_top_ops.csv"};
+  torch_runs.columns = {"mixer", "T", "batch", "status", "trace_source", "events", "note"};
   for (const auto& mixer : cfg.study.mixers) {
     const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters).model;
     for (int64_t T : cfg.study.profile_seq_lens) {
       const int64_t B = std::max<int64_t>(1, cfg.study.efficiency_tokens / T);
-      auto r =
-          bench_train_step(mo, cfg.run.mixers, B, T, device, std::max(1, cfg.study.warmup), cfg.study.repeat,
-                           /*trace=*/true);
+      const int warmup = std::max(1, cfg.study.warmup);
+      auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, warmup, cfg.study.repeat, /*trace=*/true);
       auto& tracer = bench::Tracer::global();
       const std::string stem = fmt::format("{}_T{}", mixer, T);
       tracer.write_chrome_trace(pdir / (stem + "_trace.json"));
@@ -366,9 +462,19 @@ bool stage_profile(const StudyConfig& cfg, const std::string& dir) {
                      *top.number(i, "percent"), r.peak_bytes});
       tracer.clear();
       if (stop_requested()) return false;
+      if (cfg.study.profile_torch_steps == 0) continue;
+      auto tp = torch_profile_steps(mo, cfg.run.mixers, B, T, device, warmup, cfg.study.profile_torch_steps,
+                                    pdir, stem);
+      spdlog::info("profile {} T {}: libtorch profiler {} ({} events{}{})", mixer, T, tp.status, tp.events,
+                   tp.trace_source.empty() ? "" : ", trace by " + tp.trace_source,
+                   tp.note.empty() ? "" : "; " + tp.note);
+      torch_runs.add_row({mixer, T, B, tp.status, tp.trace_source, tp.events, tp.note});
+      if (stop_requested()) return false;
     }
   }
   report::write_csv(fs::path(dir) / "results" / "profile.csv", all);
+  if (cfg.study.profile_torch_steps > 0)
+    report::write_csv(fs::path(dir) / "results" / "profile_torch.csv", torch_runs);
   return true;
 }
 

@@ -3,6 +3,7 @@
 // (`attnlab study CONFIG --only report`), and it shows whatever stages have produced so far.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -249,15 +250,27 @@ bool stage_report(const StudyConfig& cfg, const std::string& dir) {
   if (auto t = maybe_csv(results / "profile.csv")) {
     auto& s = rep.add_section("Profile");
     s.paragraph(
-        "Spans of a training step from attnlab's tracer (step phases; the forward pass per layer). The "
+        "Spans of a training step from attnlab's tracer (step phases; each layer's mixer and MLP in the "
+        "forward and in the backward). The same steps ran again under libtorch's profiler: its trace, the "
+        "merged trace (our spans and libtorch's ops as two processes), and its most expensive ops. The "
         "Chrome/Perfetto traces (ui.perfetto.dev) and folded stacks (speedscope, flamegraph.pl) are in "
         "profiler/.");
     s.table(head_rows(*t, 60), "the most expensive spans by self time");
-    std::string files;
+    if (auto runs = maybe_csv(results / "profile_torch.csv")) s.table(*runs, "libtorch's profiler");
+    std::vector<fs::path> files;
     if (fs::exists(root / "profiler"))
-      for (const auto& e : fs::directory_iterator(root / "profiler"))
-        files += e.path().filename().string() + "\n";
-    if (!files.empty()) s.preformatted(files);
+      for (const auto& e : fs::directory_iterator(root / "profiler")) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    const std::string suffix = "_torch_top_ops.csv";
+    std::string names;
+    for (const auto& f : files) {
+      names += f.filename().string() + "\n";
+      const std::string n = f.filename().string();
+      if (n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+        s.table(head_rows(report::read_csv(f), 30),
+                "libtorch's most expensive ops by self CPU time: " + n.substr(0, n.size() - suffix.size()));
+    }
+    if (!names.empty()) s.preformatted(names);
   }
 
   report::write_html(root / "report.html", rep);

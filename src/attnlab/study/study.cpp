@@ -41,6 +41,9 @@ const OptionSet<StudyOptions>& StudyOptions::schema() {
     o.add("prompt_lens", &S::prompt_lens, "latency: prompt lengths of the prefill");
     o.add("decode_contexts", &S::decode_contexts, "latency: contexts at which one decode step is timed");
     o.add("profile_seq_lens", &S::profile_seq_lens, "profile: T of the profiled training steps");
+    o.add("profile_torch_steps", &S::profile_torch_steps,
+          "profile: training steps run again under libtorch's profiler (0: none; its trace grows with each)",
+          check::non_negative<int>());
     o.add("tasks", &S::tasks, "synthetic tasks (see `attnlab task --list`)");
     o.add("task_preset", &S::task_preset, "preset of the tasks", check::one_of({"quick", "paper"}));
     o.add("task_sets", &S::task_sets, "extra task settings, e.g. [sweep.epochs=2, task.num_pairs=4]");

@@ -36,6 +36,7 @@ struct StudyOptions {
   std::vector<int64_t> prompt_lens = {64, 128, 256, 512};
   std::vector<int64_t> decode_contexts = {64, 256, 1024};
   std::vector<int64_t> profile_seq_lens = {256, 1024};
+  int profile_torch_steps = 1;  // steps under libtorch's profiler (0: none): its traces grow with each
   std::vector<std::string> tasks = {"mqar"};
   std::string task_preset = "quick";
   std::vector<std::string> task_sets;       // extra --set lines for the tasks (e.g. "sweep.epochs=2")
