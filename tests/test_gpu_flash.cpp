@@ -15,17 +15,13 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/flash_attn.h"
 #endif
+#include "support/cuda.h"
 #include "support/helpers.h"
 
 using namespace attnlab;
 
 #ifdef ATTNLAB_WITH_CUDA
 namespace {
-
-#define SKIP_WITHOUT_CUDA()                                                         \
-  if (!torch::cuda::is_available())                                                 \
-  GTEST_SKIP() << "no CUDA device (torch::cuda::is_available() is false, libtorch " \
-               << compat::torch_version() << "); this test needs a GPU"
 
 struct FlashCase {
   int64_t B, T, H, Hkv, D;

@@ -18,17 +18,13 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/linear_chunk.h"
 #endif
+#include "support/cuda.h"
 #include "support/helpers.h"
 
 using namespace attnlab;
 
 #ifdef ATTNLAB_WITH_CUDA
 namespace {
-
-#define SKIP_WITHOUT_CUDA()                                                         \
-  if (!torch::cuda::is_available())                                                 \
-  GTEST_SKIP() << "no CUDA device (torch::cuda::is_available() is false, libtorch " \
-               << compat::torch_version() << "); this test needs a GPU"
 
 struct Case {
   int64_t B, T, H, D;

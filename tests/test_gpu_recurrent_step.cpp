@@ -20,6 +20,7 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/recurrent_step.h"
 #endif
+#include "support/cuda.h"
 #include "support/helpers.h"
 
 using namespace attnlab;
@@ -28,11 +29,6 @@ using namespace attnlab;
 namespace {
 
 using ops::cuda::StepKind;
-
-#define SKIP_WITHOUT_CUDA()                                                         \
-  if (!torch::cuda::is_available())                                                 \
-  GTEST_SKIP() << "no CUDA device (torch::cuda::is_available() is false, libtorch " \
-               << compat::torch_version() << "); this test needs a GPU"
 
 // Tolerances, relative RMS against the float64 naive op on the same (rounded) inputs. o: bf16 stores o with
 // a half-ulp of 2^-9 = 2e-3 relative, so 1e-2 leaves 5x; float32 sums K = 128 products in float32 (~1e-7).

@@ -12,6 +12,29 @@ __device__ __forceinline__ int64_t bh_index(int b, int h, int H) {
   return static_cast<int64_t>(b) * H + h;
 }
 
+// The start of every chunk step: waits for the chunk's copies (the next chunk's may still be in flight),
+// then (with a gate) turns its gates into the in-chunk cumsum G in place. Returns G_last (0 without gate).
+template <bool kGated>
+__device__ __forceinline__ float begin_chunk(float* G, int warp, int lane) {
+  cp_async_wait<1>();
+  __syncthreads();
+  if constexpr (kGated) {
+    gate_cumsum(G, warp, lane);
+    __syncthreads();
+    return G[kC - 1];
+  }
+  return 0.f;
+}
+
+// S = exp(G_last) S + K^T Vw for the state tile in registers (Vw: V rows times exp(G_last - G_s), or V).
+template <int kD, typename T, bool kGated, int MT, int NT>
+__device__ __forceinline__ void update_state(float (&S)[MT][NT][4], float g_last, uint32_t sK, uint32_t sVw,
+                                             int warp, int lane) {
+  using ST = StateTile<kD, kD>;
+  if constexpr (kGated) ST::scale(S, __expf(g_last));
+  warp_mma<MT, NT, kC / 16, true, true, kD, kD, T>(S, sK, ST::m0(warp), 0, sVw, 0, ST::n0(warp), lane);
+}
+
 // ---------------------------------------------------------------- forward
 // Shared memory of fwd_kernel: two stages of (Q, K, V tiles, gates), then the 16-bit state, the scaled V
 // and the scores. Q, the state copy and the scores only when the kernel writes outputs.
@@ -78,13 +101,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
     const int st = (c - c_begin) & 1, t0 = c * kC;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    cp_async_wait<1>();
-    __syncthreads();
-    if constexpr (kGated) {
-      gate_cumsum(G, warp, lane);
-      __syncthreads();
-    }
-    const float g_last = kGated ? G[kC - 1] : 0.f;
+    const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
     if constexpr (kOutput) {
@@ -112,10 +129,8 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
       store_acc_global<T>(o, static_cast<int64_t>(p.H) * kD, O, m0, n0o, p.T - t0, lane);
     }
     // state: S = exp(G_last) S + K^T (V exp(G_last - G_s))
-    if constexpr (kGated) ST::scale(S, __expf(g_last));
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, s0 + st * L::kStage + L::kK, ST::m0(warp), 0,
-                                                             s0 + (kGated ? L::kVw : st * L::kStage + L::kV),
-                                                             0, ST::n0(warp), lane);
+    update_state<kD, T, kGated>(S, g_last, s0 + st * L::kStage + L::kK,
+                                s0 + (kGated ? L::kVw : st * L::kStage + L::kV), warp, lane);
     seg_g += g_last;
     __syncthreads();  // every read of this stage, the state copy, Vw and P is done
     if constexpr (kOutput) store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
@@ -219,13 +234,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    cp_async_wait<1>();
-    __syncthreads();
-    if constexpr (kGated) {
-      gate_cumsum(G, warp, lane);
-      __syncthreads();
-    }
-    const float g_last = kGated ? G[kC - 1] : 0.f;
+    const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
     {
@@ -256,9 +265,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
         }
       }
     }
-    if constexpr (kGated) ST::scale(S, __expf(g_last));
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(
-        S, sst + L::kK, ST::m0(warp), 0, kGated ? s0 + L::kVw : sst + L::kV, 0, ST::n0(warp), lane);
+    update_state<kD, T, kGated>(S, g_last, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, warp, lane);
     __syncthreads();
     store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue(c + 2);
@@ -331,13 +338,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    cp_async_wait<1>();
-    __syncthreads();
-    if constexpr (kGated) {
-      gate_cumsum(G, warp, lane);
-      __syncthreads();
-    }
-    const float g_last = kGated ? G[kC - 1] : 0.f;
+    const float g_last = begin_chunk<kGated>(G, warp, lane);
     scale_tile_rows<kD, T>(smem + L::kQw, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     if constexpr (kDkv) {
