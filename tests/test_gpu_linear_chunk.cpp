@@ -151,6 +151,36 @@ TEST(LinearChunkKernel, DISABLED_AutomaticUsesTheKernelOnCuda) {
   EXPECT_TRUE(torch::equal(viakernel, ops::simple_gla(a, ops::Impl::kernel).o));
 }
 
+// The normalised variant: numerator through the kernels, normaliser from a cumulative sum of k.
+TEST(LinearChunkKernel, NormalizedMatchesChunkForm) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(5);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  const int64_t B = 2, T = 300, H = 2, D = 64;
+  // Positive features (elu + 1), as the layer feeds this op, so that the normaliser stays away from 0.
+  auto q = (torch::elu(torch::randn({B, T, H, D}, f)) + 1).to(torch::kBFloat16).to(torch::kFloat);
+  auto k = (torch::elu(torch::randn({B, T, H, D}, f)) + 1).to(torch::kBFloat16).to(torch::kFloat);
+  auto v = torch::randn({B, T, H, D}, f).to(torch::kBFloat16).to(torch::kFloat);
+  auto h0 = torch::rand({B, H, D, D + 1}, f), dout = torch::randn({B, T, H, D}, f);
+  auto go = [&](torch::ScalarType dt, ops::Impl impl) {
+    ops::RecurrentArgs a;
+    a.q = q.to(dt).detach().requires_grad_(true), a.k = k.to(dt).detach().requires_grad_(true);
+    a.v = v.to(dt).detach().requires_grad_(true), a.h0 = h0.detach().requires_grad_(true);
+    a.output_final_state = true;
+    auto out = ops::linear_attention_normalized(a, impl);
+    ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
+    return std::vector<torch::Tensor>{out.o.detach().to(torch::kFloat), out.ht.detach(),
+                                      a.q.grad().to(torch::kFloat),     a.k.grad().to(torch::kFloat),
+                                      a.v.grad().to(torch::kFloat),     a.h0.grad()};
+  };
+  auto ref = go(torch::kFloat, ops::Impl::chunk), got = go(torch::kBFloat16, ops::Impl::kernel);
+  const char* names[] = {"o", "ht", "dq", "dk", "dv", "dh0"};
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i];
+    EXPECT_LT(rel_rms(got[i], ref[i]), 1e-2) << names[i];
+  }
+}
+
 TEST(LinearChunkKernel, RejectsWhatItCannotRun) {
   SKIP_WITHOUT_CUDA();
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);

@@ -221,6 +221,26 @@ RecurrentOut linear_attention_normalized(const RecurrentArgs& args, Impl impl, d
   int64_t V = args.v.size(3);
   if (args.h0.defined())
     check_shape(op, "h0", args.h0, "B,H,K,V+1", {args.q.size(0), args.q.size(2), args.q.size(3), V + 1});
+  // With the CUDA kernels: the numerator q^T S through them (v as it is, so K = V holds), the normaliser
+  // q^T z from a float32 cumulative sum of k (z_t = z0 + k_0 + ... + k_t), which is cheap next to the
+  // numerator; the state keeps the [K, V+1] layout below.
+  RecurrentArgs num_args = args;
+  if (args.h0.defined()) num_args.h0 = args.h0.narrow(-1, 0, V);
+  auto kernel = linear::chunk_kernel_path(num_args, /*gated=*/false);
+  bool use_kernel = impl == Impl::kernel;
+  if (impl == Impl::automatic && kernel.on_cuda && kernel.unusable().empty())
+    use_kernel = kernel.not_default().empty();
+  if (use_kernel) {
+    auto out = run(op, num_args, Impl::kernel);  // o [B, T, H, V] (v's dtype), ht [B, H, K, V]
+    const double scale = args.scale > 0 ? args.scale : 1.0 / std::sqrt(static_cast<double>(args.q.size(3)));
+    auto z = args.k.to(torch::kFloat).cumsum(1);  // [B, T, H, K]
+    if (args.h0.defined()) z = z + args.h0.select(-1, V).to(torch::kFloat).unsqueeze(1);
+    auto den = (args.q.to(torch::kFloat) * z).sum(-1, /*keepdim=*/true) * scale;  // [B, T, H, 1]
+    if (args.output_final_state)
+      out.ht = torch::cat({out.ht, z.select(1, z.size(1) - 1).unsqueeze(-1)}, -1);  // [B, H, K, V+1]
+    out.o = (out.o.to(torch::kFloat) / (den + eps)).to(args.v.scalar_type());
+    return out;
+  }
   // z_t = sum_s k_s is S_t's column for a value that is always 1, so append that column to v and run the
   // unnormalised op: o[..., :V] = q^T S, o[..., V] = q^T z. Computed in the accumulation dtype, so that the
   // division does not happen in bf16.

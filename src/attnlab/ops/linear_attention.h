@@ -23,6 +23,8 @@ RecurrentOut linear_attention(const RecurrentArgs& args, Impl impl = Impl::autom
 // args.scale multiplies q as in every op; it cancels in the ratio except against eps, so pass 1.0 for the
 // textbook form. The normaliser rides along as an extra value column: h0 and ht are [B,H,K,V+1], S in the
 // first V columns and z in the last (zeros when h0 is undefined), so that streaming keeps both states.
+// Impl kernel (and automatic, once the chunk kernels are its default): the numerator through the CUDA
+// kernels (K = V), the normaliser from a float32 cumulative sum of k.
 RecurrentOut linear_attention_normalized(const RecurrentArgs& args, Impl impl = Impl::automatic,
                                          double eps = 1e-6);
 
