@@ -12,7 +12,9 @@
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/registry.h"
 #ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/delta_chunk.h"
 #include "attnlab/ops/cuda/recurrent_step.h"
+#include "kernels/linear_chunk/params.h"
 #endif
 
 namespace attnlab::ops {
@@ -106,40 +108,50 @@ torch::Tensor to_chunks(const torch::Tensor& x, int64_t pad, int64_t N, int64_t 
 // With M = (I + A)^-1 (the UT transform): u = U - W S, U = M (beta V), W = M (beta exp(G) K); both depend
 // only on the chunk, so every chunk's triangular solve runs at once and only the [K, V] state is sequential.
 // Padding the tail with k = v = beta = g = 0 leaves the state unchanged, so T need not divide by C.
-RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
-  if (p.T == 0) return naive(p, final_state);
-  int64_t C = std::min(chunk_size, p.T);  // a shorter sequence is one chunk: no padding to compute
-  int64_t N = (p.T + C - 1) / C, pad = N * C - p.T;
-  auto q = to_chunks(p.q, pad, N, C);        // [B, H, N, C, K]
-  auto k = to_chunks(p.k, pad, N, C);        // [B, H, N, C, K]
-  auto v = to_chunks(p.v, pad, N, C);        // [B, H, N, C, V]
-  auto beta = to_chunks(p.beta, pad, N, C);  // [B, H, N, C]
+// The per-chunk tensors of the chunk form, computed for every chunk at once ([B, H, N, C, ...]).
+struct Chunked {
+  int64_t C = 0, N = 0;
+  torch::Tensor qd;           // exp(G_i) q_i (q scaled)
+  torch::Tensor qk;           // (q_i . k_j) exp(G_i - G_j) for j <= i, else 0
+  torch::Tensor kd;           // exp(G_C - G_i) k_i
+  torch::Tensor chunk_decay;  // [B, H, N, 1, 1] exp(G_C); undefined without a gate
+  torch::Tensor G;            // [B, H, N, C] float64 in-chunk cumulative log decay; undefined without a gate
+  torch::Tensor W, U;         // the WY factors: M (beta exp(G) K) [.., K], M (beta V) [.., V]
+};
 
-  auto opts = q.options().dtype(torch::kBool);
+// with_q = false skips the query terms (qd, qk): the CUDA kernels compute those themselves.
+Chunked chunked(const Prepared& p, int64_t C, bool with_q = true) {
+  int64_t N = (p.T + C - 1) / C, pad = N * C - p.T;
+  auto q = with_q ? to_chunks(p.q, pad, N, C) : torch::Tensor();  // [B, H, N, C, K]
+  auto k = to_chunks(p.k, pad, N, C);                             // [B, H, N, C, K]
+  auto v = to_chunks(p.v, pad, N, C);                             // [B, H, N, C, V]
+  auto beta = to_chunks(p.beta, pad, N, C);                       // [B, H, N, C]
+
+  auto opts = k.options().dtype(torch::kBool);
   auto causal = torch::ones({C, C}, opts).tril();   // [C, C] j <= i
   auto kb = k * beta.unsqueeze(-1);                 // [B, H, N, C, K] beta_i k_i
   auto A = torch::matmul(kb, k.transpose(-1, -2));  // [B, H, N, C, C] beta_i k_i.k_j
-  auto qk = torch::matmul(q, k.transpose(-1, -2));  // [B, H, N, C, C] q_i.k_j
-  torch::Tensor kw = kb, qd = q, kd = k, chunk_decay;
+  auto qk = with_q ? torch::matmul(q, k.transpose(-1, -2)) : torch::Tensor();  // [B, H, N, C, C] q_i.k_j
+  torch::Tensor kw = kb, qd = q, kd = k, chunk_decay, G;
   if (p.g.defined()) {
     // The gate arithmetic runs in float64: at strong decay G reaches |sum g| ~ 300 within a chunk, and a
     // float32 difference G_i - G_j of two such numbers is off by ~300 * 6e-8 = 2e-5, an error of 2e-5 in
     // every decay factor and in dg (measured: dg off by 1.5e-5 against the naive form at g ~ -5, chunk 64;
     // 2.3e-7 with float64 here).
-    auto dd = [&](const torch::Tensor& x) { return x.exp().to(q.scalar_type()); };
-    auto G = to_chunks(p.g.to(torch::kDouble), pad, N, C).cumsum(-1);  // [B, H, N, C]
+    auto dd = [&](const torch::Tensor& x) { return x.exp().to(k.scalar_type()); };
+    G = to_chunks(p.g.to(torch::kDouble), pad, N, C).cumsum(-1);  // [B, H, N, C]
     // exp(G_i - G_j) only where j <= i: the masked exponents (positive, up to |sum g|) would overflow to
     // inf and turn into NaN in the products and their gradients, so they become -inf before exp.
     auto diff = G.unsqueeze(-1) - G.unsqueeze(-2);  // [B, H, N, C, C]
     auto decay = dd(diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()));
     A = A * decay;
-    qk = qk * decay;
+    if (with_q) qk = qk * decay;
     auto last = G.select(-1, C - 1).unsqueeze(-1);  // [B, H, N, 1]
     kw = kb * dd(G).unsqueeze(-1);                  // [B, H, N, C, K] beta_i exp(G_i) k_i
-    qd = q * dd(G).unsqueeze(-1);                   // [B, H, N, C, K] exp(G_i) q_i
+    if (with_q) qd = q * dd(G).unsqueeze(-1);       // [B, H, N, C, K] exp(G_i) q_i
     kd = k * dd(last - G).unsqueeze(-1);            // [B, H, N, C, K] exp(G_C - G_i) k_i
     chunk_decay = dd(last).unsqueeze(-1);           // [B, H, N, 1, 1]
-  } else {
+  } else if (with_q) {
     qk = qk.masked_fill(causal.logical_not(), 0.0);
   }
   // The unit diagonal of (I + A) is implicit (unitriangular) and the solver reads only the strictly lower
@@ -151,8 +163,19 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   auto WU =
       at::linalg_solve_triangular(A.to(solve_dtype), rhs.to(solve_dtype), /*upper=*/false, /*left=*/true,
                                   /*unitriangular=*/true);
-  auto W = WU.narrow(-1, 0, p.K);    // [B, H, N, C, K]
-  auto U = WU.narrow(-1, p.K, p.V);  // [B, H, N, C, V]
+  Chunked out;
+  out.C = C, out.N = N, out.qd = qd, out.qk = qk, out.kd = kd, out.chunk_decay = chunk_decay, out.G = G;
+  out.W = WU.narrow(-1, 0, p.K);    // [B, H, N, C, K]
+  out.U = WU.narrow(-1, p.K, p.V);  // [B, H, N, C, V]
+  return out;
+}
+
+RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
+  if (p.T == 0) return naive(p, final_state);
+  // A shorter sequence is one chunk: no padding to compute.
+  auto c = chunked(p, std::min(chunk_size, p.T));
+  const int64_t N = c.N;
+  const auto &W = c.W, &U = c.U, &qd = c.qd, &qk = c.qk, &kd = c.kd, &chunk_decay = c.chunk_decay;
 
   auto S = p.S0;  // [B, H, K, V]
   std::vector<torch::Tensor> os;
@@ -167,14 +190,35 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   return finish(p, o, S, final_state);
 }
 
-// The CUDA kernel of the delta ops: the fused one-token decode step (kernels/recurrent_step), T == 1 only.
-// It reads the args as they are (no prepare(): its conversions would each be a launch at decode). q and k
-// are used as given, as in naive and chunk (the DeltaNet layers L2-normalise them before the op).
-// Empty when it takes these args, else why not (a phrase for a log line or an error).
-std::string kernel_unusable_reason(const RecurrentArgs& a, bool gated) {
-  if (a.q.defined() && a.q.dim() == 4 && a.q.size(1) != 1)
-    return "the delta rule's CUDA kernel is the one-token decode step (T == 1); longer inputs run the chunk "
-           "form";
+// The chunk kernels (kernels/delta_chunk): the WY factors of every chunk here (batched triangular solve,
+// differentiated by autograd), the sequential part over the chunks in CUDA.
+RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated) {
+#ifdef ATTNLAB_WITH_CUDA
+  Prepared p = prepare(op, a, gated);
+  auto c = chunked(p, kernels::kLinearChunk, /*with_q=*/false);
+  auto to_bthd = [&](const torch::Tensor& x) {  // [B, H, N, C, D] -> [B, T, H, D]
+    return x.reshape({p.B, p.H, c.N * c.C, x.size(-1)}).narrow(2, 0, p.T).transpose(1, 2);
+  };
+  torch::Tensor G;
+  if (gated) G = c.G.reshape({p.B, p.H, c.N * c.C}).narrow(2, 0, p.T).transpose(1, 2).to(torch::kFloat);
+  const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(p.K));
+  auto out = cuda::delta_chunk_recurrence(a.q, a.k, to_bthd(c.W), to_bthd(c.U), G, a.h0, scale);
+  RecurrentOut r;
+  r.o = out[0].to(p.v_dtype);
+  if (a.output_final_state) r.ht = out[1];
+  return r;
+#else
+  (void)gated;
+  fail("{}: this build has no CUDA kernels", op);
+#endif
+}
+
+// The CUDA kernels of the delta ops: the fused one-token decode step (kernels/recurrent_step) for T == 1
+// without autograd, the chunk kernels (kernels/delta_chunk) otherwise. q and k are used as given, as in naive
+// and chunk (the DeltaNet layers L2-normalise them before the op). Each returns why it cannot take the args
+// (empty: it can), a phrase for a log line or an error.
+std::string step_unusable_reason(const RecurrentArgs& a, bool gated) {
+  if (a.q.defined() && a.q.dim() == 4 && a.q.size(1) != 1) return "the decode step takes T == 1";
 #ifdef ATTNLAB_WITH_CUDA
   return cuda::recurrent_step_unusable_reason(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
                                               /*l2norm_qk=*/false);
@@ -184,13 +228,22 @@ std::string kernel_unusable_reason(const RecurrentArgs& a, bool gated) {
 #endif
 }
 
-RecurrentOut via_kernel(const char* op, const RecurrentArgs& a, bool gated) {
+std::string chunk_kernel_unusable_reason(const RecurrentArgs& a, bool gated) {
+#ifdef ATTNLAB_WITH_CUDA
+  return cuda::delta_chunk_unusable_reason(a, gated);
+#else
+  (void)a, (void)gated;
+  return "the chunk kernels are not compiled into this build (no CUDA compiler when it was configured)";
+#endif
+}
+
+RecurrentOut via_step(const char* op, const RecurrentArgs& a, bool gated) {
 #ifdef ATTNLAB_WITH_CUDA
   (void)op;
   return cuda::recurrent_step(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
                               /*l2norm_qk=*/false);
 #else
-  fail("{}: {}", op, kernel_unusable_reason(a, gated));
+  fail("{}: {}", op, step_unusable_reason(a, gated));
 #endif
 }
 
@@ -201,22 +254,25 @@ RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gate
     case Impl::chunk:
       return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
     case Impl::automatic: {
-      // The kernel when the inputs are on CUDA and it takes them; otherwise chunk, the reason logged once
-      // (CPU tensors never expect the kernel).
+      // On CUDA: the decode step when it takes the args; the chunk kernels once they have passed their GPU
+      // test (tests/test_gpu_delta_chunk.cpp has not run on a GPU yet); otherwise chunk, the reason logged
+      // once.
       if (args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda()) {
-        auto why = kernel_unusable_reason(args, gated);
-        if (why.empty()) return via_kernel(op, args, gated);
-        log_once(
-            fmt::format("{}.kernel: {}", op, why),
-            fmt::format("{}: the CUDA kernel cannot take these inputs ({}); using the chunk form", op, why));
+        if (step_unusable_reason(args, gated).empty()) return via_step(op, args, gated);
+        auto why = chunk_kernel_unusable_reason(args, gated);
+        if (why.empty()) why = "the delta_chunk kernels await their first GPU check; impl kernel runs them";
+        log_once(fmt::format("{}.kernel: {}", op, why),
+                 fmt::format("{}: the CUDA kernels are not used for these inputs ({}); using the chunk form",
+                             op, why));
       }
       return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
     }
     case Impl::kernel: {
-      auto why = kernel_unusable_reason(args, gated);
+      if (step_unusable_reason(args, gated).empty()) return via_step(op, args, gated);
+      auto why = chunk_kernel_unusable_reason(args, gated);
       ATTNLAB_CHECK(why.empty(), "{}: impl kernel cannot run these inputs: {}; use chunk, naive or auto", op,
                     why);
-      return via_kernel(op, args, gated);
+      return via_chunk_kernel(op, args, gated);
     }
     case Impl::sdpa:
       fail("{}: has no sdpa path (that is softmax attention's); use naive, chunk or auto", op);

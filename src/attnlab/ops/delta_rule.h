@@ -13,8 +13,10 @@ namespace attnlab::ops {
 // Reads q, k [B,T,H,K], v [B,T,H,V], beta [B,T,H] (required) and h0 [B,H,K,V] (optional). k is used as
 // given (FLA's default): callers that want the usual unit-norm keys pass l2_normalize(k).
 // Impl: naive (the definition), chunk (Yang et al. 2024, chunkwise WY representation, chunk_size from the
-// args), kernel (the fused CUDA decode step, T == 1 only; an error saying why when it cannot run),
-// automatic (the kernel for CUDA inputs it takes, else chunk; the fallback logged once).
+// args), kernel (CUDA: the fused decode step for T == 1 without autograd, else the chunk kernels of
+// kernels/delta_chunk, K = V = 64 or 128, bf16 / fp16; an error saying why when neither can run), automatic
+// (on CUDA the decode step where it applies; the chunk kernels once their GPU test has passed; else chunk,
+// the fallback logged once).
 // Accumulates in float32 (float64 when q is float64); o has v's dtype, ht the accumulation dtype.
 RecurrentOut delta_rule(const RecurrentArgs& args, Impl impl = Impl::automatic);
 

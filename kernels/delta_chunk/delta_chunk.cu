@@ -1,0 +1,59 @@
+// Launchers and checks of the delta_chunk kernels (params.h).
+#include <string>
+
+#include "kernels/delta_chunk/delta_chunk_kernels.cuh"
+
+namespace attnlab::kernels {
+
+std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
+  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (p.K != p.V || (p.K != 64 && p.K != 128))
+    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
+           " not in the kernels (K = V = 64 or 128)";
+  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
+    return "B and H must be in 1..65535, T >= 1";
+  if (!p.q || !p.k || !p.w || !p.u || !p.o || !p.hs) return "q, k, w, u, o and hs must be set";
+  if (backward) {
+    if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
+    if (p.G && !p.dG) return "dG must be set when G is";
+  }
+  return {};
+}
+
+size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
+  return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
+}
+
+namespace delta_chunk {
+namespace {
+
+template <typename K>
+cudaError_t launch(K* kernel, int smem, const DeltaChunkParams& p) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(1, p.H, p.B), kThreads, smem, p.stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace delta_chunk
+
+cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p) {
+  if (!delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
+  using namespace delta_chunk;
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    return p.G ? launch(&delta_fwd_kernel<kD, T, true>, FwdSmem<kD>::kBytes, p)
+               : launch(&delta_fwd_kernel<kD, T, false>, FwdSmem<kD>::kBytes, p);
+  });
+}
+
+cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
+  if (!delta_chunk_check(p, true).empty()) return cudaErrorInvalidValue;
+  using namespace delta_chunk;
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    return p.G ? launch(&delta_bwd_kernel<kD, T, true>, BwdSmem<kD>::kBytes, p)
+               : launch(&delta_bwd_kernel<kD, T, false>, BwdSmem<kD>::kBytes, p);
+  });
+}
+
+}  // namespace attnlab::kernels

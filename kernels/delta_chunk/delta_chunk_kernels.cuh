@@ -1,0 +1,336 @@
+// The delta_chunk kernels (params.h has the semantics, docs/kernels.md the design). Grid (1, H, B), 8 warps;
+// each block walks every chunk of one (batch, head) with the K x V state (or its gradient) in float32
+// registers. The delta rule's state transition (exp(G_last) I - K_d^T W) is a K x K matrix per chunk, so,
+// unlike linear_chunk, the sequence is not cut into segments: a scan over segments would multiply K x K
+// matrices. Built on linear_chunk's building blocks (warp products on swizzled tiles, state tiles).
+#pragma once
+
+#include "kernels/delta_chunk/params.h"
+#include "kernels/linear_chunk/linear_chunk_common.cuh"
+
+namespace attnlab::kernels::delta_chunk {
+
+using namespace attnlab::kernels::linear_chunk;
+
+__device__ __forceinline__ int64_t row_offset(int b, int t, int h, int T, int H, int D) {
+  return ((static_cast<int64_t>(b) * T + t) * H + h) * D;
+}
+
+// Rows past T of the last chunk take the gate of the last real row, so that every exp(G_t - G_s) stays
+// finite (their q, k, w, u, do are zero, so they add nothing). Call between two barriers.
+__device__ __forceinline__ void pad_gates(float* G, int rows, int tid) {
+  if (tid < kC && tid >= rows) G[tid] = G[rows - 1];
+}
+
+// ---------------------------------------------------------------- forward
+template <int kD>
+struct FwdSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kG = 4 * kTile;
+  static constexpr int kStage = kG + kC * 4;
+  static constexpr int kS = 2 * kStage;         // [kD][kD] entering state, 16-bit
+  static constexpr int kVn = kS + kD * kD * 2;  // [C][kD] vn
+  static constexpr int kVw = kVn + kTile;       // [C][kD] vn rows times exp(G_last - G_s)
+  static constexpr int kP = kVw + kTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t
+  static constexpr int kBytes = kP + kC * kC * 2;
+};
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunkParams p) {
+  using L = FwdSmem<kD>;
+  using ST = StateTile<kD, kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T);
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+
+  auto issue = [&](int c) {
+    if (c < nt) {
+      const int st = c & 1, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(base + L::kU, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();
+  };
+  issue(0);
+  issue(1);
+
+  float S[ST::MT][ST::NT][4];
+  ST::load(S, p.h0 ? p.h0 + bh * kD * kD : nullptr, warp, lane);
+  store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+
+  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  T* hs = static_cast<T*>(p.hs) + bh * nt * kD * kD;
+  for (int c = 0; c < nt; ++c) {
+    const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
+    const uint32_t sst = s0 + st * L::kStage;
+    unsigned char* stage = smem + st * L::kStage;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kGated && rows < kC) {
+      pad_gates(G, rows, tid);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    // The entering state, saved for the backward (16-bit, as the products read it).
+    store_tile<kD, kD, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
+    {  // vn = U - W S, stored as is and times exp(G_last - G_s)
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, sst + L::kW, m0, 0, s0 + L::kS, 0, n0o, lane);
+#pragma unroll
+      for (int nj = 0; nj < kD / 16; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = m0 + (lane >> 2) + half * 8, col = n0o + nj * 8 + 2 * (lane & 3);
+          const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
+          const float2 uu = unpack2<T>(*reinterpret_cast<const uint32_t*>(stage + L::kU + off));
+          const float a = uu.x - X[0][nj][2 * half], bb = uu.y - X[0][nj][2 * half + 1];
+          const float wr = kGated ? __expf(g_last - G[r]) : 1.f;
+          *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(a, bb);
+          *reinterpret_cast<uint32_t*>(smem + L::kVw + off) = MmaType<T>::pack(a * wr, bb * wr);
+        }
+    }
+    {  // P = scale (q k^T) exp(G_t - G_s), s <= t
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kQ, m0, 0, sst + L::kK, 0, n0s, lane);
+      mask_scores(
+          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
+          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
+      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+    }
+    __syncthreads();  // vn, Vw, P ready
+    {
+      float O[1][kD / 16][4];
+      zero_acc(O);
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(O, sst + L::kQ, m0, 0, s0 + L::kS, 0, n0o, lane);
+      scale_rows(O, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.o) + row_offset(b, t0, h, p.T, p.H, kD),
+                          static_cast<int64_t>(p.H) * kD, O, m0, n0o, rows, lane);
+    }
+    if constexpr (kGated) ST::scale(S, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, sst + L::kK, ST::m0(warp), 0, s0 + L::kVw, 0,
+                                                             ST::n0(warp), lane);
+    __syncthreads();  // every read of this stage, the state copy, vn, Vw, P is done
+    store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    issue(c + 2);
+  }
+  cp_async_wait<0>();
+  if (p.ht) ST::store(p.ht + bh * kD * kD, S, warp, lane);
+}
+
+// ---------------------------------------------------------------- backward
+// Per chunk, from the last one back, with S_in the saved entering state, dS the gradient of the state
+// leaving the chunk, vn = U - W S_in, P as in the forward and Pg[t][s] = scale exp(G_t - G_s) (do_t . vn_s):
+//   dvn = dU = P^T do + w_s (K dS)[s]            dW = -dvn S_in^T
+//   dq  = scale exp(G_t) (do S_in^T)_t + Pg k    dk = Pg^T q + w_s (vn dS^T)[s]
+//   dG_t = q_t.dq_t - k_t.dk_t, and G_last also gets sum_s k_s.(w_s (vn dS^T)[s]) + exp(G_last) <dS, S_in>
+//   dS_in = exp(G_last) dS + (scale exp(G) q)^T do - W^T dvn
+// One stage of tiles (five C x D tiles, two states and five scratch tiles fill 214 KB at D = 128).
+template <int kD>
+struct BwdSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kDo = 4 * kTile;
+  static constexpr int kSin = 5 * kTile;          // [kD][kD] entering state (from hs)
+  static constexpr int kdS = kSin + kD * kD * 2;  // [kD][kD] dS, 16-bit
+  static constexpr int kVn = kdS + kD * kD * 2;   // [C][kD]
+  static constexpr int kdVn = kVn + kTile;        // [C][kD]
+  static constexpr int kQg = kdVn + kTile;        // [C][kD] q rows times scale exp(G_t)
+  static constexpr int kP = kQg + kTile;          // [C][C]
+  static constexpr int kPg = kP + kC * kC * 2;    // [C][C]
+  static constexpr int kG = kPg + kC * kC * 2;    // [C] floats
+  static constexpr int kdG = kG + kC * 4;         // [C] floats: dG of the chunk
+  static constexpr int kSums = kdG + kC * 4;      // 2 floats: the G_last terms
+  static constexpr int kBytes = kSums + 16;
+};
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunkParams p) {
+  using L = BwdSmem<kD>;
+  using ST = StateTile<kD, kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T);
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* dGs = reinterpret_cast<float*>(smem + L::kdG);
+  float* sums = reinterpret_cast<float*>(smem + L::kSums);
+  const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD;
+
+  float dS[ST::MT][ST::NT][4];
+  ST::load(dS, p.dht ? p.dht + bh * kD * kD : nullptr, warp, lane);
+  store_acc_smem<kD, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
+  if (tid < kC) dGs[tid] = 0.f;
+  if (tid < 2) sums[tid] = 0.f;
+
+  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  for (int c = nt - 1; c >= 0; --c) {
+    const int t0 = c * kC, rows = min(kC, p.T - t0);
+    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kU, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
+    load_tile<kD, kD, kThreads, T>(s0 + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
+    if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (kGated && rows < kC) {
+      pad_gates(G, rows, tid);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
+    {  // vn = U - W S_in
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, s0 + L::kW, m0, 0, s0 + L::kSin, 0, n0o, lane);
+#pragma unroll
+      for (int nj = 0; nj < kD / 16; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = m0 + (lane >> 2) + half * 8, col = n0o + nj * 8 + 2 * (lane & 3);
+          const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
+          const float2 uu = unpack2<T>(*reinterpret_cast<const uint32_t*>(smem + L::kU + off));
+          *reinterpret_cast<uint32_t*>(smem + L::kVn + off) =
+              MmaType<T>::pack(uu.x - X[0][nj][2 * half], uu.y - X[0][nj][2 * half + 1]);
+        }
+    }
+    {  // P = scale (q k^T) exp(G_t - G_s), s <= t
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + L::kQ, m0, 0, s0 + L::kK, 0, n0s, lane);
+      mask_scores(
+          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
+          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
+      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+    }
+    scale_tile_rows<kD, T>(smem + L::kQg, smem + L::kQ, tid,
+                           [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+    __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
+    scale_tile_rows<kD, T>(smem + L::kW, smem + L::kW, tid, [](int) { return -1.f; });  // for dS_in
+    {  // Pg = scale exp(G_t - G_s) (do_t . vn_s), s <= t
+      float A[1][4][4];
+      zero_acc(A);
+      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + L::kDo, m0, 0, s0 + L::kVn, 0, n0s, lane);
+      mask_scores(
+          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
+          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
+      store_acc_smem<kC, T>(smem + L::kPg, A, m0, n0s, lane);
+    }
+    {  // dvn = w_s (K dS)[s] + P^T do  (= dU)
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, s0 + L::kK, m0, 0, s0 + L::kdS, 0, n0o, lane);
+      if constexpr (kGated) scale_rows(X, m0, lane, w);
+      warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
+                          rows, lane);
+      store_acc_smem<kD, T>(smem + L::kdVn, X, m0, n0o, lane);
+    }
+    if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
+      float e = 0.f;
+#pragma unroll
+      for (int mi = 0; mi < ST::MT; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < ST::NT; ++nj)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
+            const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
+            const float2 x = unpack2<T>(
+                *reinterpret_cast<const uint32_t*>(smem + L::kSin + swz<kD>(r, col / 8) + (col % 8) * 2));
+            e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
+          }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
+      if (lane == 0) atomicAdd(sums + 1, e * __expf(g_last));
+    }
+    __syncthreads();  // Pg, dvn ready
+    {                 // dW = -dvn S_in^T
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kdVn, m0, 0, s0 + L::kSin, 0, n0o,
+                                                             lane);
+      scale_rows(X, m0, lane, [](int) { return -1.f; });
+      store_acc_global<T>(static_cast<T*>(p.dw) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
+                          rows, lane);
+    }
+    {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kDo, m0, 0, s0 + L::kSin, 0, n0o,
+                                                             lane);
+      scale_rows(X, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kK, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.dq) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
+                          rows, lane);
+      if constexpr (kGated) {
+        const float2 d = row_dot<kD, T>(X, smem + L::kQ, m0, n0o, lane);
+        if ((lane & 3) == 0) {
+          atomicAdd(dGs + m0 + (lane >> 2), d.x);
+          atomicAdd(dGs + m0 + (lane >> 2) + 8, d.y);
+        }
+      }
+    }
+    {  // dk = w_s (vn dS^T)[s] + Pg^T q
+      float X[1][kD / 16][4];
+      zero_acc(X);
+      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kVn, m0, 0, s0 + L::kdS, 0, n0o,
+                                                             lane);
+      if constexpr (kGated) {
+        scale_rows(X, m0, lane, w);
+        const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);  // k_s . (w_s (vn dS^T)[s])
+        float part = (lane & 3) == 0 ? d.x + d.y : 0.f;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+        if (lane == 0) atomicAdd(sums, part);
+      }
+      warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kQ, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.dk) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
+                          rows, lane);
+      if constexpr (kGated) {
+        const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);
+        if ((lane & 3) == 0) {
+          atomicAdd(dGs + m0 + (lane >> 2), -d.x);
+          atomicAdd(dGs + m0 + (lane >> 2) + 8, -d.y);
+        }
+      }
+    }
+    // dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn
+    if constexpr (kGated) ST::scale(dS, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(dS, s0 + L::kQg, ST::m0(warp), 0, s0 + L::kDo, 0,
+                                                             ST::n0(warp), lane);
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(dS, s0 + L::kW, ST::m0(warp), 0, s0 + L::kdVn, 0,
+                                                             ST::n0(warp), lane);
+    __syncthreads();  // every read of the tiles, dS, dvn, and every atomic into dGs / sums is done
+    if constexpr (kGated) {
+      if (tid < rows) {
+        float d = dGs[tid];
+        if (tid == rows - 1) d += sums[0] + sums[1];
+        p.dG[(static_cast<int64_t>(b) * p.T + t0 + tid) * p.H + h] = d;
+      }
+    }
+    store_acc_smem<kD, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
+    __syncthreads();  // dG written out before the next chunk's atomics (and dS copied)
+    if (tid < kC) dGs[tid] = 0.f;
+    if (tid < 2) sums[tid] = 0.f;
+  }
+  if (p.dh0) ST::store(p.dh0 + bh * kD * kD, dS, warp, lane);
+}
+
+}  // namespace attnlab::kernels::delta_chunk

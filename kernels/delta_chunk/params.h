@@ -1,0 +1,67 @@
+// The chunk recurrence of DeltaNet and Gated DeltaNet (the WY / UT-transform chunk algorithm of Yang et al.
+// 2024, gated as in Gated DeltaNet), forward and backward. This struct is the whole interface: kernels never
+// see torch; the binding fills it from tensors.
+//
+// The per-chunk WY factors come from the caller (ops::delta_rule's chunk preparation: a batched triangular
+// solve, differentiated by autograd there): for chunk n with in-chunk cumulative log decay G (G_t = g_0 +
+// ... + g_t within the chunk, G = 0 without a gate), M = (I + strictly_lower(diag(beta) K K^T * exp(G_t -
+// G_s)))^-1, W = M (beta exp(G) K) and U = M (beta V). The kernels then run, chunk after chunk, from S = h0:
+//   vn = U - W S                                     (the corrected values, C x V)
+//   o  = scale exp(G_t) q_t^T S + sum_{s <= t} scale (q_t . k_s) exp(G_t - G_s) vn_s
+//   S  = exp(G_last) S + sum_s exp(G_last - G_s) k_s vn_s^T
+// and ht = S after the last chunk. The backward returns dq, dk (the direct terms), dW, dU, dG and dh0; the
+// caller's autograd carries dW, dU, dG back to k, v, beta and g.
+//
+// q, k, w [B, T, H, K] and u, o [B, T, H, V], contiguous, bf16 or fp16; K = V = 64 or 128; G [B, T, H]
+// float32 contiguous (chunks of 64 tokens from t = 0); h0, ht [B, H, K, V] float32 contiguous.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "kernels/linear_chunk/params.h"  // LinearDtype, kLinearChunk, linear_chunk_count
+
+namespace attnlab::kernels {
+
+struct DeltaChunkParams {
+  LinearDtype dtype = LinearDtype::kBF16;
+  int B = 0, T = 0, H = 0, K = 0, V = 0;
+  float scale = 1.f;
+
+  // ---- forward
+  const void* q = nullptr;    // [B, T, H, K]
+  const void* k = nullptr;    // [B, T, H, K]
+  const void* w = nullptr;    // [B, T, H, K] W of each chunk's WY factors
+  const void* u = nullptr;    // [B, T, H, V] U of each chunk's WY factors
+  const float* G = nullptr;   // [B, T, H] in-chunk cumulative log decay; nullptr: no gate (DeltaNet)
+  const float* h0 = nullptr;  // [B, H, K, V]; nullptr: zeros
+  void* o = nullptr;          // [B, T, H, V] (written)
+  float* ht = nullptr;        // [B, H, K, V] (written when not nullptr)
+  void* hs = nullptr;         // workspace [B, H, ceil(T / 64), K, V], 16-bit: the state entering each chunk
+                              // (written by the forward, read by the backward)
+
+  // ---- backward
+  const void* dout = nullptr;  // [B, T, H, V]
+  const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
+  void* dq = nullptr;          // [B, T, H, K] (written)
+  void* dk = nullptr;          // [B, T, H, K] (written: the direct term only)
+  void* dw = nullptr;          // [B, T, H, K] (written)
+  void* du = nullptr;          // [B, T, H, V] (written)
+  float* dG = nullptr;         // [B, T, H] (written when G is given)
+  float* dh0 = nullptr;        // [B, H, K, V] (written when not nullptr)
+
+  cudaStream_t stream = nullptr;
+};
+
+// Empty when the kernels take p, else why not.
+std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
+
+// Elements of the 16-bit hs workspace.
+size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
+
+cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p);
+cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p);
+
+}  // namespace attnlab::kernels

@@ -1,0 +1,116 @@
+// The delta_chunk binding: fills DeltaChunkParams, launches, and wraps the recurrence for autograd.
+#include "attnlab/ops/cuda/delta_chunk.h"
+
+#include <climits>
+
+#include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
+#include "attnlab/ops/cuda/cuda_util.h"
+#include "attnlab/ops/cuda/linear_chunk.h"
+#include "kernels/delta_chunk/params.h"
+
+namespace attnlab::ops::cuda {
+namespace {
+
+namespace kn = attnlab::kernels;
+constexpr const char* kOp = "delta_chunk";
+
+// Absent optional inputs cross the autograd Function as empty tensors (an undefined one has no device).
+bool given(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0;
+}
+const float* cf32(const torch::Tensor& t) {
+  return given(t) ? static_cast<const float*>(t.data_ptr()) : nullptr;
+}
+float* f32(const torch::Tensor& t) {
+  return given(t) ? static_cast<float*>(t.data_ptr()) : nullptr;
+}
+
+kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
+                                 const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0,
+                                 const torch::Tensor& hs, double scale) {
+  kn::DeltaChunkParams p;
+  p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
+  p.B = static_cast<int>(q.size(0)), p.T = static_cast<int>(q.size(1)), p.H = static_cast<int>(q.size(2));
+  p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(u.size(3));
+  p.scale = static_cast<float>(scale);
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
+  p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.data_ptr();
+  p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
+  return p;
+}
+
+void check_params(const kn::DeltaChunkParams& p, bool backward) {
+  auto why = kn::delta_chunk_check(p, backward);
+  if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
+}
+
+class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
+                                                torch::Tensor k, torch::Tensor w, torch::Tensor u,
+                                                torch::Tensor G, torch::Tensor h0, double scale) {
+    DeviceScope device(q.device().index());
+    const int64_t nt = kn::linear_chunk_count(static_cast<int>(q.size(1)));
+    auto hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());  // 16-bit states
+    auto p = make_params(q, k, w, u, G, h0, hs, scale);
+    auto o = torch::empty(u.sizes(), q.options());
+    auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
+    p.o = o.data_ptr(), p.ht = f32(ht);
+    check_params(p, false);
+    check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
+    ctx->save_for_backward({q, k, w, u, G, h0, hs});
+    ctx->saved_data["scale"] = scale;
+    return {o, ht};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto &q = s[0], &k = s[1], &w = s[2], &u = s[3], &G = s[4], &h0 = s[5], &hs = s[6];
+    DeviceScope device(q.device().index());
+    auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble());
+    torch::Tensor dout =
+        grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::zeros_like(u);
+    torch::Tensor dht = grads[1].defined() ? grads[1].to(torch::kFloat).contiguous() : torch::Tensor();
+    auto dq = torch::empty_like(q), dk = torch::empty_like(k), dw = torch::empty_like(w),
+         du = torch::empty_like(u);
+    auto f32opt = q.options().dtype(torch::kFloat);
+    torch::Tensor dG = given(G) ? torch::empty(G.sizes(), f32opt) : torch::Tensor();
+    torch::Tensor dh0 = given(h0) ? torch::empty(h0.sizes(), f32opt) : torch::Tensor();
+    p.o = const_cast<void*>(static_cast<const void*>(u.data_ptr()));  // not written by the backward
+    p.dout = dout.data_ptr(), p.dht = dht.defined() ? static_cast<const float*>(dht.data_ptr()) : nullptr;
+    p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dw = dw.data_ptr(), p.du = du.data_ptr();
+    p.dG = f32(dG), p.dh0 = f32(dh0);
+    check_params(p, true);
+    check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
+    return {dq, dk, dw, du, dG, dh0, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::string delta_chunk_unusable_reason(const RecurrentArgs& a, bool gated) {
+  // The q, k, v, h0 conditions are linear_chunk's; beta and g are checked by the op.
+  RecurrentArgs plain = a;
+  plain.g = torch::Tensor();
+  auto why = linear_chunk_unusable_reason(plain, /*gated=*/false);
+  if (!why.empty()) return why;
+  if (!a.beta.defined() || !a.beta.is_cuda()) return "beta must be a CUDA tensor";
+  if (gated && (!a.g.defined() || !a.g.is_cuda())) return "g must be a CUDA tensor";
+  return {};
+}
+
+std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& w, const torch::Tensor& u,
+                                                  const torch::Tensor& G, const torch::Tensor& h0,
+                                                  double scale) {
+  auto none = torch::empty({0}, q.options().dtype(torch::kFloat));
+  const auto dt = q.scalar_type();
+  return DeltaChunkFunction::apply(q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(),
+                                   u.to(dt).contiguous(),
+                                   G.defined() ? G.to(torch::kFloat).contiguous() : none,
+                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale);
+}
+
+}  // namespace attnlab::ops::cuda

@@ -1,0 +1,138 @@
+// The formulas of the delta_chunk CUDA kernels (kernels/delta_chunk), written out in float64 libtorch ops
+// and checked on the CPU: the hand-derived backward of the chunk recurrence (dq, dk, dW, dU, dG, dh0, padded
+// last chunks included) against autograd of its forward. The whole kernel path (the op's WY factors + the
+// kernels) is checked against the chunk form on the GPU (test_gpu_delta_chunk).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "attnlab/ops/delta_rule.h"
+
+using namespace attnlab;
+
+namespace {
+
+constexpr int64_t kC = 64;
+
+// Rows t0 .. t0 + 64 of x [T, D] (or [T]), zero-padded; for G the padding repeats the last real row's value.
+torch::Tensor rows_of(const torch::Tensor& x, int64_t c, int64_t T, bool repeat_last = false) {
+  const int64_t n = std::min(kC, T - c * kC);
+  auto y = x.narrow(0, c * kC, n);
+  if (n == kC) return y;
+  auto pad = repeat_last ? y.narrow(0, n - 1, 1).expand({kC - n}) : torch::zeros({kC - n}, x.options());
+  if (x.dim() == 2) pad = torch::zeros({kC - n, x.size(1)}, x.options());
+  return torch::cat({y, pad}, 0);
+}
+
+struct Out {
+  torch::Tensor o, ht;
+};
+
+// The forward of params.h: vn = U - W S; o = scale exp(G) q S + P vn; S = exp(G_last) S + Kd^T vn.
+Out recurrence(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W, const torch::Tensor& U,
+               const torch::Tensor& G, const torch::Tensor& h0, double scale) {
+  const int64_t T = q.size(0), nt = (T + kC - 1) / kC;
+  auto tril = torch::ones({kC, kC}, q.options()).tril();
+  auto S = h0;
+  std::vector<torch::Tensor> os;
+  for (int64_t c = 0; c < nt; ++c) {
+    auto qc = rows_of(q, c, T), kc = rows_of(k, c, T), Wc = rows_of(W, c, T), Uc = rows_of(U, c, T);
+    auto Gc = rows_of(G, c, T, true);
+    auto last = Gc[kC - 1];
+    auto vn = Uc - torch::matmul(Wc, S);
+    auto P = torch::matmul(qc, kc.t()) * (Gc.unsqueeze(1) - Gc.unsqueeze(0)).exp() * tril * scale;
+    os.push_back(scale * Gc.exp().unsqueeze(1) * torch::matmul(qc, S) + torch::matmul(P, vn));
+    S = last.exp() * S + torch::matmul((kc * (last - Gc).exp().unsqueeze(1)).t(), vn);
+  }
+  return {torch::cat(os, 0).narrow(0, 0, T), S};
+}
+
+struct Grads {
+  torch::Tensor dq, dk, dW, dU, dG, dh0;
+};
+
+// The backward exactly as delta_bwd_kernel computes it.
+Grads kernel_backward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W,
+                      const torch::Tensor& U, const torch::Tensor& G, const torch::Tensor& h0,
+                      const torch::Tensor& dout, const torch::Tensor& dht, double scale) {
+  const int64_t T = q.size(0), nt = (T + kC - 1) / kC;
+  auto tril = torch::ones({kC, kC}, q.options()).tril();
+  std::vector<torch::Tensor> Sin(nt);  // the forward's saved entering states
+  auto S = h0.clone();
+  for (int64_t c = 0; c < nt; ++c) {
+    Sin[c] = S;
+    auto kc = rows_of(k, c, T), Wc = rows_of(W, c, T), Uc = rows_of(U, c, T), Gc = rows_of(G, c, T, true);
+    auto last = Gc[kC - 1].item<double>();
+    auto vn = Uc - torch::matmul(Wc, S);
+    S = std::exp(last) * S + torch::matmul((kc * (last - Gc).exp().unsqueeze(1)).t(), vn);
+  }
+  Grads g{torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(W),
+          torch::zeros_like(U), torch::zeros_like(G), {}};
+  auto dS = dht.clone();
+  for (int64_t c = nt - 1; c >= 0; --c) {
+    const int64_t rows = std::min(kC, T - c * kC);
+    auto qc = rows_of(q, c, T), kc = rows_of(k, c, T), Wc = rows_of(W, c, T), Uc = rows_of(U, c, T);
+    auto Gc = rows_of(G, c, T, true), doc = rows_of(dout, c, T);
+    const double last = Gc[kC - 1].item<double>();
+    auto w = (last - Gc).exp().unsqueeze(1);
+    auto Gam = (Gc.unsqueeze(1) - Gc.unsqueeze(0)).exp() * tril * scale;  // [t][s]
+    auto vn = Uc - torch::matmul(Wc, Sin[c]);
+    auto P = torch::matmul(qc, kc.t()) * Gam;
+    auto Pg = torch::matmul(doc, vn.t()) * Gam;
+    auto dvn = w * torch::matmul(kc, dS) + torch::matmul(P.t(), doc);
+    auto dW = -torch::matmul(dvn, Sin[c].t());
+    auto dq = scale * Gc.exp().unsqueeze(1) * torch::matmul(doc, Sin[c].t()) + torch::matmul(Pg, kc);
+    auto dkc = w * torch::matmul(vn, dS.t());
+    auto dk = dkc + torch::matmul(Pg.t(), qc);
+    auto dG = (qc * dq).sum(1) - (kc * dk).sum(1);
+    dG[rows - 1] += (kc * dkc).sum() + std::exp(last) * (dS * Sin[c]).sum();
+    dS = std::exp(last) * dS + torch::matmul((scale * Gc.exp().unsqueeze(1) * qc).t(), doc) -
+         torch::matmul(Wc.t(), dvn);
+    g.dq.narrow(0, c * kC, rows).copy_(dq.narrow(0, 0, rows));
+    g.dk.narrow(0, c * kC, rows).copy_(dk.narrow(0, 0, rows));
+    g.dW.narrow(0, c * kC, rows).copy_(dW.narrow(0, 0, rows));
+    g.dU.narrow(0, c * kC, rows).copy_(dvn.narrow(0, 0, rows));
+    g.dG.narrow(0, c * kC, rows).copy_(dG.narrow(0, 0, rows));
+  }
+  g.dh0 = dS;
+  return g;
+}
+
+double rel(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).norm() / b.norm()).item<double>();
+}
+
+TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
+  for (int64_t T : {1, 64, 130, 200})
+    for (bool strong : {false, true}) {
+      torch::manual_seed(11 + T);
+      auto f = torch::TensorOptions().dtype(torch::kDouble);
+      const int64_t D = 12;
+      const double scale = 0.3;
+      auto leaf = [&](torch::Tensor x) { return x.requires_grad_(true); };
+      auto q = leaf(torch::randn({T, D}, f)), k = leaf(torch::randn({T, D}, f) * 0.3);
+      auto W = leaf(torch::randn({T, D}, f) * 0.2), U = leaf(torch::randn({T, D}, f));
+      // G: in-chunk cumulative sums of log decays.
+      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
+                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
+      std::vector<torch::Tensor> Gs;
+      for (int64_t c = 0; c * kC < T; ++c)
+        Gs.push_back(g.narrow(0, c * kC, std::min(kC, T - c * kC)).cumsum(0));
+      auto G = leaf(torch::cat(Gs, 0));
+      auto h0 = leaf(torch::randn({D, D}, f)), dout = torch::randn({T, D}, f), dht = torch::randn({D, D}, f);
+      auto ref = recurrence(q, k, W, U, G, h0, scale);
+      ((ref.o * dout).sum() + (ref.ht * dht).sum()).backward();
+      torch::NoGradGuard no_grad;
+      auto got = kernel_backward(q, k, W, U, G, h0, dout, dht, scale);
+      SCOPED_TRACE(::testing::Message() << "T " << T << " strong " << strong);
+      EXPECT_LT(rel(got.dq, q.grad()), 1e-10);
+      EXPECT_LT(rel(got.dk, k.grad()), 1e-10);
+      EXPECT_LT(rel(got.dW, W.grad()), 1e-10);
+      EXPECT_LT(rel(got.dU, U.grad()), 1e-10);
+      EXPECT_LT(rel(got.dG, G.grad()), 1e-9);
+      EXPECT_LT(rel(got.dh0, h0.grad()), 1e-10);
+    }
+}
+
+}  // namespace
