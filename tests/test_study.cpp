@@ -74,17 +74,18 @@ TEST(Study, RunsEveryStageResumesAndReports) {
   EXPECT_EQ(run.ran, study::stage_names());
 
   const std::map<std::string, std::vector<std::string>> schemas = {
-      {"pretrain.csv", {"mixer", "parameters", "val_ppl", "unigram_ppl"}},
+      {"pretrain.csv", {"mixer", "parameters", "val_ppl", "unigram_ppl", "base_mixer", "calibrated"}},
       {"efficiency.csv",
-       {"mixer", "T", "batch", "step_ms", "tokens_per_s", "peak_bytes", "status", "memory_source"}},
-      {"memory.csv", {"mixer", "op", "T", "peak_bytes", "status"}},
-      {"memory_fit.csv", {"mixer", "op", "slope", "r2", "points"}},
-      {"tasks.csv", {"task", "mixer", "accuracy", "state_bytes"}},
-      {"perplexity.csv", {"mixer", "split", "ppl"}},
-      {"scaling.csv", {"mixer", "parameters", "tokens_per_s", "peak_bytes"}},
-      {"latency_prefill.csv", {"mixer", "prompt_len", "prefill_ms"}},
-      {"latency_decode.csv", {"mixer", "context", "decode_ms_per_token", "state_bytes"}},
-      {"profile.csv", {"mixer", "T", "span", "self_ms", "percent"}}};
+       {"mixer", "T", "batch", "step_ms", "tokens_per_s", "peak_bytes", "status", "memory_source",
+        "base_mixer"}},
+      {"memory.csv", {"mixer", "op", "T", "peak_bytes", "status", "base_mixer"}},
+      {"memory_fit.csv", {"mixer", "op", "slope", "r2", "points", "base_mixer"}},
+      {"tasks.csv", {"task", "mixer", "accuracy", "state_bytes", "base_mixer"}},
+      {"perplexity.csv", {"mixer", "split", "ppl", "base_mixer"}},
+      {"scaling.csv", {"mixer", "parameters", "tokens_per_s", "peak_bytes", "base_mixer", "calibrated"}},
+      {"latency_prefill.csv", {"mixer", "prompt_len", "prefill_ms", "base_mixer"}},
+      {"latency_decode.csv", {"mixer", "context", "decode_ms_per_token", "state_bytes", "base_mixer"}},
+      {"profile.csv", {"mixer", "T", "span", "self_ms", "percent", "base_mixer"}}};
   for (const auto& [file, cols] : schemas) {
     SCOPED_TRACE(file);
     auto t = report::read_csv(fs::path(dir) / "results" / file);

@@ -102,11 +102,11 @@ std::string format_float(double v) {
 }  // namespace opt_detail
 
 YAML::Node parse_value_text(const std::string& text) {
-  if (!text.empty() && text.front() == '[') {
+  if (!text.empty() && (text.front() == '[' || text.front() == '{')) {
     try {
       return YAML::Load(text);
     } catch (const YAML::Exception& e) {
-      fail("could not read the list '{}': {}", text, e.what());
+      fail("could not read the {} '{}': {}", text.front() == '[' ? "list" : "map", text, e.what());
     }
   }
   return YAML::Node(text);

@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -188,7 +189,8 @@ class TypedOptions final : public AnyOptions {
   T value;
 };
 
-// Parses the right-hand side of `--set key=value` into a YAML node: "3e-4" -> scalar, "[a, b]" -> list.
+// Parses the right-hand side of `--set key=value` into a YAML node: "3e-4" -> scalar, "[a, b]" -> list,
+// "{a: 1}" -> map.
 YAML::Node parse_value_text(const std::string& text);
 
 // Splits "a.b=c" into {"a.b", "c"}; an entry without '=' is an error that shows the expected form.
@@ -296,6 +298,43 @@ struct Codec<std::vector<double>> {
   }
   static std::string to_string(const std::vector<double>& v) {
     return fmt::format("[{}]", fmt::join(v, ", "));
+  }
+};
+
+// A map from a name to a struct with its own schema (`static const OptionSet<V>& schema()`), e.g.
+// study.variants: {gla_wide: {mixer: gla, set: [model.d_model=256]}}. Each entry is read with V's schema
+// (unknown keys list the valid ones); errors name the entry ("study.variants.gla_wide: ...").
+template <class V>
+struct Codec<std::map<std::string, V>> {
+  static const char* type_name() {
+    static const std::string t = "map[name, {" + join_names(V::schema().names()) + "}]";
+    return t.c_str();
+  }
+  static std::map<std::string, V> from_yaml(const YAML::Node& n, const std::string& key) {
+    std::map<std::string, V> out;
+    if (!n || n.IsNull()) return out;
+    if (!n.IsMap()) fail("config key '{}': expected a map of name: {{...}}, got a {}", key, yaml_kind(n));
+    for (const auto& kv : n) {
+      const std::string name = kv.first.as<std::string>();
+      V v;
+      try {
+        V::schema().apply(v, kv.second);
+      } catch (const Error& e) {
+        fail("{}.{}: {}", key, name, e.what());
+      }
+      out[name] = std::move(v);
+    }
+    return out;
+  }
+  static YAML::Node to_yaml(const std::map<std::string, V>& m) {
+    YAML::Node node(YAML::NodeType::Map);
+    for (const auto& [name, v] : m) node[name] = V::schema().to_yaml(v);
+    return node;
+  }
+  static std::string to_string(const std::map<std::string, V>& m) {
+    YAML::Emitter e;
+    e << YAML::Flow << to_yaml(m);
+    return e.c_str();
   }
 };
 

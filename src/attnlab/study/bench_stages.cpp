@@ -197,10 +197,10 @@ TorchProfileRun torch_profile_steps(const ModelOptions& mo,
   return run;
 }
 
-// The parameter-matched model of a mixer for the study's vocabulary (its parameter count included, so that
-// no stage builds a model only to count).
-CalibratedModel model_for(const StudyConfig& cfg, const std::string& mixer, int64_t parameters) {
-  auto c = calibrated(cfg, mixer, parameters, study_vocab(cfg));
+// The model of an entry for the study's vocabulary (parameter-matched, or as given for a fixed-shape variant)
+// (its parameter count included, so that no stage builds a model only to count).
+CalibratedModel model_for(const StudyConfig& cfg, const StudyEntry& e, int64_t parameters) {
+  auto c = calibrated(e, parameters, study_vocab(cfg));
   c.model.vocab_size = study_vocab(cfg);
   return c;
 }
@@ -217,18 +217,19 @@ bool stage_efficiency(const StudyConfig& cfg, const std::string& dir) {
   t.comments = {
       "whole training steps on random tokens (forward, loss, backward, AdamW); peak_bytes counts weights, "
       "gradients, optimiser state and activations"};
-  t.columns = {"mixer",  "parameters",    "T",     "batch", "step_ms", "tokens_per_s", "peak_bytes",
-               "status", "memory_source", "clock", "device"};
-  for (const auto& mixer : cfg.study.mixers) {
-    const CalibratedModel c = model_for(cfg, mixer, cfg.study.parameters);
+  t.columns = {"mixer",  "parameters",    "T",     "batch",  "step_ms",   "tokens_per_s", "peak_bytes",
+               "status", "memory_source", "clock", "device", "base_mixer"};
+  for (const auto& e : study_entries(cfg)) {
+    const std::string& mixer = e.label;
+    const CalibratedModel c = model_for(cfg, e, cfg.study.parameters);
     const ModelOptions& mo = c.model;
     for (int64_t T : cfg.study.efficiency_seq_lens) {
       const int64_t B = std::max<int64_t>(1, cfg.study.efficiency_tokens / T);
-      auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
+      auto r = bench_train_step(mo, e.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
       spdlog::info("efficiency {} T {} B {}: {:.2f} ms/step, {:.0f} tok/s, peak {:.1f} MiB {}", mixer, T, B,
                    r.step_ms, r.tokens_per_s, double(r.peak_bytes) / (1 << 20), r.status);
       t.add_row({mixer, c.parameters, T, B, r.step_ms, r.tokens_per_s, r.peak_bytes, r.status,
-                 MemoryMeter::source(), r.clock, device_name(device)});
+                 MemoryMeter::source(), r.clock, device_name(device), e.mixer});
       if (stop_requested()) return false;
     }
   }
@@ -262,13 +263,14 @@ bool stage_memory(const StudyConfig& cfg, const std::string& dir) {
   t.comments = {
       "the op alone, forward + backward on random inputs [B, T, H=4, D=64]; peak_bytes: allocations during "
       "the op (outputs, saved tensors, gradients), inputs excluded"};
-  t.columns = {"mixer",         "op",    "T",     "batch", "fwd_bwd_ms", "peak_bytes", "status",
-               "memory_source", "clock", "device"};
-  fits.columns = {"mixer", "op", "slope", "r2", "points"};
-  for (const auto& mixer : cfg.study.mixers) {
-    const std::string op = op_of_mixer(mixer);
+  t.columns = {"mixer",         "op",    "T",      "batch",     "fwd_bwd_ms", "peak_bytes", "status",
+               "memory_source", "clock", "device", "base_mixer"};
+  fits.columns = {"mixer", "op", "slope", "r2", "points", "base_mixer"};
+  for (const auto& e : study_entries(cfg)) {
+    const std::string& mixer = e.label;
+    const std::string op = op_of_mixer(e.mixer);
     if (op.empty()) {
-      spdlog::warn("memory: no op known for mixer '{}'; skipped", mixer);
+      spdlog::warn("memory: no op known for mixer '{}'; {} skipped", e.mixer, mixer);
       continue;
     }
     std::vector<double> xs, ys;
@@ -339,12 +341,13 @@ bool stage_memory(const StudyConfig& cfg, const std::string& dir) {
       }
       spdlog::info("memory {} ({}) T {}: {:.2f} ms, peak {:.2f} MiB {}", mixer, op, T, ms,
                    double(peak) / (1 << 20), status);
-      t.add_row({mixer, op, T, B, ms, peak, status, MemoryMeter::source(), clock, device_name(device)});
+      t.add_row(
+          {mixer, op, T, B, ms, peak, status, MemoryMeter::source(), clock, device_name(device), e.mixer});
       if (stop_requested()) return false;
     }
     if (xs.size() >= 2) {
       auto f = report::fit_power_law(xs, ys, "memory of " + op);
-      fits.add_row({mixer, op, f.slope, f.r2, int64_t(f.n)});
+      fits.add_row({mixer, op, f.slope, f.r2, int64_t(f.n), e.mixer});
     }
   }
   report::write_csv(fs::path(dir) / "results" / "memory.csv", t);
@@ -355,20 +358,30 @@ bool stage_memory(const StudyConfig& cfg, const std::string& dir) {
 bool stage_scaling(const StudyConfig& cfg, const std::string& dir) {
   const torch::Device device = resolve_device(cfg.study.device);
   report::Table t;
-  t.columns = {"mixer",   "target_parameters", "parameters", "d_model", "n_layers",      "T",     "batch",
-               "step_ms", "tokens_per_s",      "peak_bytes", "status",  "memory_source", "clock", "device"};
-  for (const auto& mixer : cfg.study.mixers)
-    for (int64_t target : cfg.study.scaling_parameters) {
-      const CalibratedModel c = model_for(cfg, mixer, target);
+  t.columns = {"mixer",      "target_parameters", "parameters", "d_model", "n_layers",      "T",     "batch",
+               "step_ms",    "tokens_per_s",      "peak_bytes", "status",  "memory_source", "clock", "device",
+               "base_mixer", "calibrated"};
+  for (const auto& e : study_entries(cfg)) {
+    const std::string& mixer = e.label;
+    // A variant that fixes the shape has one size: one row, as given (target_parameters empty).
+    std::vector<int64_t> targets = cfg.study.scaling_parameters;
+    if (e.fixed_shape && !targets.empty()) {
+      spdlog::info("scaling {}: the variant fixes the shape; one row, as given", mixer);
+      targets.resize(1);
+    }
+    for (int64_t target : targets) {
+      const CalibratedModel c = model_for(cfg, e, target);
       const ModelOptions& mo = c.model;
       const int64_t B = cfg.study.scaling_batch, T = cfg.study.scaling_seq_len;
-      auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
+      auto r = bench_train_step(mo, e.run.mixers, B, T, device, cfg.study.warmup, cfg.study.repeat);
       spdlog::info("scaling {} {} parameters: {:.1f} ms/step, {:.0f} tok/s", mixer, c.parameters, r.step_ms,
                    r.tokens_per_s);
-      t.add_row({mixer, target, c.parameters, mo.d_model, mo.n_layers, T, B, r.step_ms, r.tokens_per_s,
-                 r.peak_bytes, r.status, MemoryMeter::source(), r.clock, device_name(device)});
+      t.add_row({mixer, e.fixed_shape ? report::Cell{} : report::Cell{target}, c.parameters, mo.d_model,
+                 mo.n_layers, T, B, r.step_ms, r.tokens_per_s, r.peak_bytes, r.status, MemoryMeter::source(),
+                 r.clock, device_name(device), e.mixer, std::string(e.fixed_shape ? "no" : "yes")});
       if (stop_requested()) return false;
     }
+  }
   report::write_csv(fs::path(dir) / "results" / "scaling.csv", t);
   return true;
 }
@@ -377,14 +390,16 @@ bool stage_latency(const StudyConfig& cfg, const std::string& dir) {
   const torch::Device device = resolve_device(cfg.study.device);
   const bool autocast = device.is_cuda();
   report::Table pre, dec;
-  pre.columns = {"mixer", "parameters", "prompt_len", "prefill_ms", "tokens_per_s", "clock", "device"};
-  dec.columns = {"mixer",       "parameters",           "context",       "decode_ms_per_token",
-                 "state_bytes", "cache_bytes_measured", "memory_source", "clock",
-                 "device"};
+  pre.columns = {"mixer",        "parameters", "prompt_len", "prefill_ms",
+                 "tokens_per_s", "clock",      "device",     "base_mixer"};
+  dec.columns = {
+      "mixer",         "parameters", "context", "decode_ms_per_token", "state_bytes", "cache_bytes_measured",
+      "memory_source", "clock",      "device",  "base_mixer"};
   torch::NoGradGuard ng;
-  for (const auto& mixer : cfg.study.mixers) {
-    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters).model;
-    LanguageModel model(mo, cfg.run.mixers);
+  for (const auto& e : study_entries(cfg)) {
+    const std::string& mixer = e.label;
+    const ModelOptions mo = model_for(cfg, e, cfg.study.parameters).model;
+    LanguageModel model(mo, e.run.mixers);
     model->to(device);
     model->eval();
     const auto cache_opts =
@@ -400,7 +415,7 @@ bool stage_latency(const StudyConfig& cfg, const std::string& dir) {
           },
           device, cfg.study.warmup, cfg.study.repeat);
       pre.add_row({mixer, model->num_parameters(), P, tm.median_ms, double(P) / (tm.median_ms / 1000),
-                   tm.clock, device_name(device)});
+                   tm.clock, device_name(device), e.mixer});
     }
     for (int64_t C : cfg.study.decode_contexts) {
       const int64_t extra = cfg.study.warmup + cfg.study.repeat + 1;
@@ -425,7 +440,7 @@ bool stage_latency(const StudyConfig& cfg, const std::string& dir) {
       spdlog::info("latency {} context {}: {:.3f} ms/token, state {} B (measured {} B)", mixer, C,
                    tm.median_ms, state, measured);
       dec.add_row({mixer, model->num_parameters(), C, tm.median_ms, state, measured, MemoryMeter::source(),
-                   tm.clock, device_name(device)});
+                   tm.clock, device_name(device), e.mixer});
       if (stop_requested()) return false;
     }
   }
@@ -439,18 +454,19 @@ bool stage_profile(const StudyConfig& cfg, const std::string& dir) {
   const fs::path pdir = fs::path(dir) / "profiler";
   fs::create_directories(pdir);
   report::Table all, torch_runs;
-  all.columns = {"mixer",    "T",       "batch",   "span",    "calls",
-                 "total_ms", "self_ms", "mean_us", "percent", "step_peak_bytes"};
+  all.columns = {"mixer",   "T",       "batch",           "span",      "calls", "total_ms", "self_ms",
+                 "mean_us", "percent", "step_peak_bytes", "base_mixer"};
   torch_runs.comments = {
       "libtorch's profiler over the same training steps (a second run, without the memory meter): "
       "profiler/<mixer>_T<T>_torch_trace.json, _merged_trace.json (with our spans), _torch_top_ops.csv"};
-  torch_runs.columns = {"mixer", "T", "batch", "status", "trace_source", "events", "note"};
-  for (const auto& mixer : cfg.study.mixers) {
-    const ModelOptions mo = model_for(cfg, mixer, cfg.study.parameters).model;
+  torch_runs.columns = {"mixer", "T", "batch", "status", "trace_source", "events", "note", "base_mixer"};
+  for (const auto& e : study_entries(cfg)) {
+    const std::string& mixer = e.label;
+    const ModelOptions mo = model_for(cfg, e, cfg.study.parameters).model;
     for (int64_t T : cfg.study.profile_seq_lens) {
       const int64_t B = std::max<int64_t>(1, cfg.study.efficiency_tokens / T);
       const int warmup = std::max(1, cfg.study.warmup);
-      auto r = bench_train_step(mo, cfg.run.mixers, B, T, device, warmup, cfg.study.repeat, /*trace=*/true);
+      auto r = bench_train_step(mo, e.run.mixers, B, T, device, warmup, cfg.study.repeat, /*trace=*/true);
       auto& tracer = bench::Tracer::global();
       const std::string stem = fmt::format("{}_T{}", mixer, T);
       tracer.write_chrome_trace(pdir / (stem + "_trace.json"));
@@ -459,16 +475,16 @@ bool stage_profile(const StudyConfig& cfg, const std::string& dir) {
       for (size_t i = 0; i < top.rows.size(); ++i)
         all.add_row({mixer, T, B, top.text(i, "name"), int64_t(*top.number(i, "calls")),
                      *top.number(i, "total_ms"), *top.number(i, "self_ms"), *top.number(i, "mean_us"),
-                     *top.number(i, "percent"), r.peak_bytes});
+                     *top.number(i, "percent"), r.peak_bytes, e.mixer});
       tracer.clear();
       if (stop_requested()) return false;
       if (cfg.study.profile_torch_steps == 0) continue;
-      auto tp = torch_profile_steps(mo, cfg.run.mixers, B, T, device, warmup, cfg.study.profile_torch_steps,
+      auto tp = torch_profile_steps(mo, e.run.mixers, B, T, device, warmup, cfg.study.profile_torch_steps,
                                     pdir, stem);
       spdlog::info("profile {} T {}: libtorch profiler {} ({} events{}{})", mixer, T, tp.status, tp.events,
                    tp.trace_source.empty() ? "" : ", trace by " + tp.trace_source,
                    tp.note.empty() ? "" : "; " + tp.note);
-      torch_runs.add_row({mixer, T, B, tp.status, tp.trace_source, tp.events, tp.note});
+      torch_runs.add_row({mixer, T, B, tp.status, tp.trace_source, tp.events, tp.note, e.mixer});
       if (stop_requested()) return false;
     }
   }

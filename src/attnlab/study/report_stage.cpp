@@ -107,9 +107,22 @@ bool stage_report(const StudyConfig& cfg, const std::string& dir) {
     auto& s = rep.add_section("Setup");
     s.paragraph(
         fmt::format("Mechanisms: {}. Pretraining target: {} parameters each (parameter-matched by the "
-                    "zoo's calibration). Every number below was measured by `attnlab study` from the config "
+                    "zoo's calibration, except variants that fix their shape). Every number below was "
+                    "measured by `attnlab study` from the config "
                     "that follows; each stage's CSV is in results/.",
                     fmt::join(cfg.study.mixers, ", "), cfg.study.parameters));
+    // The variants: which mixer each label changes, how, and whether it was parameter-matched.
+    report::Table vt;
+    vt.columns = {"mixer", "base_mixer", "set", "calibrated"};
+    for (const auto& e : study_entries(cfg))
+      if (e.variant)
+        vt.add_row({e.label, e.mixer, fmt::format("{}", fmt::join(e.sets, " ")),
+                    std::string(e.fixed_shape ? "no: shape as given" : "yes")});
+    if (!vt.rows.empty())
+      s.table(
+          vt,
+          "variants: a registered mixer with the overrides of study.variants; one that sets model.d_model, "
+          "n_layers, n_heads or mlp_ratio keeps that shape (its parameter count reported, not matched)");
     if (fs::exists(root / "config.yaml")) s.preformatted(read_file(root / "config.yaml"));
   }
 

@@ -16,10 +16,14 @@ bool stage_latency(const StudyConfig& cfg, const std::string& dir);
 bool stage_profile(const StudyConfig& cfg, const std::string& dir);
 bool stage_report(const StudyConfig& cfg, const std::string& dir);
 
-// The pretrained model's folder of a mixer (pretrain writes it, perplexity reads it).
-std::string model_dir(const std::string& dir, const std::string& mixer);
-// The parameter-matched model of a mixer for a vocabulary (the zoo's calibration on the study's base).
-CalibratedModel calibrated(const StudyConfig& cfg, const std::string& mixer, int64_t parameters,
+// The pretrained model's folder of an entry, models/<label>/ (pretrain writes it, perplexity reads it).
+std::string model_dir(const std::string& dir, const std::string& label);
+// The model of an entry of study.mixers for a vocabulary (model.vocab_size set): parameter-matched to
+// `parameters` by the zoo's calibration on the entry's base, or, for a variant that fixes the shape
+// (entry.fixed_shape), as given, with `error` its distance from `parameters`.
+CalibratedModel calibrated(const StudyEntry& entry, int64_t parameters, int64_t vocab);
+// The same by name (a registered mixer or a variant label).
+CalibratedModel calibrated(const StudyConfig& cfg, const std::string& name, int64_t parameters,
                            int64_t vocab);
 
 }  // namespace attnlab::study

@@ -13,6 +13,7 @@
 //   report      figures (PNG, PDF, SVG), TensorBoard events, report.html
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,11 +22,24 @@
 
 namespace attnlab::study {
 
+// A variant: a registered mixer in another shape or with other options, named in study.mixers by its
+// label (study.variants: {gla_wide: {mixer: gla, set: [model.d_model=256, model.n_heads=8]}}). `set`
+// holds model.KEY=V and mixer.<mixer>.KEY=V assignments (the --set syntax), applied on top of the study's
+// model and mixer sections. One that sets model.d_model, n_layers, n_heads or mlp_ratio fixes the shape
+// and is used as given (its parameter count reported, not matched); one that only sets mixer options is
+// calibrated to study.parameters like a plain mixer.
+struct StudyVariant {
+  std::string mixer;
+  std::vector<std::string> set;
+  static const OptionSet<StudyVariant>& schema();
+};
+
 struct StudyOptions {
   std::string name = "study";
-  std::vector<std::string> mixers = {"softmax", "linear_attention", "gated_deltanet"};
-  std::vector<std::string> stages;  // empty: all, in the order above
-  int64_t parameters = 1'000'000;   // parameter-matched target of pretraining (the zoo's calibration)
+  std::vector<std::string> mixers = {"softmax", "linear_attention", "gated_deltanet"};  // mixers or variants
+  std::map<std::string, StudyVariant> variants;  // label -> variant (names usable in `mixers`)
+  std::vector<std::string> stages;               // empty: all, in the order above
+  int64_t parameters = 1'000'000;  // parameter-matched target of pretraining (the zoo's calibration)
   std::vector<int64_t> efficiency_seq_lens = {128, 256, 512, 1024};
   int64_t efficiency_tokens = 4096;  // tokens per step (B = tokens / T, at least 1)
   std::vector<int64_t> memory_seq_lens = {256, 512, 1024, 2048, 4096};
@@ -57,6 +71,24 @@ struct StudyConfig {
   void resolve();
   std::string to_yaml_string() const;
 };
+
+// One entry of study.mixers, resolved on the study's config: a registered mixer (label = mixer) or a
+// variant (its overrides applied to a copy of the study's model and mixer sections).
+struct StudyEntry {
+  std::string label;              // what the stages call it: row labels, legends, models/<label>/
+  std::string mixer;              // the registered mixer (the CSVs' base_mixer column)
+  bool variant = false;           // defined in study.variants
+  bool fixed_shape = false;       // the variant sets the shape: used as given, not calibrated
+  std::vector<std::string> sets;  // the variant's assignments
+  RunConfig run;                  // the study's run config with the overrides; model.mixer = mixer; own
+                                  // copies of the mixer options
+};
+
+// The entry of a name of study.mixers (a registered mixer or a variant label); an unknown name is an
+// error listing the registered mixers and the variants.
+StudyEntry study_entry(const StudyConfig& cfg, const std::string& name);
+// Every entry of study.mixers, in order.
+std::vector<StudyEntry> study_entries(const StudyConfig& cfg);
 
 // Every stage name, in order.
 const std::vector<std::string>& stage_names();
