@@ -23,7 +23,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITEC
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
   -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1 ||
   { tail -n 30 "$OUT/configure.log"; exit 1; }
-TESTS=${TESTS:-"test_gpu_linear_chunk test_gpu_recurrent_step"}
+TESTS=${TESTS:-"test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"}
 cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
 el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
@@ -36,7 +36,7 @@ if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
   timeout 240 python3 bench/fla_bench.py --fla .peer/fla --out "$OUT/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
   el "fla rc $?"; tail -n 4 "$OUT/fla.log"
 fi
-OPS=${OPS:-linear_attention,simple_gla,gated_delta_rule_step}
+OPS=${OPS:-linear_attention,simple_gla,delta_rule,gated_delta_rule,gated_delta_rule_step}
 timeout 240 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
   --seq-lens 512,1024,2048,4096,8192,16384,32768 --tokens 32768 --heads 16 \
   $( [ -f "$OUT/fla.csv" ] && echo --fla-csv "$OUT/fla.csv" ) --out "$OUT/bench_linear.csv" > "$OUT/bench_linear.log" 2>&1
