@@ -14,7 +14,9 @@ namespace attnlab::ops {
 
 // S_t = S_{t-1} + k_t v_t^T, o_t = scale q_t^T S_t (unnormalised; FLA's naive_linear_attn / the fixture).
 // Reads q, k [B,T,H,K], v [B,T,H,V] and the optional h0 [B,H,K,V]. Impl: naive (a loop over t), chunk
-// (chunkwise parallel, args.chunk_size), kernel (not compiled in: an error), automatic (= chunk).
+// (chunkwise parallel, args.chunk_size), kernel (CUDA: the decode step for T == 1 without autograd, else the
+// linear_chunk kernels, K = V = 64 or 128, bf16 / fp16; an error saying why when they cannot run), automatic
+// (the decode step on CUDA where it applies, else chunk until the chunk kernels have passed their GPU test).
 // Accumulates in float32 (float64 for float64 inputs); o has v's dtype, ht the accumulation dtype.
 RecurrentOut linear_attention(const RecurrentArgs& args, Impl impl = Impl::automatic);
 

@@ -10,8 +10,9 @@ namespace attnlab::ops {
 
 // S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = scale q_t^T S_t (Dao & Gu 2024; FLA's simple_gla).
 // Reads q, k [B,T,H,K], v [B,T,H,V], g [B,T,H] (log decay, <= 0; required) and h0 [B,H,K,V] (optional).
-// Impl: naive (a loop over t), chunk (chunkwise, args.chunk_size), kernel (not compiled in: an error),
-// automatic (= chunk). Accumulates in float32 (float64 for float64 inputs); o has v's dtype.
+// Impl: naive (a loop over t), chunk (chunkwise, args.chunk_size), kernel and automatic as linear_attention
+// (the decode step, the linear_chunk kernels with their gate). Accumulates in float32 (float64 for float64
+// inputs); o has v's dtype.
 RecurrentOut simple_gla(const RecurrentArgs& args, Impl impl = Impl::automatic);
 
 // RetNet retention (Sun et al. 2023): simple_gla with the fixed per-head decay gamma_h = 1 - 2^(-5-h), i.e.
