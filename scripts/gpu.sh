@@ -17,8 +17,8 @@ PREFIX=$ROOT/.deps/prefix
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 summary() { echo "$*" | tee -a "$OUT/gpu_summary.md"; }
-# PARTS picks what runs after the build (all by default): tests bench linear train tasks study
-PARTS=${PARTS:-"tests bench linear train tasks study"}
+# PARTS picks what runs after the build (all by default): tests bench linear train tasks study perf30m
+PARTS=${PARTS:-"tests bench linear train tasks study perf30m"}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 : > "$OUT/gpu_summary.md"
 
@@ -48,7 +48,7 @@ if ! cmake --build "$BUILD" -j "$JOBS" -- -k 0 2>&1 | tee "$OUT/build.log" | gre
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 
 # ---- 3. tests (cpu and gpu labels)
-tests_rc=skipped bench_rc=skipped fla_rc=skipped linear_rc=skipped train_rc=skipped t30_rc=skipped task_rc=skipped study_rc=skipped
+perf_rc=skipped tests_rc=skipped bench_rc=skipped fla_rc=skipped linear_rc=skipped train_rc=skipped t30_rc=skipped task_rc=skipped study_rc=skipped
 if want tests; then
 step "tests"
 (cd "$BUILD" && ctest --output-on-failure -j 8 --timeout 600) > "$OUT/ctest.log" 2>&1
@@ -148,6 +148,16 @@ study_rc=$?
 tail -n 6 "$OUT/study_cuda.log"
 mkdir -p "$OUT/study" && cp -r runs/gpu-study/results runs/gpu-study/report.html runs/gpu-study/figures "$OUT/study/" 2>/dev/null
 fi
+if want perf30m; then
+step "study configs/perf30m.yaml on CUDA (30M model, B 16, T 2048: step time and profile)"
+rm -rf runs/gpu-perf30m
+"$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda --set train.device=cuda \
+  --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
+perf_rc=$?
+tail -n 6 "$OUT/perf30m.log"
+mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results runs/gpu-perf30m/report.html "$OUT/perf30m/" 2>/dev/null
+cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
+fi
 
 # ---- 6. the short table
 gpu=$(python3 -c 'import torch;print(torch.cuda.get_device_name(0))' 2>/dev/null)
@@ -159,6 +169,7 @@ summary "| tests | $(grep -E 'tests passed' "$OUT/ctest.log" | tail -n1) (rc $te
 summary "| quick preset on CUDA | $(grep -E 'validation ppl' "$OUT/train_cuda.log") (rc $train_rc) |"
 summary "| tokens/s (last log) | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_cuda.log" | tail -n1) |"
 summary "| mqar quick on CUDA (rc $task_rc) | $(awk -F, 'NR>1 {printf "%s lr %s: %.3f; ", $2, $5, $9}' "$OUT/task_mqar_cuda.csv" 2>/dev/null) |"
+summary "| perf30m study on CUDA | rc $perf_rc, $(grep -c 'done in' "$OUT/perf30m.log" 2>/dev/null) stages done |"
 summary "| study quick on CUDA | rc $study_rc, $(grep -c 'done in' "$OUT/study_cuda.log") stages done |"
 summary "| 30M model B16 T2048 bf16 | $(grep -oE '[0-9.]+[KM]? tok/s' "$OUT/train_30m.log" | tail -n1) (rc $t30_rc) |"
 # fwd / fwd+bwd TFLOP/s of one implementation at T=8192, D=128 (CSV columns: impl 2, T 5, D 7, TFLOP/s 11, 12)
