@@ -9,9 +9,12 @@ std::vector<std::string> gpu_names() {
   return kernels::describe_devices();
 }
 
-// Filled as kernels land (the linear family next); the names are those of kernels/<family>/ launchers.
+// The kernel families compiled in, by their launchers (kernels/<family>/), with what they are for.
 std::vector<std::string> kernel_names() {
-  return {"flash_attn_fwd", "flash_attn_bwd"};
+  return {"flash_attn_fwd",   "flash_attn_bwd",    // softmax attention
+          "linear_chunk_fwd", "linear_chunk_bwd",  // linear attention, simple GLA
+          "delta_chunk_fwd",  "delta_chunk_bwd",   // DeltaNet, Gated DeltaNet
+          "recurrent_step"};                       // one-token decode, all five
 }
 
 }  // namespace attnlab::ops::cuda
