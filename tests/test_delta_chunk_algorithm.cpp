@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attnlab/ops/delta_rule.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 
@@ -99,10 +100,6 @@ Grads kernel_backward(const torch::Tensor& q, const torch::Tensor& k, const torc
   return g;
 }
 
-double rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a - b).norm() / b.norm()).item<double>();
-}
-
 TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
   for (int64_t T : {1, 64, 130, 200})
     for (bool strong : {false, true}) {
@@ -126,12 +123,12 @@ TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
       torch::NoGradGuard no_grad;
       auto got = kernel_backward(q, k, W, U, G, h0, dout, dht, scale);
       SCOPED_TRACE(::testing::Message() << "T " << T << " strong " << strong);
-      EXPECT_LT(rel(got.dq, q.grad()), 1e-10);
-      EXPECT_LT(rel(got.dk, k.grad()), 1e-10);
-      EXPECT_LT(rel(got.dW, W.grad()), 1e-10);
-      EXPECT_LT(rel(got.dU, U.grad()), 1e-10);
-      EXPECT_LT(rel(got.dG, G.grad()), 1e-9);
-      EXPECT_LT(rel(got.dh0, h0.grad()), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dq, q.grad()), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dk, k.grad()), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dW, W.grad()), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dU, U.grad()), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dG, G.grad()), 1e-9);
+      EXPECT_LT(attnlab::testing::rel_rms(got.dh0, h0.grad()), 1e-10);
     }
 }
 

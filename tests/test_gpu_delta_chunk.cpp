@@ -10,8 +10,8 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/delta_rule.h"
-#include "support/cuda.h"
 #include "support/helpers.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 
@@ -28,11 +28,6 @@ struct Case {
 std::string name(const Case& c) {
   return fmt::format("B{}_T{}_H{}_D{}_{}_{}{}", c.B, c.T, c.H, c.D, c.dtype == torch::kHalf ? "fp16" : "bf16",
                      c.gate, c.h0 ? "_h0" : "");
-}
-
-double rel_rms(const torch::Tensor& a, const torch::Tensor& ref) {
-  auto x = a.to(torch::kDouble), r = ref.to(torch::kDouble);
-  return ((x - r).norm() / r.norm().clamp_min(1e-30)).item<double>();
 }
 
 class DeltaChunkKernel : public ::testing::TestWithParam<Case> {};
@@ -78,7 +73,7 @@ TEST_P(DeltaChunkKernel, MatchesChunkForm) {
     if (!ref[i].defined()) continue;
     ASSERT_TRUE(got[i].defined()) << names[i];
     EXPECT_FALSE(torch::isnan(got[i]).any().item<bool>()) << name(c) << ": NaN in " << names[i];
-    const double e = rel_rms(got[i], ref[i]);
+    const double e = attnlab::testing::rel_rms(got[i], ref[i]);
     EXPECT_LT(e, i >= 5 ? 2 * tol : tol) << name(c) << ": " << names[i] << " rel RMS " << e;
     std::printf("  %-36s %-5s %.2e\n", name(c).c_str(), names[i], e);
   }

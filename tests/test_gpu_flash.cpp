@@ -15,8 +15,8 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/flash_attn.h"
 #endif
-#include "support/cuda.h"
 #include "support/helpers.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 

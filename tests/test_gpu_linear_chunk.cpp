@@ -18,8 +18,8 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/linear_chunk.h"
 #endif
-#include "support/cuda.h"
 #include "support/helpers.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 
@@ -37,11 +37,6 @@ struct Case {
 std::string name(const Case& c) {
   return fmt::format("B{}_T{}_H{}_D{}_{}_{}{}_seg{}", c.B, c.T, c.H, c.D,
                      c.dtype == torch::kHalf ? "fp16" : "bf16", c.gate, c.h0 ? "_h0" : "", c.seg_chunks);
-}
-
-double rel_rms(const torch::Tensor& a, const torch::Tensor& ref) {
-  auto x = a.to(torch::kDouble), r = ref.to(torch::kDouble);
-  return ((x - r).norm() / r.norm().clamp_min(1e-30)).item<double>();
 }
 
 struct Result {
@@ -96,7 +91,7 @@ void check_case(const Case& c) {
   auto expect = [&](const char* what, const torch::Tensor& x, const torch::Tensor& r, double t) {
     ASSERT_TRUE(x.defined()) << what;
     EXPECT_FALSE(torch::isnan(x).any().item<bool>()) << name(c) << ": NaN in " << what;
-    double e = rel_rms(x, r);
+    double e = attnlab::testing::rel_rms(x, r);
     EXPECT_LT(e, t) << name(c) << ": " << what << " rel RMS " << e;
     std::printf("  %-44s %-4s %.2e\n", name(c).c_str(), what, e);
   };
@@ -177,7 +172,7 @@ TEST(LinearChunkKernel, NormalizedMatchesChunkForm) {
   const char* names[] = {"o", "ht", "dq", "dk", "dv", "dh0"};
   for (size_t i = 0; i < ref.size(); ++i) {
     EXPECT_FALSE(torch::isnan(got[i]).any().item<bool>()) << names[i];
-    EXPECT_LT(rel_rms(got[i], ref[i]), 1e-2) << names[i];
+    EXPECT_LT(attnlab::testing::rel_rms(got[i], ref[i]), 1e-2) << names[i];
   }
 }
 

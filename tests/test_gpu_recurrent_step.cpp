@@ -20,8 +20,8 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/recurrent_step.h"
 #endif
-#include "support/cuda.h"
 #include "support/helpers.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attnlab/ops/simple_gla.h"
+#include "support/kernel_test.h"
 
 using namespace attnlab;
 
@@ -138,10 +139,6 @@ Grads kernel_dataflow(const torch::Tensor& q, const torch::Tensor& k, const torc
   return r;
 }
 
-double rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return ((a - b).norm() / b.norm()).item<double>();
-}
-
 TEST(LinearChunkAlgorithm, MatchesAutogradOfTheChunkForm) {
   for (int64_t seg_chunks : {1, 2, 3, 100})
     for (int64_t T : {1, 64, 200, 333})
@@ -169,13 +166,13 @@ TEST(LinearChunkAlgorithm, MatchesAutogradOfTheChunkForm) {
                                    dht[0][0], scale, seg_chunks);
         SCOPED_TRACE(::testing::Message()
                      << "T " << T << " seg_chunks " << seg_chunks << " strong " << strong);
-        EXPECT_LT(rel(got.o, sl(ref.o)), 1e-10);
-        EXPECT_LT(rel(got.ht, ref.ht[0][0]), 1e-10);
-        EXPECT_LT(rel(got.dq, sl(a.q.grad())), 1e-10);
-        EXPECT_LT(rel(got.dk, sl(a.k.grad())), 1e-10);
-        EXPECT_LT(rel(got.dv, sl(a.v.grad())), 1e-10);
-        EXPECT_LT(rel(got.dh0, a.h0.grad()[0][0]), 1e-10);
-        EXPECT_LT(rel(got.dg, a.g.grad().select(2, 0).select(0, 0)), 1e-8);
+        EXPECT_LT(attnlab::testing::rel_rms(got.o, sl(ref.o)), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.ht, ref.ht[0][0]), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.dq, sl(a.q.grad())), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.dk, sl(a.k.grad())), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.dv, sl(a.v.grad())), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.dh0, a.h0.grad()[0][0]), 1e-10);
+        EXPECT_LT(attnlab::testing::rel_rms(got.dg, a.g.grad().select(2, 0).select(0, 0)), 1e-8);
       }
 }
 

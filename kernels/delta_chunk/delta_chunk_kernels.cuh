@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
   ST::load(S, p.h0 ? p.h0 + bh * kD * kD : nullptr, warp, lane);
   store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
 
-  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   T* hs = static_cast<T*>(p.hs) + bh * nt * kD * kD;
   for (int c = 0; c < nt; ++c) {
     const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
@@ -100,13 +100,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
         }
     }
     {  // P = scale (q k^T) exp(G_t - G_s), s <= t
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kQ, m0, 0, sst + L::kK, 0, n0s, lane);
-      mask_scores(
-          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
-          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
-      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+      decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
     }
     __syncthreads();  // vn, Vw, P ready
     {
@@ -175,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
   if (tid < kC) dGs[tid] = 0.f;
   if (tid < 2) sums[tid] = 0.f;
 
-  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   for (int c = nt - 1; c >= 0; --c) {
     const int t0 = c * kC, rows = min(kC, p.T - t0);
@@ -211,26 +205,14 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
         }
     }
     {  // P = scale (q k^T) exp(G_t - G_s), s <= t
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + L::kQ, m0, 0, s0 + L::kK, 0, n0s, lane);
-      mask_scores(
-          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
-          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
-      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+      decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
     }
     scale_tile_rows<kD, T>(smem + L::kQg, smem + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
     scale_tile_rows<kD, T>(smem + L::kW, smem + L::kW, tid, [](int) { return -1.f; });  // for dS_in
     {  // Pg = scale exp(G_t - G_s) (do_t . vn_s), s <= t
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + L::kDo, m0, 0, s0 + L::kVn, 0, n0s, lane);
-      mask_scores(
-          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
-          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
-      store_acc_smem<kC, T>(smem + L::kPg, A, m0, n0s, lane);
+      decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
     }
     {  // dvn = w_s (K dS)[s] + P^T do  (= dU)
       float X[1][kD / 16][4];

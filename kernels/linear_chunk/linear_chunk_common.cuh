@@ -286,6 +286,23 @@ __device__ __forceinline__ void mask_scores(float (&acc)[1][NT][4], int m0, int 
     }
 }
 
+// One warp's 16 x 32 piece (rows 16 (warp % 4), columns 32 (warp / 4)) of a C x C tile of decayed causal
+// scores, stored 16-bit into the swizzled [C][C] tile `out`: entry (r, c) = scale (a_r . b_c) times
+// exp(G_r - G_c) for c <= r, or with kUpper exp(G_c - G_r) for c >= r (the transposed mask of the reverse
+// walks); zero elsewhere. a, b: swizzled [C][kD] tiles; G: the in-chunk cumulative gates (unused without).
+template <int kD, typename T, bool kGated, bool kUpper>
+__device__ __forceinline__ void decayed_scores(unsigned char* out, uint32_t sa, uint32_t sb, const float* G,
+                                               float scale, int warp, int lane) {
+  const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
+  float A[1][4][4];
+  zero_acc(A);
+  warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sa, m0, 0, sb, 0, n0, lane);
+  mask_scores(
+      A, m0, n0, lane, [](int r, int c) { return kUpper ? c >= r : c <= r; },
+      [&](int r, int c) { return kGated ? scale * __expf(kUpper ? G[c] - G[r] : G[r] - G[c]) : scale; });
+  store_acc_smem<kC, T>(out, A, m0, n0, lane);
+}
+
 // Dispatch over (dtype, head dim) on the host: body is a lambda returning cudaError_t, with T the CUDA
 // element type and kD the head dim (K = V).
 #define LINEAR_CHUNK_SWITCH(P, T, kD, ...)                                         \

@@ -94,7 +94,6 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
   float seg_g = 0.f;
 
   const int m0 = 16 * (warp % 4);         // token rows of this warp in C x * tiles
-  const int n0s = 32 * (warp / 4);        // score columns
   const int n0o = (kD / 2) * (warp / 4);  // output columns
 
   for (int c = c_begin; c < c_end; ++c) {
@@ -105,14 +104,8 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
     if constexpr (kOutput) {
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, s0 + st * L::kStage + L::kQ, m0, 0,
-                                                       s0 + st * L::kStage + L::kK, 0, n0s, lane);
-      mask_scores(
-          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
-          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
-      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
+      decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + st * L::kStage + L::kQ,
+                                           s0 + st * L::kStage + L::kK, G, p.scale, warp, lane);
     }
     __syncthreads();  // Vw and P ready
     if constexpr (kOutput) {
@@ -228,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
            warp, lane);
   store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
 
-  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   for (int c = c_begin; c < c_end; ++c) {
     const int st = (c - c_begin) & 1, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
@@ -237,15 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
     const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
-    {
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kDo, m0, 0, sst + L::kV, 0, n0s, lane);
-      mask_scores(
-          A, m0, n0s, lane, [](int r, int cc) { return cc <= r; },
-          [&](int r, int cc) { return kGated ? p.scale * __expf(G[r] - G[cc]) : p.scale; });
-      store_acc_smem<kC, T>(smem + L::kP, A, m0, n0s, lane);
-    }
+    decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kDo, sst + L::kV, G, p.scale, warp, lane);
     __syncthreads();
     {
       float DQ[1][kD / 16][4];
@@ -331,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
   ST::load(dS, dS_init, warp, lane);
   if constexpr (kDkv) store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
 
-  const int m0 = 16 * (warp % 4), n0s = 32 * (warp / 4), n0o = (kD / 2) * (warp / 4);
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   const int steps = c_end - c_begin;
   for (int i = 0; i < steps; ++i) {
     const int c = c_end - 1 - i, st = i & 1, t0 = c * kC;
@@ -342,17 +327,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
     scale_tile_rows<kD, T>(smem + L::kQw, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     if constexpr (kDkv) {
-      auto keep = [](int r, int cc) { return cc >= r; };  // rows s, columns t >= s
-      auto decay = [&](int r, int cc) { return kGated ? p.scale * __expf(G[cc] - G[r]) : p.scale; };
-      float A[1][4][4];
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kK, m0, 0, sst + L::kQ, 0, n0s, lane);
-      mask_scores(A, m0, n0s, lane, keep, decay);
-      store_acc_smem<kC, T>(smem + L::kP1, A, m0, n0s, lane);
-      zero_acc(A);
-      warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(A, sst + L::kV, m0, 0, sst + L::kDo, 0, n0s, lane);
-      mask_scores(A, m0, n0s, lane, keep, decay);
-      store_acc_smem<kC, T>(smem + L::kP2, A, m0, n0s, lane);
+      // rows s, columns t >= s
+      decayed_scores<kD, T, kGated, true>(smem + L::kP1, sst + L::kK, sst + L::kQ, G, p.scale, warp, lane);
+      decayed_scores<kD, T, kGated, true>(smem + L::kP2, sst + L::kV, sst + L::kDo, G, p.scale, warp, lane);
     }
     __syncthreads();  // Qw, P1, P2 ready
     if constexpr (kDkv) {
