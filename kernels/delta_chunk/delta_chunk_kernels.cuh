@@ -22,6 +22,33 @@ __device__ __forceinline__ void pad_gates(float* G, int rows, int tid) {
   if (tid < kC && tid >= rows) G[tid] = G[rows - 1];
 }
 
+// vn = U - W S for this warp's C x kD piece (rows 16 (warp % 4), columns (kD / 2)(warp / 4)), stored 16-bit
+// into the [C][kD] tile vn and, when vw is not null, times exp(G_last - G_s) into vw. W, S, U: swizzled
+// tiles ([C][kD], [kD][kD], [C][kD]).
+template <int kD, typename T, bool kGated>
+__device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned char* vw, uint32_t sW,
+                                                 uint32_t sS, const unsigned char* U, const float* G,
+                                                 float g_last, int warp, int lane) {
+  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
+  float X[1][kD / 16][4];
+  zero_acc(X);
+  warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, sW, m0, 0, sS, 0, n0, lane);
+#pragma unroll
+  for (int nj = 0; nj < kD / 16; ++nj)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = m0 + (lane >> 2) + half * 8, col = n0 + nj * 8 + 2 * (lane & 3);
+      const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
+      const float2 u = unpack2<T>(*reinterpret_cast<const uint32_t*>(U + off));
+      const float a = u.x - X[0][nj][2 * half], b = u.y - X[0][nj][2 * half + 1];
+      *reinterpret_cast<uint32_t*>(vn + off) = MmaType<T>::pack(a, b);
+      if (vw) {
+        const float w = kGated ? __expf(g_last - G[r]) : 1.f;
+        *reinterpret_cast<uint32_t*>(vw + off) = MmaType<T>::pack(a * w, b * w);
+      }
+    }
+}
+
 // ---------------------------------------------------------------- forward
 template <int kD>
 struct FwdSmem {
@@ -82,26 +109,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
     const float g_last = kGated ? G[kC - 1] : 0.f;
     // The entering state, saved for the backward (16-bit, as the products read it).
     store_tile<kD, kD, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
-    {  // vn = U - W S, stored as is and times exp(G_last - G_s)
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, sst + L::kW, m0, 0, s0 + L::kS, 0, n0o, lane);
-#pragma unroll
-      for (int nj = 0; nj < kD / 16; ++nj)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = m0 + (lane >> 2) + half * 8, col = n0o + nj * 8 + 2 * (lane & 3);
-          const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
-          const float2 uu = unpack2<T>(*reinterpret_cast<const uint32_t*>(stage + L::kU + off));
-          const float a = uu.x - X[0][nj][2 * half], bb = uu.y - X[0][nj][2 * half + 1];
-          const float wr = kGated ? __expf(g_last - G[r]) : 1.f;
-          *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(a, bb);
-          *reinterpret_cast<uint32_t*>(smem + L::kVw + off) = MmaType<T>::pack(a * wr, bb * wr);
-        }
-    }
-    {  // P = scale (q k^T) exp(G_t - G_s), s <= t
-      decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
-    }
+    // vn = U - W S, stored as is and times exp(G_last - G_s)
+    corrected_values<kD, T, kGated>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU, G,
+                                    g_last, warp, lane);
+    // P = scale (q k^T) exp(G_t - G_s), s <= t
+    decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
     __syncthreads();  // vn, Vw, P ready
     {
       float O[1][kD / 16][4];
@@ -189,24 +201,10 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
     auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
-    {  // vn = U - W S_in
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, s0 + L::kW, m0, 0, s0 + L::kSin, 0, n0o, lane);
-#pragma unroll
-      for (int nj = 0; nj < kD / 16; ++nj)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = m0 + (lane >> 2) + half * 8, col = n0o + nj * 8 + 2 * (lane & 3);
-          const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
-          const float2 uu = unpack2<T>(*reinterpret_cast<const uint32_t*>(smem + L::kU + off));
-          *reinterpret_cast<uint32_t*>(smem + L::kVn + off) =
-              MmaType<T>::pack(uu.x - X[0][nj][2 * half], uu.y - X[0][nj][2 * half + 1]);
-        }
-    }
-    {  // P = scale (q k^T) exp(G_t - G_s), s <= t
-      decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
-    }
+    // vn = U - W S_in; P = scale (q k^T) exp(G_t - G_s), s <= t
+    corrected_values<kD, T, kGated>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kU, G, g_last,
+                                    warp, lane);
+    decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
     scale_tile_rows<kD, T>(smem + L::kQg, smem + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
