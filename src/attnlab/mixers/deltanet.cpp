@@ -166,8 +166,10 @@ struct DeltaNetOptions {
             check::positive<double>());
       o.add("norm_eps", &DeltaNetOptions::norm_eps, "epsilon of the output RMSNorm",
             check::positive<double>());
-      o.add("impl", &DeltaNetOptions::impl, "delta_rule op: auto | naive | chunk",
-            check::one_of({"auto", "naive", "chunk"}));
+      o.add("impl", &DeltaNetOptions::impl,
+            "delta_rule op: auto | naive | chunk | kernel (CUDA: the chunk kernels, the decode step for one "
+            "token)",
+            check::one_of({"auto", "naive", "chunk", "kernel"}));
       o.add("chunk_size", &DeltaNetOptions::chunk_size, "chunk length of the chunkwise (WY) form",
             check::positive<int64_t>());
       return o;

@@ -33,8 +33,10 @@ struct GatedDeltaNetOptions {
       o.add("dt_min", &O::dt_min, "softplus(dt_bias) is initialised log-uniform in [dt_min, dt_max]",
             check::positive<double>());
       o.add("dt_max", &O::dt_max, "upper end of the dt init range (>= dt_min)", check::positive<double>());
-      o.add("impl", &O::impl, "gated_delta_rule op: auto | naive | chunk",
-            check::one_of({"auto", "naive", "chunk"}));
+      o.add("impl", &O::impl,
+            "gated_delta_rule op: auto | naive | chunk | kernel (CUDA: the chunk kernels, the decode step "
+            "for one token)",
+            check::one_of({"auto", "naive", "chunk", "kernel"}));
       o.add("chunk_size", &O::chunk_size, "chunk length of the chunkwise (WY) form",
             check::positive<int64_t>());
       return o;
