@@ -329,7 +329,8 @@ TEST(DeltaRule, BadInputSaysWhatWasExpected) {
   expect_error([&] { delta_rule(a, Impl::chunk); }, "delta_rule: chunk_size must be >= 1, got 0");
   expect_error([&] { delta_rule(good, Impl::chunk); }, "delta_rule: takes no gate g");
   // The kernels need CUDA tensors: CPU ones are refused with the reason, with or without CUDA in the build.
-  expect_error([&] { delta_rule(gate_free, Impl::kernel); }, "delta_rule: impl kernel cannot run these inputs: ");
+  expect_error([&] { delta_rule(gate_free, Impl::kernel); },
+               "delta_rule: impl kernel cannot run these inputs: ");
 
   expect_error([&] { gated_delta_rule(gate_free, Impl::chunk); },
                "gated_delta_rule: g must be [B,T,H]=[2,9,3], got no tensor");

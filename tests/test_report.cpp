@@ -386,8 +386,8 @@ TEST(Tracer, NestingGivesFoldedStacksAndChromeTrace) {
   EXPECT_EQ(x["step"]["pid"], static_cast<int>(::getpid()));
   auto ts = [&](const char* n) { return x[n]["ts"].get<double>(); };
   auto end = [&](const char* n) { return ts(n) + x[n]["dur"].get<double>(); };
-  // Unix-epoch microseconds (~1.8e15) in a double step by 0.25 us, so a child that ends within a fraction of a
-  // microsecond of its parent can round past it: compare with a 1 us slack.
+  // Unix-epoch microseconds (~1.8e15) in a double step by 0.25 us, so a child that ends within a fraction of
+  // a microsecond of its parent can round past it: compare with a 1 us slack.
   const double slack = 1.0;
   EXPECT_LE(ts("step"), ts("forward") + slack);
   EXPECT_LE(ts("forward"), ts("matmul;fused") + slack);
