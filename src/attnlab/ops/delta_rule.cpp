@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "attnlab/core/error.h"
-#include "attnlab/core/log.h"
 #include "attnlab/ops/check.h"
+#include "attnlab/ops/linear_attention.h"
 #include "attnlab/ops/registry.h"
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/delta_chunk.h"
@@ -248,36 +248,22 @@ RecurrentOut via_step(const char* op, const RecurrentArgs& a, bool gated) {
 }
 
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gated) {
-  switch (impl) {
-    case Impl::naive:
-      return naive(prepare(op, args, gated), args.output_final_state);
-    case Impl::chunk:
-      return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
-    case Impl::automatic: {
-      // On CUDA: the decode step when it takes the args; the chunk kernels once they have passed their GPU
-      // test (tests/test_gpu_delta_chunk.cpp has not run on a GPU yet); otherwise chunk, the reason logged
-      // once.
-      if (args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda()) {
-        if (step_unusable_reason(args, gated).empty()) return via_step(op, args, gated);
-        auto why = chunk_kernel_unusable_reason(args, gated);
-        if (why.empty()) why = "the delta_chunk kernels await their first GPU check; impl kernel runs them";
-        log_once(fmt::format("{}.kernel: {}", op, why),
-                 fmt::format("{}: the CUDA kernels are not used for these inputs ({}); using the chunk form",
-                             op, why));
-      }
-      return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state);
-    }
-    case Impl::kernel: {
-      if (step_unusable_reason(args, gated).empty()) return via_step(op, args, gated);
-      auto why = chunk_kernel_unusable_reason(args, gated);
-      ATTNLAB_CHECK(why.empty(), "{}: impl kernel cannot run these inputs: {}; use chunk, naive or auto", op,
-                    why);
-      return via_chunk_kernel(op, args, gated);
-    }
-    case Impl::sdpa:
-      fail("{}: has no sdpa path (that is softmax attention's); use naive, chunk or auto", op);
-  }
-  fail("{}: unknown implementation", op);
+  // The kernel path: the decode step when it takes the args, else the chunk kernels; automatic uses the
+  // chunk kernels only once they have passed their GPU test (tests/test_gpu_delta_chunk.cpp has not run on
+  // a GPU yet).
+  auto use_step = [&] { return step_unusable_reason(args, gated).empty(); };
+  linear::KernelPath kernel;
+  kernel.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
+  kernel.unusable = [&] { return use_step() ? std::string() : chunk_kernel_unusable_reason(args, gated); };
+  kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated); };
+  kernel.not_default = [&] {
+    return use_step()
+               ? std::string()
+               : std::string("the delta_chunk kernels await their first GPU check; impl kernel runs them");
+  };
+  return linear::dispatch(
+      op, impl, [&] { return naive(prepare(op, args, gated), args.output_final_state); },
+      [&] { return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state); }, kernel);
 }
 
 }  // namespace

@@ -229,7 +229,7 @@ RecurrentOut linear_attention_normalized(const RecurrentArgs& args, Impl impl, d
   auto kernel = linear::chunk_kernel_path(num_args, /*gated=*/false);
   bool use_kernel = impl == Impl::kernel;
   if (impl == Impl::automatic && kernel.on_cuda && kernel.unusable().empty())
-    use_kernel = kernel.not_default().empty();
+    use_kernel = !kernel.not_default || kernel.not_default().empty();
   if (use_kernel) {
     auto out = run(op, num_args, Impl::kernel);  // o [B, T, H, V] (v's dtype), ht [B, H, K, V]
     const double scale = args.scale > 0 ? args.scale : 1.0 / std::sqrt(static_cast<double>(args.q.size(3)));
