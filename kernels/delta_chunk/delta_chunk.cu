@@ -12,7 +12,8 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
            " not in the kernels (K = V = 64 or 128)";
   if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
     return "B and H must be in 1..65535, T >= 1";
-  if (!p.q || !p.k || !p.w || !p.u || !p.o || !p.hs) return "q, k, w, u, o and hs must be set";
+  if (!p.q || !p.k || !p.w || !p.u || !p.hs) return "q, k, w, u and hs must be set";
+  if (!backward && !p.o) return "o must be set";
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";

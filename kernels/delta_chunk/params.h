@@ -37,7 +37,7 @@ struct DeltaChunkParams {
   const void* u = nullptr;    // [B, T, H, V] U of each chunk's WY factors
   const float* G = nullptr;   // [B, T, H] in-chunk cumulative log decay; nullptr: no gate (DeltaNet)
   const float* h0 = nullptr;  // [B, H, K, V]; nullptr: zeros
-  void* o = nullptr;          // [B, T, H, V] (written)
+  void* o = nullptr;          // [B, T, H, V] (written by the forward; the backward does not read it)
   float* ht = nullptr;        // [B, H, K, V] (written when not nullptr)
   void* hs = nullptr;         // workspace [B, H, ceil(T / 64), K, V], 16-bit: the state entering each chunk
                               // (written by the forward, read by the backward)

@@ -27,7 +27,8 @@ std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
            " not in the kernels (K = V = 64 or 128)";
   if (p.B < 1 || p.H < 1 || p.T < 0) return "B and H must be >= 1 and T >= 0";
   if (p.seg_chunks < 1) return "seg_chunks must be >= 1";
-  if (!p.q || !p.k || !p.v || !p.o) return "q, k, v and o must be set";
+  if (!p.q || !p.k || !p.v) return "q, k and v must be set";
+  if (!backward && !p.o) return "o must be set";
   const int n_seg = linear_chunk_segments(p);
   if (n_seg > 1 && (!p.seg_states || !p.seg_gate))
     return "seg_states and seg_gate must be set when n_seg > 1";

@@ -53,7 +53,7 @@ struct LinearChunkParams {
   const void* v = nullptr;    // [B, T, H, V]
   const float* g = nullptr;   // [B, T, H] log decay; nullptr: no gate (linear attention)
   const float* h0 = nullptr;  // [B, H, K, V] initial state; nullptr: zeros
-  void* o = nullptr;          // [B, T, H, V] output (written)
+  void* o = nullptr;          // [B, T, H, V] output (written by the forward; the backward does not read it)
   float* ht = nullptr;        // [B, H, K, V] final state (written when not nullptr)
 
   // ---- segments. seg_chunks chunks per segment (>= 1); n_seg = ceil(ceil(T / 64) / seg_chunks).

@@ -78,7 +78,6 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     auto f32opt = q.options().dtype(torch::kFloat);
     torch::Tensor dG = given(G) ? torch::empty(G.sizes(), f32opt) : torch::Tensor();
     torch::Tensor dh0 = given(h0) ? torch::empty(h0.sizes(), f32opt) : torch::Tensor();
-    p.o = const_cast<void*>(static_cast<const void*>(u.data_ptr()));  // not written by the backward
     p.dout = dout.data_ptr(), p.dht = dht.defined() ? static_cast<const float*>(dht.data_ptr()) : nullptr;
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dw = dw.data_ptr(), p.du = du.data_ptr();
     p.dG = f32(dG), p.dh0 = f32(dh0);

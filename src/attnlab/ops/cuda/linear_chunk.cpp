@@ -101,7 +101,6 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
     if (given(h0)) dh0 = torch::empty(h0.sizes(), f32opt);
     const int64_t n_seg = kn::linear_chunk_segments(p);
     if (n_seg > 1) dseg = torch::empty({q.size(0), q.size(2), n_seg, q.size(3), v.size(3)}, f32opt);
-    p.o = const_cast<void*>(static_cast<const void*>(v.data_ptr()));  // not written by the backward
     p.dout = dout.data_ptr(), p.dht = f32(dht), p.dg_last = f32(dg_last);
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
     p.dg = f32(dg), p.dg_work = f32(dg_work), p.dh0 = f32(dh0), p.dseg_states = f32(dseg);
