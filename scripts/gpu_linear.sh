@@ -2,10 +2,14 @@
 # The linear-family part of the GPU run, in one call that fits a short device budget: builds only what it
 # needs (the CLI and the gpu-labelled kernel tests) against the pip torch's libtorch for sm_90, runs the
 # kernel tests, then FLA's Triton kernels (bench/fla_bench.py, when .peer/fla was carried) and ours
-# (attnlab bench ops) on the shapes of PERFORMANCE.md. Logs and CSVs under $OUT (default ./gpu-out).
+# (attnlab bench ops) on the shapes of PERFORMANCE.md. Under $OUT (default ./gpu-out): the CSVs and one
+# logs.tgz holding every log (the device tool brings back few files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+RESULTS=${OUT:-$PWD/gpu-out}; mkdir -p "$RESULTS"
+OUT=$RESULTS/logs; mkdir -p "$OUT"
+pack() { tar czf "$RESULTS/logs.tgz" -C "$RESULTS" logs && rm -rf "$OUT"; }
+trap pack EXIT
 JOBS=${JOBS:-$(nproc)}; BUILD=${BUILD:-build-gpu}; P=$PWD/.deps/prefix
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
@@ -23,7 +27,9 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITEC
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
   -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1 ||
   { tail -n 30 "$OUT/configure.log"; exit 1; }
-TESTS=${TESTS:-"test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"}
+DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
+for t in test_gpu_gla_chunk test_gpu_delta_wy; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
+TESTS=${TESTS:-$DEFAULT_TESTS}
 cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
 el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
@@ -32,19 +38,26 @@ for t in $TESTS; do
   timeout 240 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1; el "$t rc $?"
   grep -E "^\[  (PASSED|FAILED) |Failure" "$OUT/$t.log" | head -n 20
 done
+# The kernels against FLA's fixtures (K = 16, V = 20, zero-padded to 64: exact), bf16 as under autocast.
+for op in linear_attention simple_gla gla delta_rule gated_delta_rule; do
+  "$BUILD/attnlab" ops verify --op "$op" --file "tests/data/$op.safetensors" --impl kernel --device cuda \
+    --dtype bf16 --pad-head-dims 64 > "$OUT/verify_$op.log" 2>&1
+  echo "ops verify $op (kernel, bf16): rc $? $(tail -n 1 "$OUT/verify_$op.log")"
+done
 # FLA's Triton autotune choices measured on an H200 (committed as data): seeding them saves minutes of compiling.
 SEED=bench/results/h200-2026-12-01/fla_triton_autotune.tgz
 if [ -d .peer/fla ] && [ ! -d .peer/fla/triton-autotune ] && [ -f "$SEED" ]; then tar xzf "$SEED" -C .peer/fla; fi
 if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
-  timeout 240 python3 bench/fla_bench.py --fla .peer/fla --out "$OUT/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
+  timeout 240 python3 bench/fla_bench.py --fla .peer/fla --out "$RESULTS/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
   el "fla rc $?"; tail -n 4 "$OUT/fla.log"
 fi
-OPS=${OPS:-linear_attention,simple_gla,delta_rule,gated_delta_rule,gated_delta_rule_step}
+OPS=${OPS:-linear_attention,simple_gla,gla,delta_rule,gated_delta_rule,gated_delta_rule_step}
 # The libtorch chunk-form rows are slow (tens of ms per call, more for the delta rule's loop over chunks): one
 # timed call each, and a subset of T unless SEQS says otherwise, to stay inside one 10-minute call.
 SEQS=${SEQS:-512,2048,8192,32768}
 timeout 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
   --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat "${CHUNK_REPEAT:-1}" \
-  $( [ -f "$OUT/fla.csv" ] && echo --fla-csv "$OUT/fla.csv" ) --out "$OUT/bench_linear.csv" > "$OUT/bench_linear.log" 2>&1
+  $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear.csv" \
+  --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gated)" "$OUT/bench_linear.log" | head -n 40

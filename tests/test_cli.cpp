@@ -69,3 +69,37 @@ TEST(Cli, BadInputExitsTwoWithAClearMessage) {
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("is empty"), std::string::npos) << r.output;
 }
+
+// Zero-padding the head dims is exact, so the fixture still passes at float32's tolerance; the padding
+// is what lets the CUDA kernels (K = V = 64 or 128) check the fixtures' K = 16, V = 20 on a GPU.
+TEST(Cli, OpsVerifyPaddedHeadDimsStillMatchTheFixture) {
+  auto r = run("ops verify --op gla --file tests/data/gla.safetensors --impl chunk --pad-head-dims 64");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("head dims zero-padded from K 16, V 20 to 64"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checks passed"), std::string::npos) << r.output;
+  auto d =
+      run("ops verify --op gated_delta_rule --file tests/data/gated_delta_rule.safetensors --impl chunk "
+          "--pad-head-dims 64");
+  EXPECT_EQ(d.status, 0) << d.output;
+}
+
+TEST(Cli, OpsVerifyRejectsBadDeviceDtypeAndPadding) {
+  auto small = run("ops verify --op gla --file tests/data/gla.safetensors --pad-head-dims 8");
+  EXPECT_EQ(small.status, 2) << small.output;
+  EXPECT_NE(small.output.find("--pad-head-dims 8 is below the file's head dims (K 16, V 20)"),
+            std::string::npos)
+      << small.output;
+  auto dtype = run("ops verify --op gla --file tests/data/gla.safetensors --dtype int8");
+  EXPECT_EQ(dtype.status, 2) << dtype.output;
+  EXPECT_NE(dtype.output.find("--dtype must be float32, bf16 or fp16, got 'int8'"), std::string::npos)
+      << dtype.output;
+  auto device = run("ops verify --op gla --file tests/data/gla.safetensors --device tpu");
+  EXPECT_EQ(device.status, 2) << device.output;
+  EXPECT_NE(device.output.find("--device must be cpu or cuda, got 'tpu'"), std::string::npos)
+      << device.output;
+  if (!torch::cuda::is_available()) {
+    auto cuda = run("ops verify --op gla --file tests/data/gla.safetensors --device cuda");
+    EXPECT_EQ(cuda.status, 2) << cuda.output;
+    EXPECT_NE(cuda.output.find("sees no CUDA device"), std::string::npos) << cuda.output;
+  }
+}

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attnlab/core/error.h"
+#include "attnlab/ops/cuda/delta_chunk.h"
 #include "attnlab/ops/delta_rule.h"
 #include "support/helpers.h"
 #include "support/kernel_test.h"
@@ -103,6 +104,35 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
   a.v = torch::randn({1, 10, 2, 96}, f), a.beta = torch::rand({1, 10, 2}, f.dtype(torch::kFloat));
   EXPECT_ERROR_WITH(ops::delta_rule(a, ops::Impl::kernel), "delta_rule", "96", "64 or 128");
   EXPECT_EQ(ops::delta_rule(a, ops::Impl::automatic).o.sizes(), a.v.sizes());  // falls back to chunk
+}
+
+// The forward's V-split (two blocks per (b, h) over the value columns, chosen for small B * H at V = 128)
+// computes every column exactly as one block does: o, ht and, through the saved states, the gradients are
+// the same bits.
+TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(11);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const int64_t B = 1, T = 333, H = 2, D = 128;
+  auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+  auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
+  auto fl = f.dtype(torch::kFloat);
+  auto G = torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1;  // any values: the same bits either way
+  auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
+  auto run = [&](int64_t v_split) {
+    auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+    auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
+    auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, G, lh, 0.1, v_split);
+    ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
+    return std::vector<torch::Tensor>{out[0], out[1], lq.grad(), lk.grad(), lw.grad(), lu.grad(), lh.grad()};
+  };
+  auto one = run(1), two = run(2);
+  const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0"};
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << names[i];
+  EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(
+                        q.narrow(3, 0, 64), k.narrow(3, 0, 64).contiguous(), w.narrow(3, 0, 64).contiguous(),
+                        u.narrow(3, 0, 64).contiguous(), G, torch::Tensor(), 0.1, 2),
+                    "v_split must be 1, or 2 at V = 128; got 2 at V = 64");
 }
 
 }  // namespace

@@ -131,8 +131,8 @@ std::vector<Case> cases() {
 INSTANTIATE_TEST_SUITE_P(Cases, LinearChunkKernel, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return name(info.param); });
 
-// Enable when the chunk kernels become automatic's default (linear::chunk_kernel_path's not_default).
-TEST(LinearChunkKernel, DISABLED_AutomaticUsesTheKernelOnCuda) {
+// On CUDA, automatic runs the chunk kernels (linear::chunk_kernel_path sets no not_default).
+TEST(LinearChunkKernel, AutomaticUsesTheKernelOnCuda) {
   SKIP_WITHOUT_CUDA();
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   ops::RecurrentArgs a;

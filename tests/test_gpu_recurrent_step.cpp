@@ -204,8 +204,10 @@ TEST(GpuRecurrentStepErrors, UnsupportedArgsSayWhy) {
   bad.q = torch::randn({3, 1, 5, 96}, a.q.options()), bad.k = torch::randn({3, 1, 5, 96}, a.k.options());
   bad.h0 = torch::randn({3, 5, 96, 64}, a.h0.options());
   EXPECT_ERROR_WITH(ops::cuda::recurrent_step(StepKind::gated_delta, bad), "K 96 not in the step kernel");
-  EXPECT_ERROR_WITH(ops::gated_delta_rule(bad, ops::Impl::kernel),
-                    "gated_delta_rule: impl kernel cannot run these inputs: K 96 not in the step kernel");
+  EXPECT_ERROR_WITH(
+      ops::gated_delta_rule(bad, ops::Impl::kernel),
+      "gated_delta_rule: impl kernel cannot run these inputs: the decode step: K 96 not in the step "
+      "kernel; the chunk kernels: head dims K = 96");
   // automatic falls back to the chunk form (logged once), which equals the naive form.
   auto fallback = ops::gated_delta_rule(bad, ops::Impl::automatic);
   auto naive = ops::gated_delta_rule(bad, ops::Impl::naive);

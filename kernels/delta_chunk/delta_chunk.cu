@@ -13,12 +13,20 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
     return "B and H must be in 1..65535, T >= 1";
   if (!p.q || !p.k || !p.w || !p.u || !p.hs) return "q, k, w, u and hs must be set";
+  if (p.v_split != 1 && !(p.v_split == 2 && p.V == 128))
+    return "v_split must be 1, or 2 at V = 128; got " + std::to_string(p.v_split) +
+           " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
   }
   return {};
+}
+
+int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
+  const long long heads = static_cast<long long>(B) * H;
+  return V == 128 && heads < 2LL * num_sms ? 2 : 1;
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
@@ -29,11 +37,17 @@ namespace delta_chunk {
 namespace {
 
 template <typename K>
-cudaError_t launch(K* kernel, int smem, const DeltaChunkParams& p) {
+cudaError_t launch(K* kernel, int smem, const DeltaChunkParams& p, int v_blocks = 1) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(1, p.H, p.B), kThreads, smem, p.stream>>>(p);
+  kernel<<<dim3(v_blocks, p.H, p.B), kThreads, smem, p.stream>>>(p);
   return cudaGetLastError();
+}
+
+template <int kD, int kVb, typename T>
+cudaError_t launch_fwd(const DeltaChunkParams& p) {
+  return p.G ? launch(&delta_fwd_kernel<kD, kVb, T, true>, FwdSmem<kD, kVb>::kBytes, p, kD / kVb)
+             : launch(&delta_fwd_kernel<kD, kVb, T, false>, FwdSmem<kD, kVb>::kBytes, p, kD / kVb);
 }
 
 }  // namespace
@@ -43,8 +57,10 @@ cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p) {
   if (!delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    return p.G ? launch(&delta_fwd_kernel<kD, T, true>, FwdSmem<kD>::kBytes, p)
-               : launch(&delta_fwd_kernel<kD, T, false>, FwdSmem<kD>::kBytes, p);
+    if constexpr (kD == 128) {
+      if (p.v_split == 2) return launch_fwd<kD, 64, T>(p);
+    }
+    return launch_fwd<kD, kD, T>(p);
   });
 }
 

@@ -1,5 +1,6 @@
-// The delta_chunk kernels (params.h has the semantics, docs/kernels.md the design). Grid (1, H, B), 8 warps;
-// each block walks every chunk of one (batch, head) with the K x V state (or its gradient) in float32
+// The delta_chunk kernels (params.h has the semantics, docs/kernels.md the design). Grid (V-split, H, B) for
+// the forward, (1, H, B) for the backward, 8 warps; each block walks every chunk of one (batch, head) with
+// the K x V state (or its gradient; the forward's may be a slice of the value columns) in float32
 // registers. The delta rule's state transition (exp(G_last) I - K_d^T W) is a K x K matrix per chunk, so,
 // unlike linear_chunk, the sequence is not cut into segments: a scan over segments would multiply K x K
 // matrices. Built on linear_chunk's building blocks (warp products on swizzled tiles, state tiles).
@@ -22,23 +23,23 @@ __device__ __forceinline__ void pad_gates(float* G, int rows, int tid) {
   if (tid < kC && tid >= rows) G[tid] = G[rows - 1];
 }
 
-// vn = U - W S for this warp's C x kD piece (rows 16 (warp % 4), columns (kD / 2)(warp / 4)), stored 16-bit
-// into the [C][kD] tile vn and, when vw is not null, times exp(G_last - G_s) into vw. W, S, U: swizzled
-// tiles ([C][kD], [kD][kD], [C][kD]).
-template <int kD, typename T, bool kGated>
+// vn = U - W S for this warp's C x kVb piece (rows 16 (warp % 4), columns (kVb / 2)(warp / 4)), stored
+// 16-bit into the [C][kVb] tile vn and, when vw is not null, times exp(G_last - G_s) into vw. W, S, U:
+// swizzled tiles ([C][kD], [kD][kVb], [C][kVb]); kVb = kD, or a slice of the value columns (V-split).
+template <int kD, typename T, bool kGated, int kVb = kD>
 __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned char* vw, uint32_t sW,
                                                  uint32_t sS, const unsigned char* U, const float* G,
                                                  float g_last, int warp, int lane) {
-  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
-  float X[1][kD / 16][4];
+  const int m0 = 16 * (warp % 4), n0 = (kVb / 2) * (warp / 4);
+  float X[1][kVb / 16][4];
   zero_acc(X);
-  warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, sW, m0, 0, sS, 0, n0, lane);
+  warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(X, sW, m0, 0, sS, 0, n0, lane);
 #pragma unroll
-  for (int nj = 0; nj < kD / 16; ++nj)
+  for (int nj = 0; nj < kVb / 16; ++nj)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = m0 + (lane >> 2) + half * 8, col = n0 + nj * 8 + 2 * (lane & 3);
-      const uint32_t off = swz<kD>(r, col / 8) + (col % 8) * 2;
+      const uint32_t off = swz<kVb>(r, col / 8) + (col % 8) * 2;
       const float2 u = unpack2<T>(*reinterpret_cast<const uint32_t*>(U + off));
       const float a = u.x - X[0][nj][2 * half], b = u.y - X[0][nj][2 * half + 1];
       *reinterpret_cast<uint32_t*>(vn + off) = MmaType<T>::pack(a, b);
@@ -50,28 +51,33 @@ __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned cha
 }
 
 // ---------------------------------------------------------------- forward
-template <int kD>
+// The value columns of the state evolve independently given W and U (vn = U - W S column by column), so
+// the forward may split them: block (x, h, b) owns columns x kVb .. + kVb (kVb = kD: no split), and every
+// block recomputes the chunk's q k^T scores (cheap next to the state products).
+template <int kD, int kVb>
 struct FwdSmem {
   static constexpr int kTile = kC * kD * 2;
-  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kG = 4 * kTile;
+  static constexpr int kVTile = kC * kVb * 2;
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kG = 3 * kTile + kVTile;
   static constexpr int kStage = kG + kC * 4;
-  static constexpr int kS = 2 * kStage;         // [kD][kD] entering state, 16-bit
-  static constexpr int kVn = kS + kD * kD * 2;  // [C][kD] vn
-  static constexpr int kVw = kVn + kTile;       // [C][kD] vn rows times exp(G_last - G_s)
-  static constexpr int kP = kVw + kTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t
+  static constexpr int kS = 2 * kStage;          // [kD][kVb] entering state, 16-bit
+  static constexpr int kVn = kS + kD * kVb * 2;  // [C][kVb] vn
+  static constexpr int kVw = kVn + kVTile;       // [C][kVb] vn rows times exp(G_last - G_s)
+  static constexpr int kP = kVw + kVTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t
   static constexpr int kBytes = kP + kC * kC * 2;
 };
 
-template <int kD, typename T, bool kGated>
+template <int kD, int kVb, typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunkParams p) {
-  using L = FwdSmem<kD>;
-  using ST = StateTile<kD, kD>;
+  using L = FwdSmem<kD, kVb>;
+  using ST = StateTile<kD, kVb>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int v0 = blockIdx.x * kVb, h = blockIdx.y, b = blockIdx.z;
   const int nt = linear_chunk_count(p.T);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;  // of every [B, T, H, D] tensor (K = V = kD)
 
   auto issue = [&](int c) {
     if (c < nt) {
@@ -80,7 +86,9 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
       load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
-      load_chunk<kD>(base + L::kU, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);
+      load_tile<kC, kVb, kThreads, T>(base + L::kU,
+                                      static_cast<const T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD) + v0,
+                                      row_stride, p.T - t0, tid);
       if constexpr (kGated)
         load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
     }
@@ -90,11 +98,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
   issue(1);
 
   float S[ST::MT][ST::NT][4];
-  ST::load(S, p.h0 ? p.h0 + bh * kD * kD : nullptr, warp, lane);
-  store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+  ST::load(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, warp, lane, kD);
+  store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
 
-  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
-  T* hs = static_cast<T*>(p.hs) + bh * nt * kD * kD;
+  const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, output columns
+  T* hs = static_cast<T*>(p.hs) + bh * nt * kD * kD + v0;
   for (int c = 0; c < nt; ++c) {
     const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
     const uint32_t sst = s0 + st * L::kStage;
@@ -107,32 +115,34 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
       __syncthreads();
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
-    // The entering state, saved for the backward (16-bit, as the products read it).
-    store_tile<kD, kD, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
+    // The entering state (this block's columns), saved for the backward (16-bit, as the products read it).
+    store_tile<kD, kVb, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
     // vn = U - W S, stored as is and times exp(G_last - G_s)
-    corrected_values<kD, T, kGated>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU, G,
-                                    g_last, warp, lane);
+    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU,
+                                         G, g_last, warp, lane);
     // P = scale (q k^T) exp(G_t - G_s), s <= t
     decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
     __syncthreads();  // vn, Vw, P ready
     {
-      float O[1][kD / 16][4];
+      float O[1][kVb / 16][4];
       zero_acc(O);
-      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(O, sst + L::kQ, m0, 0, s0 + L::kS, 0, n0o, lane);
+      warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(O, sst + L::kQ, m0, 0, s0 + L::kS, 0, n0o,
+                                                              lane);
       scale_rows(O, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
-      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o, lane);
-      store_acc_global<T>(static_cast<T*>(p.o) + row_offset(b, t0, h, p.T, p.H, kD),
-                          static_cast<int64_t>(p.H) * kD, O, m0, n0o, rows, lane);
+      warp_mma<1, kVb / 16, kC / 16, false, true, kC, kVb, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o,
+                                                              lane);
+      store_acc_global<T>(static_cast<T*>(p.o) + row_offset(b, t0, h, p.T, p.H, kD) + v0, row_stride, O, m0,
+                          n0o, rows, lane);
     }
     if constexpr (kGated) ST::scale(S, __expf(g_last));
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, sst + L::kK, ST::m0(warp), 0, s0 + L::kVw, 0,
-                                                             ST::n0(warp), lane);
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(S, sst + L::kK, ST::m0(warp), 0, s0 + L::kVw, 0,
+                                                              ST::n0(warp), lane);
     __syncthreads();  // every read of this stage, the state copy, vn, Vw, P is done
-    store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue(c + 2);
   }
   cp_async_wait<0>();
-  if (p.ht) ST::store(p.ht + bh * kD * kD, S, warp, lane);
+  if (p.ht) ST::store(p.ht + bh * kD * kD + v0, S, warp, lane, kD);
 }
 
 // ---------------------------------------------------------------- backward

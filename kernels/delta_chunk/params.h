@@ -41,6 +41,8 @@ struct DeltaChunkParams {
   float* ht = nullptr;        // [B, H, K, V] (written when not nullptr)
   void* hs = nullptr;         // workspace [B, H, ceil(T / 64), K, V], 16-bit: the state entering each chunk
                               // (written by the forward, read by the backward)
+  int v_split = 1;            // forward blocks per (b, h), each over V / v_split value columns: 1, or 2 at
+                              // V = 128 (delta_chunk_default_v_split picks it); the results are the same
 
   // ---- backward
   const void* dout = nullptr;  // [B, T, H, V]
@@ -57,6 +59,10 @@ struct DeltaChunkParams {
 
 // Empty when the kernels take p, else why not.
 std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
+
+// The forward's V-split: 2 when B * H blocks alone would leave `num_sms` multiprocessors idle and V = 128
+// (a column slice needs 64 columns for the swizzled tiles), else 1.
+int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

@@ -174,8 +174,10 @@ struct StateTile {
   static __device__ __forceinline__ int m0(int warp) { return (kK / 4) * (warp % 4); }
   static __device__ __forceinline__ int n0(int warp) { return (kV / 2) * (warp / 4); }
 
-  // acc = S (a [K, V] row-major float32 matrix), or zeros when S is nullptr.
-  static __device__ __forceinline__ void load(float (&acc)[MT][NT][4], const float* S, int warp, int lane) {
+  // acc = S (a [K, V] row-major float32 matrix with rows ld apart: a column slice of a wider one when
+  // ld > kV), or zeros when S is nullptr.
+  static __device__ __forceinline__ void load(float (&acc)[MT][NT][4], const float* S, int warp, int lane,
+                                              int ld = kV) {
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -185,12 +187,13 @@ struct StateTile {
           const int row = m0(warp) + mi * 16 + (lane >> 2) + half * 8;
           const int col = n0(warp) + nj * 8 + 2 * (lane & 3);
           float2 x = make_float2(0.f, 0.f);
-          if (S) x = *reinterpret_cast<const float2*>(S + row * kV + col);
+          if (S) x = *reinterpret_cast<const float2*>(S + row * ld + col);
           acc[mi][nj][2 * half] = x.x;
           acc[mi][nj][2 * half + 1] = x.y;
         }
   }
-  static __device__ __forceinline__ void store(float* S, const float (&acc)[MT][NT][4], int warp, int lane) {
+  static __device__ __forceinline__ void store(float* S, const float (&acc)[MT][NT][4], int warp, int lane,
+                                               int ld = kV) {
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -199,9 +202,39 @@ struct StateTile {
         for (int half = 0; half < 2; ++half) {
           const int row = m0(warp) + mi * 16 + (lane >> 2) + half * 8;
           const int col = n0(warp) + nj * 8 + 2 * (lane & 3);
-          *reinterpret_cast<float2*>(S + row * kV + col) =
+          *reinterpret_cast<float2*>(S + row * ld + col) =
               make_float2(acc[mi][nj][2 * half], acc[mi][nj][2 * half + 1]);
         }
+  }
+  // The state as 16-bit pairs in the register order, [pair][thread] (coalesced): a copy only this layout
+  // reads back (dot_packed), K * V / 2 words.
+  static constexpr int kPairs = MT * NT * 2;
+  template <typename T>
+  static __device__ __forceinline__ void store_packed(uint32_t* dst, const float (&acc)[MT][NT][4], int tid) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          dst[((mi * NT + nj) * 2 + half) * kThreads + tid] =
+              MmaType<T>::pack(acc[mi][nj][2 * half], acc[mi][nj][2 * half + 1]);
+  }
+  // This thread's share of sum(S * acc), S written by store_packed.
+  template <typename T>
+  static __device__ __forceinline__ float dot_packed(const uint32_t* src, const float (&acc)[MT][NT][4],
+                                                     int tid) {
+    float s = 0.f;
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const float2 x = unpack2<T>(src[((mi * NT + nj) * 2 + half) * kThreads + tid]);
+          s += x.x * acc[mi][nj][2 * half] + x.y * acc[mi][nj][2 * half + 1];
+        }
+    return s;
   }
   static __device__ __forceinline__ void scale(float (&acc)[MT][NT][4], float s) {
 #pragma unroll

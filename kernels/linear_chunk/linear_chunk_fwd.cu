@@ -34,7 +34,8 @@ std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
     return "seg_states and seg_gate must be set when n_seg > 1";
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dv) return "dout, dq, dk and dv must be set";
-    if (p.g && (!p.dg || !p.dg_work)) return "dg and dg_work must be set when g is";
+    if (p.g && (!p.dg || !p.dg_work || !p.chunk_states || !p.chunk_dg))
+      return "dg, dg_work, chunk_states and chunk_dg must be set when g is";
     if (n_seg > 1 && !p.dseg_states) return "dseg_states must be set when n_seg > 1";
   }
   return {};
@@ -49,7 +50,8 @@ size_t linear_chunk_fwd_workspace_floats(const LinearChunkParams& p) {
 size_t linear_chunk_bwd_workspace_floats(const LinearChunkParams& p) {
   const size_t n_seg = static_cast<size_t>(linear_chunk_segments(p));
   const size_t bh = static_cast<size_t>(p.B) * p.H;
-  return bh * n_seg * p.K * p.V + bh * static_cast<size_t>(p.T);
+  const size_t nt = static_cast<size_t>(linear_chunk_count(p.T));
+  return bh * n_seg * p.K * p.V + bh * static_cast<size_t>(p.T) + bh * nt * p.K * p.V / 2 + bh * nt;
 }
 
 namespace linear_chunk {

@@ -251,6 +251,10 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
       }
     }
     update_state<kD, T, kGated>(S, g_last, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, warp, lane);
+    // The state at the chunk's end, for dg's chunk-end term <S, dS> in the dkv walk.
+    if constexpr (kGated)
+      ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
+                                   tid);
     __syncthreads();
     store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue(c + 2);
@@ -318,11 +322,21 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
 
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   const int steps = c_end - c_begin;
+  __shared__ float chunk_end_dot[2][kWarps];  // per-warp shares of <S, dS>, by step parity
   for (int i = 0; i < steps; ++i) {
     const int c = c_end - 1 - i, st = i & 1, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
+    if constexpr (kDkv && kGated) {
+      // dS is the gradient of the state at this chunk's end: dg's chunk-end term <S, dS>
+      // (linear_chunk_bwd.cu).
+      float d = ST::template dot_packed<T>(
+          static_cast<const uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), dS, tid);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      if (lane == 0) chunk_end_dot[st][warp] = d;
+    }
     const float g_last = begin_chunk<kGated>(G, warp, lane);
     scale_tile_rows<kD, T>(smem + L::kQw, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
@@ -332,6 +346,14 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
       decayed_scores<kD, T, kGated, true>(smem + L::kP2, sst + L::kV, sst + L::kDo, G, p.scale, warp, lane);
     }
     __syncthreads();  // Qw, P1, P2 ready
+    if constexpr (kDkv && kGated) {
+      if (tid == 0) {
+        float d = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) d += chunk_end_dot[st][w];
+        p.chunk_dg[bh * nt + c] = d;
+      }
+    }
     if constexpr (kDkv) {
       auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
       const int64_t row_stride = static_cast<int64_t>(p.H) * kD;

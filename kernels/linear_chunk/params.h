@@ -19,8 +19,9 @@
 //
 // Backward: dq in a forward walk over the chunks (state recomputed from seg_states), dk and dv in a
 // reverse walk with the state gradient dS in registers (the dS entering each segment from the right comes
-// from the same segment-and-scan scheme), and dg from q.dq - k.dk (plus the final-state term) by a reverse
-// cumulative sum over the whole sequence (see linear_chunk_bwd.cu for the derivation).
+// from the same segment-and-scan scheme), and dg from q.dq - k.dk by a reverse cumulative sum within each
+// chunk plus the chunk-end term <S, dS> (see linear_chunk_bwd.cu for the derivation and why not a cumsum
+// over the whole sequence).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -64,16 +65,18 @@ struct LinearChunkParams {
   float* seg_gate = nullptr;    // workspace [B, H, n_seg]: sum of g over each segment (idem)
 
   // ---- backward. dout/dq/dk/dv contiguous like q/k/v; dg [B, T, H] float32 (when g is given).
-  const void* dout = nullptr;      // [B, T, H, V] gradient of o
-  const float* dht = nullptr;      // [B, H, K, V] gradient of ht; nullptr: zeros
-  const float* dg_last = nullptr;  // [B, H] sum(dht * ht), the final state's share of dg (nullptr: 0)
-  void* dq = nullptr;              // [B, T, H, K] (written)
-  void* dk = nullptr;              // [B, T, H, K] (written)
-  void* dv = nullptr;              // [B, T, H, V] (written)
-  float* dg = nullptr;             // [B, T, H] (written when g is given)
-  float* dh0 = nullptr;            // [B, H, K, V] (written when not nullptr)
-  float* dseg_states = nullptr;    // workspace [B, H, n_seg, K, V]: dS at each segment's end
-  float* dg_work = nullptr;        // workspace [B, H, T]: q.dq - k.dk per token (zeroed by the launcher)
+  const void* dout = nullptr;    // [B, T, H, V] gradient of o
+  const float* dht = nullptr;    // [B, H, K, V] gradient of ht; nullptr: zeros
+  void* dq = nullptr;            // [B, T, H, K] (written)
+  void* dk = nullptr;            // [B, T, H, K] (written)
+  void* dv = nullptr;            // [B, T, H, V] (written)
+  float* dg = nullptr;           // [B, T, H] (written when g is given)
+  float* dh0 = nullptr;          // [B, H, K, V] (written when not nullptr)
+  float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end
+  float* dg_work = nullptr;      // workspace [B, H, T]: q.dq - k.dk per token (zeroed by the launcher)
+  void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit, when g is given: the state
+                                 // at each chunk's end (dq walk -> dkv walk), in the StateTile order
+  float* chunk_dg = nullptr;     // workspace [B, H, ceil(T / 64)], when g is given: <S, dS> at chunk ends
 
   cudaStream_t stream = nullptr;
 };
@@ -93,8 +96,8 @@ int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms);
 // Empty when the kernels take p (dims, dtype, pointers, seg_chunks), else why not.
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward);
 
-// Bytes of float32 workspace: the forward needs seg_states + seg_gate; the backward, given the same
-// seg_states / seg_gate, also dseg_states + dg_work.
+// Floats of workspace: the forward needs seg_states + seg_gate; the backward, given the same seg_states /
+// seg_gate, also dseg_states + dg_work + chunk_states (as 16-bit pairs) + chunk_dg.
 size_t linear_chunk_fwd_workspace_floats(const LinearChunkParams& p);
 size_t linear_chunk_bwd_workspace_floats(const LinearChunkParams& p);
 

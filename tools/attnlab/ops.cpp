@@ -57,14 +57,50 @@ Row compare(const std::string& name, const torch::Tensor& ours, const torch::Ten
 }
 
 struct VerifyArgs {
-  std::string op, file, impl = "auto";
-  double tol = 1e-4;
+  std::string op, file, impl = "auto", device = "cpu", dtype = "float32";
+  double tol = 0;  // 0: by dtype (kDefaultTol)
   int64_t chunk_size = 64;
+  int64_t pad_head_dims = 0;
 };
+
+// Relative RMS error that passes by default: float32 against float32 lands near 1e-6 (FLA's own checks);
+// 16-bit inputs carry their rounding (bf16 keeps 8 bits, fp16 11) through every product.
+double default_tol(torch::ScalarType dt) {
+  return dt == torch::kBFloat16 ? 1e-2 : dt == torch::kHalf ? 2e-3 : 1e-4;
+}
+
+torch::ScalarType parse_dtype(const std::string& s) {
+  if (s == "float32" || s == "fp32") return torch::kFloat;
+  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
+  if (s == "fp16" || s == "float16") return torch::kHalf;
+  fail("ops verify: --dtype must be float32, bf16 or fp16, got '{}'", s);
+}
+
+// Zero channels appended to the key axis of q, k, g [.., K], u [H, K] and the rows of h0, and to the value
+// axis of v and the columns of h0, change nothing the ops compute: a zero key channel adds nothing to
+// q.k, its state row starts at zero and receives k = 0 (the delta rule's k^T S and k k^T alike), and a zero
+// value channel gives a zero output column. So a file whose head dims the CUDA kernels do not take (the
+// fixtures' K = 16, V = 20) can still check them, padded to 64, with the padding cut off before comparing.
+torch::Tensor pad_input(const std::string& name, const torch::Tensor& t, int64_t to, int64_t K, int64_t V) {
+  auto pad_last = [&](const torch::Tensor& x, int64_t d) {
+    return torch::constant_pad_nd(x, {0, to - d});  // the last axis to `to`
+  };
+  if (name == "q" || name == "k" || name == "u" || (name == "g" && t.dim() == 4)) return pad_last(t, K);
+  if (name == "v") return pad_last(t, V);
+  if (name == "h0") return torch::constant_pad_nd(t, {0, to - V, 0, to - K});
+  return t;
+}
 
 void verify(const VerifyArgs& a) {
   auto file = SafetensorFile::load(a.file);
   auto impl = ops::parse_impl(a.impl);
+  const auto dtype = parse_dtype(a.dtype);
+  const double tol = a.tol > 0 ? a.tol : default_tol(dtype);
+  ATTNLAB_CHECK(a.device == "cpu" || a.device == "cuda", "ops verify: --device must be cpu or cuda, got '{}'",
+                a.device);
+  ATTNLAB_CHECK(a.device == "cpu" || torch::cuda::is_available(),
+                "ops verify: --device cuda, but this libtorch sees no CUDA device");
+  const torch::Device device(a.device == "cuda" ? torch::kCUDA : torch::kCPU);
   bool softmax = a.op == "softmax_attention";
   auto known = ops::OpRegistry::instance().names();
   known.push_back("softmax_attention");
@@ -72,7 +108,15 @@ void verify(const VerifyArgs& a) {
                 "ops verify: unknown op '{}'; known: {}", a.op, fmt::join(known, ", "));
   std::vector<std::string> reads = {"q", "k", "v"};
   if (!softmax) reads = ops::OpRegistry::instance().get(a.op).inputs;
-  ATTNLAB_CHECK(a.tol > 0, "ops verify: --tol must be > 0, got {}", a.tol);
+  ATTNLAB_CHECK(a.tol >= 0, "ops verify: --tol must be > 0 (or 0: by --dtype), got {}", a.tol);
+  ATTNLAB_CHECK(a.pad_head_dims >= 0, "ops verify: --pad-head-dims must be >= 0, got {}", a.pad_head_dims);
+  for (const char* need : {"q", "v"})
+    ATTNLAB_CHECK(file.has(need), "ops verify: {} has no tensor '{}'; the file has {}", a.file, need,
+                  fmt::join(file.names(), ", "));
+  const int64_t K = file.tensor("q").size(-1), V = file.tensor("v").size(-1);
+  ATTNLAB_CHECK(a.pad_head_dims == 0 || (a.pad_head_dims >= K && a.pad_head_dims >= V),
+                "ops verify: --pad-head-dims {} is below the file's head dims (K {}, V {})", a.pad_head_dims,
+                K, V);
 
   // Inputs: every one the op reads must be in the file, except the optional initial state.
   std::map<std::string, torch::Tensor> in;
@@ -84,6 +128,11 @@ void verify(const VerifyArgs& a) {
       continue;
     }
     auto t = file.tensor(name);
+    if (a.pad_head_dims > 0) t = pad_input(name, t, a.pad_head_dims, K, V);
+    // q, k, v (and rwkv6's u) in --dtype, as a model under autocast hands them over; gates, beta and the
+    // state stay float32, as the layers keep them.
+    bool low = name == "q" || name == "k" || name == "v" || name == "u";
+    t = t.to(device, low ? dtype : t.scalar_type());
     if (t.is_floating_point()) t.requires_grad_(true);
     in[name] = t;
   }
@@ -101,7 +150,7 @@ void verify(const VerifyArgs& a) {
       fail("ops verify: metadata 'scale' of {} is not a number: '{}'", a.file, it->second);
     }
   } else {
-    scale = 1.0 / std::sqrt(static_cast<double>(in.at("q").size(-1)));
+    scale = 1.0 / std::sqrt(static_cast<double>(K));  // the file's K, before any padding
     scale_from = "K^-0.5, no 'scale' in the metadata";
   }
 
@@ -133,9 +182,14 @@ void verify(const VerifyArgs& a) {
   std::string missing_upstream;
   if (!grad_inputs.empty()) {
     torch::Tensor loss;
-    if (file.has("do")) loss = (o * file.tensor("do").to(o.scalar_type())).sum();
+    auto upstream = [&](const char* n, const torch::Tensor& like) {
+      auto t = file.tensor(n);
+      if (a.pad_head_dims > 0) t = pad_input(std::string(n) == "do" ? "v" : "h0", t, a.pad_head_dims, K, V);
+      return t.to(like.device(), torch::kFloat);
+    };
+    if (file.has("do")) loss = (o.to(torch::kFloat) * upstream("do", o)).sum();
     if (file.has("dht") && ht.defined()) {
-      auto l = (ht * file.tensor("dht").to(ht.scalar_type())).sum();
+      auto l = (ht.to(torch::kFloat) * upstream("dht", ht)).sum();
       loss = loss.defined() ? loss + l : l;
     }
     if (loss.defined()) {
@@ -146,14 +200,24 @@ void verify(const VerifyArgs& a) {
     }
   }
 
+  // Back to the file's shapes (padding cut off), float32 on the CPU.
+  auto unpad = [&](const torch::Tensor& t, const std::vector<int64_t>& shape) {
+    if (!t.defined()) return t;
+    auto x = t.detach();
+    if (a.pad_head_dims > 0)
+      for (int64_t d = 0; d < x.dim() && d < static_cast<int64_t>(shape.size()); ++d)
+        if (x.size(d) != shape[d]) x = x.narrow(d, 0, shape[d]);
+    return x.to(torch::kCPU, torch::kFloat);
+  };
   std::vector<Row> rows;
-  if (file.has("o")) rows.push_back(compare("o", o.detach(), file.tensor("o"), a.tol));
-  if (file.has("ht"))
-    rows.push_back(compare("ht", ht.defined() ? ht.detach() : ht, file.tensor("ht"), a.tol));
+  auto shape_of = [&](const char* n) { return file.tensor(n).sizes().vec(); };
+  if (file.has("o")) rows.push_back(compare("o", unpad(o, shape_of("o")), file.tensor("o"), tol));
+  if (file.has("ht")) rows.push_back(compare("ht", unpad(ht, shape_of("ht")), file.tensor("ht"), tol));
   for (const auto& name : kInputNames) {
     if (!file.has("d" + name)) continue;
     auto ref = file.tensor("d" + name);
-    Row r = compare("d" + name, grads.count(name) ? grads.at(name) : torch::Tensor(), ref, a.tol);
+    Row r = compare("d" + name,
+                    unpad(grads.count(name) ? grads.at(name) : torch::Tensor(), ref.sizes().vec()), ref, tol);
     if (!missing_upstream.empty())
       r.why = missing_upstream;
     else if (!in.count(name))
@@ -165,19 +229,23 @@ void verify(const VerifyArgs& a) {
   ATTNLAB_CHECK(!rows.empty(), "ops verify: {} holds none of o, ht, d<name> to compare with; the file has {}",
                 a.file, fmt::join(file.names(), ", "));
 
-  std::cout << fmt::format("ops verify: op {}, impl {}{}, file {}\n", a.op, ops::impl_name(impl),
-                           softmax ? "" : fmt::format(" (chunk_size {})", a.chunk_size), a.file);
+  std::cout << fmt::format(
+      "ops verify: op {}, impl {}{}, file {}, {} {}{}\n", a.op, ops::impl_name(impl),
+      softmax ? "" : fmt::format(" (chunk_size {})", a.chunk_size), a.file, a.device, a.dtype,
+      a.pad_head_dims > 0
+          ? fmt::format(", head dims zero-padded from K {}, V {} to {}", K, V, a.pad_head_dims)
+          : "");
   std::cout << fmt::format("  q {}, v {}, scale {} ({})\n", shape_str(in.at("q").sizes()),
                            shape_str(in.at("v").sizes()), scale, scale_from);
   std::cout << fmt::format("  {:<7} {:<18} {:>12}  {:<6}  {}\n", "tensor", "shape", "rel_rms_err", "finite",
-                           fmt::format("result (tol {:.1e})", a.tol));
+                           fmt::format("result (tol {:.1e})", tol));
   std::vector<std::string> failed;
   for (const auto& r : rows) {
     std::cout << fmt::format("  {:<7} {:<18} {:>12.3e}  {:<6}  {}{}\n", r.name, r.shape, r.err,
                              r.finite ? "yes" : "NO", r.pass ? "PASS" : "FAIL",
                              r.why.empty() ? "" : " (" + r.why + ")");
     if (!r.pass)
-      failed.push_back(r.why.empty() ? fmt::format("{} err {:.3e} > tol {:.1e}", r.name, r.err, a.tol)
+      failed.push_back(r.why.empty() ? fmt::format("{} err {:.3e} > tol {:.1e}", r.name, r.err, tol)
                                      : fmt::format("{}: {}", r.name, r.why));
   }
   if (!failed.empty())
@@ -204,9 +272,17 @@ void add_ops(CLI::App& app) {
   cmd->add_option("--impl", a.impl,
                   "naive, chunk, kernel, auto (softmax_attention: naive, sdpa, kernel, auto)")
       ->capture_default_str();
+  cmd->add_option("--tol", a.tol,
+                  "largest relative RMS error that passes (default by --dtype: float32 1e-4, fp16 2e-3, bf16 "
+                  "1e-2; float32 against float32 lands near 1e-6, as in FLA's checks)");
+  cmd->add_option("--device", a.device, "cpu or cuda: where the op runs")->capture_default_str();
+  cmd->add_option("--dtype", a.dtype,
+                  "float32, bf16 or fp16: the dtype of q, k, v (gates, beta, h0 stay float32)")
+      ->capture_default_str();
   cmd->add_option(
-         "--tol", a.tol,
-         "largest relative RMS error that passes; 1e-4 suits float32 against float32 (FLA lands near 1e-6)")
+         "--pad-head-dims", a.pad_head_dims,
+         "zero-pad K and V to this size (exact: zero channels change nothing), so that the CUDA kernels "
+         "(K = V = 64 or 128) can check a file with other head dims; 0: as stored")
       ->capture_default_str();
   cmd->add_option("--chunk-size", a.chunk_size, "chunk length of the chunk form (>= 1)")
       ->capture_default_str();

@@ -13,6 +13,7 @@
 #include "attnlab/ops/registry.h"
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/delta_chunk.h"
+#include "attnlab/ops/cuda/delta_wy.h"
 #include "attnlab/ops/cuda/recurrent_step.h"
 #include "kernels/linear_chunk/params.h"
 #endif
@@ -190,21 +191,35 @@ RecurrentOut chunk(const Prepared& p, int64_t chunk_size, bool final_state) {
   return finish(p, o, S, final_state);
 }
 
-// The chunk kernels (kernels/delta_chunk): the WY factors of every chunk here (batched triangular solve,
-// differentiated by autograd), the sequential part over the chunks in CUDA.
+// The op's argument checks that the kernel path needs beyond chunk_kernel_unusable_reason (which checks q, k,
+// v, g and the devices): beta, h0 and the gate's presence, as prepare() does, without its float32 copies.
+void check_kernel_args(const char* op, const RecurrentArgs& a, bool gated) {
+  const int64_t B = a.q.size(0), T = a.q.size(1), H = a.q.size(2), K = a.q.size(3), V = a.v.size(3);
+  check_shape(op, "beta", a.beta, "B,T,H", {B, T, H});
+  ATTNLAB_CHECK(a.beta.is_floating_point(), "{}: beta must be floating point, got {}", op,
+                c10::toString(a.beta.scalar_type()));
+  if (gated) {
+    check_shape(op, "g", a.g, "B,T,H", {B, T, H});
+  } else {
+    ATTNLAB_CHECK(!a.g.defined(), "{}: takes no gate g (got {}); gated_delta_rule is the gated op", op,
+                  shape_str(a.g.sizes()));
+  }
+  if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {B, H, K, V});
+}
+
+// The chunk kernels: the WY factors W, U and the in-chunk gate cumsum G of every chunk from kernels/delta_wy
+// (one fused kernel: K K^T with decay, the float32 inverse, W and U), the sequential part over the chunks
+// from kernels/delta_chunk. Both are autograd Functions: dW, dU, dG of the recurrence flow into the
+// preparation's backward, and k's gradient is the sum of both Functions' shares.
 RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated) {
 #ifdef ATTNLAB_WITH_CUDA
-  Prepared p = prepare(op, a, gated);
-  auto c = chunked(p, kernels::kLinearChunk, /*with_q=*/false);
-  auto to_bthd = [&](const torch::Tensor& x) {  // [B, H, N, C, D] -> [B, T, H, D]
-    return x.reshape({p.B, p.H, c.N * c.C, x.size(-1)}).narrow(2, 0, p.T).transpose(1, 2);
-  };
-  torch::Tensor G;
-  if (gated) G = c.G.reshape({p.B, p.H, c.N * c.C}).narrow(2, 0, p.T).transpose(1, 2).to(torch::kFloat);
-  const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(p.K));
-  auto out = cuda::delta_chunk_recurrence(a.q, a.k, to_bthd(c.W), to_bthd(c.U), G, a.h0, scale);
+  check_kernel_args(op, a, gated);
+  auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());  // W, U, G
+  const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(a.q.size(3)));
+  auto out =
+      cuda::delta_chunk_recurrence(a.q, a.k, wy[0], wy[1], gated ? wy[2] : torch::Tensor(), a.h0, scale);
   RecurrentOut r;
-  r.o = out[0].to(p.v_dtype);
+  r.o = out[0].to(a.v.scalar_type());
   if (a.output_final_state) r.ht = out[1];
   return r;
 #else
@@ -254,7 +269,16 @@ RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gate
   auto use_step = [&] { return step_unusable_reason(args, gated).empty(); };
   linear::KernelPath kernel;
   kernel.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
-  kernel.unusable = [&] { return use_step() ? std::string() : chunk_kernel_unusable_reason(args, gated); };
+  kernel.unusable = [&] {
+    auto step_why = step_unusable_reason(args, gated);
+    if (step_why.empty()) return step_why;
+    auto chunk_why = chunk_kernel_unusable_reason(args, gated);
+    if (chunk_why.empty()) return chunk_why;
+    // A one-token input was for the decode step: say why neither kernel takes it.
+    if (args.q.defined() && args.q.dim() == 4 && args.q.size(1) == 1)
+      return fmt::format("the decode step: {}; the chunk kernels: {}", step_why, chunk_why);
+    return chunk_why;
+  };
   kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated); };
   kernel.not_default = [&] {
     return use_step()

@@ -28,7 +28,7 @@ float* f32(const torch::Tensor& t) {
 
 kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
                                  const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0,
-                                 const torch::Tensor& hs, double scale) {
+                                 const torch::Tensor& hs, double scale, int64_t v_split) {
   kn::DeltaChunkParams p;
   p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
   p.B = static_cast<int>(q.size(0)), p.T = static_cast<int>(q.size(1)), p.H = static_cast<int>(q.size(2));
@@ -36,6 +36,8 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   p.scale = static_cast<float>(scale);
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
   p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.data_ptr();
+  p.v_split = v_split > 0 ? static_cast<int>(v_split)
+                          : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
@@ -49,11 +51,12 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor w, torch::Tensor u,
-                                                torch::Tensor G, torch::Tensor h0, double scale) {
+                                                torch::Tensor G, torch::Tensor h0, double scale,
+                                                int64_t v_split) {
     DeviceScope device(q.device().index());
     const int64_t nt = kn::linear_chunk_count(static_cast<int>(q.size(1)));
     auto hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());  // 16-bit states
-    auto p = make_params(q, k, w, u, G, h0, hs, scale);
+    auto p = make_params(q, k, w, u, G, h0, hs, scale, v_split);
     auto o = torch::empty(u.sizes(), q.options());
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
     p.o = o.data_ptr(), p.ht = f32(ht);
@@ -69,7 +72,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &w = s[2], &u = s[3], &G = s[4], &h0 = s[5], &hs = s[6];
     DeviceScope device(q.device().index());
-    auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble());
+    auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble(), 1);  // (forward only)
     torch::Tensor dout =
         grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::zeros_like(u);
     torch::Tensor dht = grads[1].defined() ? grads[1].to(torch::kFloat).contiguous() : torch::Tensor();
@@ -83,7 +86,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.dG = f32(dG), p.dh0 = f32(dh0);
     check_params(p, true);
     check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
-    return {dq, dk, dw, du, dG, dh0, torch::Tensor()};
+    return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -103,13 +106,13 @@ std::string delta_chunk_unusable_reason(const RecurrentArgs& a, bool gated) {
 std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& w, const torch::Tensor& u,
                                                   const torch::Tensor& G, const torch::Tensor& h0,
-                                                  double scale) {
+                                                  double scale, int64_t v_split) {
   auto none = torch::empty({0}, q.options().dtype(torch::kFloat));
   const auto dt = q.scalar_type();
   return DeltaChunkFunction::apply(q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(),
                                    u.to(dt).contiguous(),
                                    G.defined() ? G.to(torch::kFloat).contiguous() : none,
-                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale);
+                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split);
 }
 
 }  // namespace attnlab::ops::cuda

@@ -71,7 +71,7 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
     p.o = o.data_ptr(), p.ht = f32(ht), p.seg_states = f32(seg_states), p.seg_gate = f32(seg_gate);
     check_params(p, false);
     check_cuda(kn::launch_linear_chunk_fwd(p), kOp, "launch_linear_chunk_fwd");
-    ctx->save_for_backward({q, k, v, g, h0, ht, seg_states, seg_gate});
+    ctx->save_for_backward({q, k, v, g, h0, seg_states, seg_gate});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["seg_chunks"] = static_cast<int64_t>(p.seg_chunks);
     return {o, ht};
@@ -80,8 +80,8 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
-    const auto &q = s[0], &k = s[1], &v = s[2], &g = s[3], &h0 = s[4], &ht = s[5];
-    const auto &seg_states = s[6], &seg_gate = s[7];
+    const auto &q = s[0], &k = s[1], &v = s[2], &g = s[3], &h0 = s[4];
+    const auto &seg_states = s[5], &seg_gate = s[6];
     DeviceScope device(q.device().index());
     auto p = make_params(q, k, v, g, h0, ctx->saved_data["scale"].toDouble(),
                          ctx->saved_data["seg_chunks"].toInt());
@@ -92,16 +92,19 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
     torch::Tensor dht = grads[1].defined() ? grads[1].to(torch::kFloat).contiguous() : torch::Tensor();
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto f32opt = q.options().dtype(torch::kFloat);
-    torch::Tensor dg, dg_work, dg_last, dh0, dseg;
+    torch::Tensor dg, dg_work, chunk_states, chunk_dg, dh0, dseg;
     if (given(g)) {
+      const int64_t nt = kn::linear_chunk_count(p.T);
       dg = torch::empty(g.sizes(), f32opt);
       dg_work = torch::empty({q.size(0), q.size(2), q.size(1)}, f32opt);
-      if (dht.defined()) dg_last = (dht * ht).sum({2, 3}).contiguous();  // [B, H]
+      chunk_states = torch::empty({q.size(0), q.size(2), nt, q.size(3) * v.size(3)}, q.options());
+      chunk_dg = torch::empty({q.size(0), q.size(2), nt}, f32opt);
     }
     if (given(h0)) dh0 = torch::empty(h0.sizes(), f32opt);
     const int64_t n_seg = kn::linear_chunk_segments(p);
     if (n_seg > 1) dseg = torch::empty({q.size(0), q.size(2), n_seg, q.size(3), v.size(3)}, f32opt);
-    p.dout = dout.data_ptr(), p.dht = f32(dht), p.dg_last = f32(dg_last);
+    p.dout = dout.data_ptr(), p.dht = f32(dht);
+    p.chunk_states = given(chunk_states) ? chunk_states.data_ptr() : nullptr, p.chunk_dg = f32(chunk_dg);
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
     p.dg = f32(dg), p.dg_work = f32(dg_work), p.dh0 = f32(dh0), p.dseg_states = f32(dseg);
     check_params(p, true);
@@ -134,8 +137,8 @@ std::string linear_chunk_unusable_reason(const RecurrentArgs& a, bool gated) {
   if (K != V || (K != 64 && K != 128))
     return fmt::format("head dims K = {}, V = {} not in the kernels (K = V = 64 or 128)", K, V);
   if (T == 0) return "T = 0";
-  if (B > 65535 || H > 65535 || T > INT_MAX / 2)
-    return fmt::format("B {} / H {} / T {} past the grid limits", B, H, T);
+  if (B * H > 65535 || T > INT_MAX / 2)
+    return fmt::format("B * H = {} / T = {} past the grid limits (B * H <= 65535)", B * H, T);
   if (gated) {
     if (!a.g.defined()) return "the gate g is undefined";
     if (a.g.dim() != 3 || a.g.size(0) != B || a.g.size(1) != T || a.g.size(2) != H)
