@@ -1,0 +1,62 @@
+// Backward of the GLA chunk kernels (params.h).
+//
+// Gradient of the gate. With B_t = g_0 + ... + g_t the cumulative log decay over the whole sequence (per key
+// channel c), q~_tc = q_tc exp(B_tc) and k~_sc = k_sc exp(-B_sc):
+//   o_t = scale sum_c q~_tc (h0[c] + sum_{s <= t} k~_sc v_s),
+//   ht[c] = exp(B_{T-1,c}) (h0[c] + sum_s k~_sc v_s).
+// B_tc enters o only through q~_tc and k~_tc, and ht through its prefactor, so
+//   dL/dB_tc = q_tc dq_tc - k_tc dk_tc + [t = T-1] sum_v dht[c][v] ht[c][v]
+// with dq, dk the gradients of the inputs q, k themselves (dk including the dht term; dL/dq~ q~ = dL/dq q),
+// and dg_tc = sum_{t' >= t} dL/dB_t'c.
+//
+// The same holds for any prefix 0 .. e of the sequence, with the state S_e at its end as the final state and
+// dS_e (the gradient of the loss with respect to S_e, everything after e included) as that state's gradient:
+// the rest of the sequence sees the prefix only through S_e. So for t in a chunk that ends at step e,
+//   dg_tc = sum_{t' = t}^{e} (q dq - k dk)_t'c + sum_v S_e[c][v] dS_e[c][v],
+// which is what the kernels compute rather than the reverse cumsum over the whole sequence: the terms
+// q dq - k dk are O(1) while dg is not larger (under strong gates it is local), so a sequence-long sum keeps
+// their float32 and 16-bit rounding errors, growing as sqrt(T) (linear_chunk's simple-GLA dg reached 1.5e-2
+// relative at T = 2048 that way on the H200, 2026-12-01). Within a chunk at most 64 terms meet. The dq walk
+// writes q dq into dg and S_e into chunk_states (16-bit); the dk walk has dS_e in registers, subtracts k dk,
+// takes the in-chunk suffix sums and adds the chunk-end term.
+#include "kernels/gla_chunk/gla_chunk_kernels.cuh"
+
+namespace attnlab::kernels {
+namespace gla_chunk {
+namespace {
+
+template <typename K>
+cudaError_t launch(K* kernel, dim3 grid, int smem, const GlaChunkParams& p) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, kThreads, smem, p.stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int kD, typename T>
+cudaError_t run_bwd(const GlaChunkParams& p) {
+  const int n_seg = gla_chunk_segments(p);
+  if (n_seg == 0) return cudaSuccess;
+  cudaError_t err;
+  if ((err = launch(&gla_bwd_dq_kernel<kD, T>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p))) return err;
+  if (n_seg > 1) {
+    if ((err = launch(&gla_bwd_dkv_kernel<kD, T, false>, dim3(n_seg - 1, p.H, p.B),
+                      DkvSmem<kD, false>::kBytes, p)))
+      return err;
+    const int kv4 = kD * kD / 4;
+    gla_scan_bwd_kernel<kD><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
+    if ((err = cudaGetLastError())) return err;
+  }
+  return launch(&gla_bwd_dkv_kernel<kD, T, true>, dim3(n_seg, p.H, p.B), DkvSmem<kD, true>::kBytes, p);
+}
+
+}  // namespace
+}  // namespace gla_chunk
+
+cudaError_t launch_gla_chunk_bwd(const GlaChunkParams& p) {
+  if (!gla_chunk_check(p, true).empty()) return cudaErrorInvalidValue;
+  using namespace gla_chunk;
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] { return run_bwd<kD, T>(p); });
+}
+
+}  // namespace attnlab::kernels
