@@ -10,6 +10,7 @@
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/registry.h"
 #ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/gla_chunk.h"
 #include "attnlab/ops/cuda/recurrent_step.h"
 #endif
 
@@ -112,24 +113,46 @@ RecurrentOut naive(const Prepared& p, const torch::Tensor& g, bool final_state) 
   return linear::finish(p, o, S, final_state);
 }
 
-// gla's CUDA kernel: the fused one-token decode step (kernels/recurrent_step), for T == 1. It reads the
-// args as they are, so the kernel path skips prepare()'s layout conversions (each one a launch at decode).
-linear::KernelPath step_kernel(const RecurrentArgs& args) {
+// gla's CUDA kernels: the fused one-token decode step (kernels/recurrent_step) for T == 1 without autograd,
+// the chunk kernels (kernels/gla_chunk, with autograd) otherwise. Both read the args as they are, so the
+// kernel path skips prepare()'s layout conversions (each one a launch at decode). automatic keeps the chunk
+// form for the chunk kernels until their GPU test has passed (not_default). `args` must outlive the path.
+linear::KernelPath kernel_path(const RecurrentArgs& args) {
   linear::KernelPath k;
   k.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
 #ifdef ATTNLAB_WITH_CUDA
-  k.unusable = [&args]() -> std::string {
-    if (args.q.dim() == 4 && args.q.size(1) != 1)
-      return "gla's CUDA kernel is the one-token decode step (T == 1); longer inputs run the chunk form";
-    return cuda::recurrent_step_unusable_reason(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false);
+  auto one_token = [&args] { return args.q.dim() == 4 && args.q.size(1) == 1; };
+  auto use_step = [&args, one_token] {
+    return one_token() &&
+           cuda::recurrent_step_unusable_reason(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false).empty();
   };
-  k.run = [&args] { return cuda::recurrent_step(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false); };
+  k.unusable = [&args, one_token, use_step]() -> std::string {
+    if (use_step()) return {};
+    auto chunk_why = cuda::gla_chunk_unusable_reason(args);
+    if (chunk_why.empty()) return {};
+    if (one_token())
+      return fmt::format("the decode step: {}; gla chunk kernel: {}",
+                         cuda::recurrent_step_unusable_reason(cuda::StepKind::key_gate, args, false),
+                         chunk_why);
+    return fmt::format("gla chunk kernel: {} (the one-token decode step (T == 1) does not apply: T = {})",
+                       chunk_why, args.q.dim() == 4 ? args.q.size(1) : -1);
+  };
+  k.run = [&args, use_step] {
+    return use_step() ? cuda::recurrent_step(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false)
+                      : cuda::gla_chunk(args);
+  };
+  k.not_default = [use_step] {
+    return use_step() ? std::string()
+                      : std::string("the GLA chunk kernel awaits its first GPU check; impl kernel runs it");
+  };
 #else
+  (void)args;
   k.unusable = [] {
     return std::string(
-        "the step kernel is not compiled into this build (no CUDA compiler when it was configured)");
+        "the CUDA kernels are not compiled into this build (no CUDA compiler when it was "
+        "configured)");
   };
-  k.run = []() -> RecurrentOut { fail("gla: the step kernel is not compiled into this build"); };
+  k.run = []() -> RecurrentOut { fail("gla: the CUDA kernels are not compiled into this build"); };
 #endif
   return k;
 }
@@ -160,7 +183,7 @@ RecurrentOut gla(const RecurrentArgs& args, Impl impl) {
         auto [o, S] = linear::gated_chunk(in.p, in.g, args.chunk_size, false);
         return linear::finish(in.p, o, S, args.output_final_state);
       },
-      step_kernel(args));
+      kernel_path(args));
 }
 
 ATTNLAB_REGISTER_OP("gla", gla, (std::vector<std::string>{"q", "k", "v", "g", "h0"}),

@@ -14,8 +14,10 @@ namespace attnlab::ops {
 // S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale q_t^T S_t (FLA's chunk_gla / naive_recurrent_gla).
 // Reads q, k [B,T,H,K], v [B,T,H,V], g [B,T,H,K] (log decay, <= 0 and finite; required) and h0 [B,H,K,V].
 // Impl: naive (a loop over t), chunk (chunkwise with secondary chunking, args.chunk_size; overflow-free
-// for any gate strength), kernel (the fused CUDA decode step, T == 1 only; an error saying why when it
-// cannot run), automatic (the kernel for CUDA inputs it takes, else chunk; the fallback logged once).
+// for any gate strength), kernel (CUDA: the fused decode step for T == 1 without autograd, else the
+// gla_chunk kernels, K = V = 64 or 128, bf16 / fp16, with autograd; an error saying why when they cannot
+// run), automatic (the decode step on CUDA where it applies, else chunk until the chunk kernels have passed
+// their GPU test; the fallback logged once).
 // Accumulates in float32 (float64 for float64 inputs); o has v's dtype, ht the accumulation dtype.
 RecurrentOut gla(const RecurrentArgs& args, Impl impl = Impl::automatic);
 
