@@ -1,0 +1,133 @@
+// The delta_wy forward kernel (params.h): per chunk, G, KD, M = (I + diag(beta) KD)^-1 and W = (M diag(beta
+// e^G)) K, U = (M diag(beta)) V; plus the checks. The column scalings go into M before its hi/lo split, so
+// K and V enter the tensor cores exactly as given and nothing but W and U themselves is rounded to 16 bits.
+#include <string>
+
+#include "kernels/delta_wy/delta_wy_common.cuh"
+
+namespace attnlab::kernels {
+
+std::string delta_wy_check(const DeltaWyParams& p, bool backward) {
+  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (p.K != p.V || (p.K != 64 && p.K != 128))
+    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
+           " not in the kernels (K = V = 64 or 128)";
+  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
+    return "B and H must be in 1..65535, T >= 1";
+  if (!p.k || !p.v || !p.beta) return "k, v and beta must be set";
+  if (!backward && (!p.w || !p.u)) return "w and u must be set";
+  if (!backward && p.g && !p.G) return "G must be set when g is";
+  if (backward) {
+    if (!p.dw || !p.du || !p.dk || !p.dv || !p.dbeta) return "dw, du, dk, dv and dbeta must be set";
+    if (p.g && !p.dg) return "dg must be set when g is";
+  }
+  return {};
+}
+
+namespace delta_wy {
+
+// Shared memory of the forward (D = 128: 71 KB, three blocks per SM; D = 64: 55 KB). The hi/lo tiles of the
+// scaled M reuse KD's space once the inverse is done (16 KB of its 17).
+template <int kD>
+struct FwdSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kK = 0, kV = kTile;
+  static constexpr int kKD = 2 * kTile;           // float32 [C][kF]; then M hi, M lo (16-bit [C][C])
+  static constexpr int kM = kKD + kF32Tile;       // float32 [C][kF]
+  static constexpr int kTmp = kM + kF32Tile;      // the inverse's scratch
+  static constexpr int kBeta = kTmp + kTmpBytes;  // [C] floats
+  static constexpr int kG = kBeta + kC * 4;       // [C] floats
+  static constexpr int kBytes = kG + kC * 4;
+  static_assert(2 * kH16Tile <= kF32Tile, "the hi/lo tiles must fit in KD's space");
+};
+
+// W or U of this warp's rows 16 (warp % 4) and columns (kD / 2)(warp / 4): (Mhi + Mlo) X over the key
+// blocks at or below the warp's rows (M is lower triangular), stored 16-bit to rows < rows_valid.
+template <int kD, typename T>
+__device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t sMhi, uint32_t sMlo,
+                                            uint32_t sX, int rows_valid, int warp, int lane) {
+  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
+  float acc[1][kD / 16][4];
+  zero_acc(acc);
+  for (int ks = 0; ks <= warp % 4; ++ks) {
+    warp_mma<1, kD / 16, 1, false, true, kC, kD, T>(acc, sMlo, m0, 16 * ks, sX, 16 * ks, n0, lane);
+    warp_mma<1, kD / 16, 1, false, true, kC, kD, T>(acc, sMhi, m0, 16 * ks, sX, 16 * ks, n0, lane);
+  }
+  store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
+}
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 2) delta_wy_fwd_kernel(const DeltaWyParams p) {
+  using L = FwdSmem<kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * kC, rows = min(kC, p.T - t0);
+  const uint32_t s0 = smem_u32(smem);
+  float* beta = reinterpret_cast<float*>(smem + L::kBeta);
+  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* KD = reinterpret_cast<float*>(smem + L::kKD);
+  float* M = reinterpret_cast<float*>(smem + L::kM);
+
+  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
+  load_gates(beta, p.beta, b, t0, h, p.T, p.H, tid);  // zero past T
+  if constexpr (kGated) load_gates(G, p.g, b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if constexpr (kGated) {
+    gate_cumsum(G, warp, lane);  // padded rows (g = 0) repeat the last real row's G
+    __syncthreads();
+    store_vec(p.G, G, b, t0, h, p.T, p.H, tid);
+  }
+
+  {
+    float kd[1][4][4];
+    kk_decay<kD, T, kGated>(kd, KD, s0 + L::kK, G, warp, lane);
+  }
+  __syncthreads();
+  invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
+
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  const uint32_t sHi = s0 + L::kKD, sLo = s0 + L::kKD + kH16Tile;
+  unsigned char* hi = smem + L::kKD;
+  unsigned char* lo = smem + L::kKD + kH16Tile;
+  // W = (M diag(beta e^G)) K
+  split_lower<T>(hi, lo, M, tid, [&](int c) { return kGated ? beta[c] * expf(G[c]) : beta[c]; });
+  __syncthreads();
+  lower_times<kD, T>(static_cast<T*>(p.w) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,
+                     s0 + L::kK, rows, warp, lane);
+  // U = (M diag(beta)) V: without a gate the same scaled M
+  if constexpr (kGated) {
+    __syncthreads();
+    split_lower<T>(hi, lo, M, tid, [&](int c) { return beta[c]; });
+    __syncthreads();
+  }
+  lower_times<kD, T>(static_cast<T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,
+                     s0 + L::kV, rows, warp, lane);
+}
+
+namespace {
+
+template <typename K>
+cudaError_t launch(K* kernel, int smem, const DeltaWyParams& p) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(linear_chunk_count(p.T), p.H, p.B), kThreads, smem, p.stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace delta_wy
+
+cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p) {
+  if (!delta_wy_check(p, false).empty()) return cudaErrorInvalidValue;
+  using namespace delta_wy;
+  return DELTA_WY_SWITCH(p, T, kD, [&] {
+    return p.g ? launch(&delta_wy_fwd_kernel<kD, T, true>, FwdSmem<kD>::kBytes, p)
+               : launch(&delta_wy_fwd_kernel<kD, T, false>, FwdSmem<kD>::kBytes, p);
+  });
+}
+
+}  // namespace attnlab::kernels

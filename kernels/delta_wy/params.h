@@ -1,0 +1,58 @@
+// The WY / UT-transform preparation of the DeltaNet and Gated DeltaNet chunk algorithm (Yang et al. 2024,
+// "Parallelizing Linear Transformers with the Delta Rule over Sequence Length", sec. 3; gated as in Gated
+// DeltaNet, sec. 3.3), forward and backward: the per-chunk factors that kernels/delta_chunk's recurrence
+// takes. This struct is the whole interface: kernels never see torch; the binding fills it from tensors.
+//
+// Per chunk of 64 tokens (chunks from t = 0; rows past T are padding with k = v = beta = g = 0), for every
+// batch b and head h, with G_t = g_0 + ... + g_t within the chunk (G = 0 without a gate):
+//   A = strictly_lower(diag(beta) K K^T * exp(G_t - G_s)),   M = (I + A)^-1   (float32)
+//   W = M (beta exp(G) K),   U = M (beta V)
+// The backward takes dW, dU and dG (the recurrence's gradients) and returns dk (this preparation's share:
+// the recurrence's direct dk is added by the caller), dv, dbeta and dg (docs/kernels.md, "delta_wy", has
+// the derivation; tests/test_delta_wy_algorithm.cpp restates it in float64). M is recomputed, not saved.
+//
+// k, w, dw, dk [B, T, H, K] and v, u, du, dv [B, T, H, V], contiguous, one 16-bit dtype (bf16 or fp16);
+// K = V = 64 or 128; beta, g, G, dG, dbeta, dg [B, T, H] float32 contiguous.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "kernels/linear_chunk/params.h"  // LinearDtype, kLinearChunk, linear_chunk_count
+
+namespace attnlab::kernels {
+
+struct DeltaWyParams {
+  LinearDtype dtype = LinearDtype::kBF16;
+  int B = 0, T = 0, H = 0, K = 0, V = 0;
+
+  // ---- forward
+  const void* k = nullptr;      // [B, T, H, K]
+  const void* v = nullptr;      // [B, T, H, V]
+  const float* beta = nullptr;  // [B, T, H]
+  const float* g = nullptr;     // [B, T, H] log decay per step; nullptr: no gate (DeltaNet)
+  void* w = nullptr;            // [B, T, H, K] W (written by the forward)
+  void* u = nullptr;            // [B, T, H, V] U (written by the forward)
+  float* G = nullptr;           // [B, T, H] in-chunk cumulative gate (written by the forward when g is set)
+
+  // ---- backward (reads k, v, beta, g as above)
+  const void* dw = nullptr;   // [B, T, H, K] gradient of W
+  const void* du = nullptr;   // [B, T, H, V] gradient of U
+  const float* dG = nullptr;  // [B, T, H] gradient of G; nullptr: zeros (read only when g is set)
+  void* dk = nullptr;         // [B, T, H, K] (written: this preparation's share of dk)
+  void* dv = nullptr;         // [B, T, H, V] (written)
+  float* dbeta = nullptr;     // [B, T, H] (written)
+  float* dg = nullptr;        // [B, T, H] (written when g is set)
+
+  cudaStream_t stream = nullptr;
+};
+
+// Empty when the kernels take p (dims, dtype, pointers), else why not.
+std::string delta_wy_check(const DeltaWyParams& p, bool backward);
+
+// Launch on p.stream; return the first CUDA error (cudaErrorInvalidValue when delta_wy_check fails).
+cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p);
+cudaError_t launch_delta_wy_bwd(const DeltaWyParams& p);
+
+}  // namespace attnlab::kernels
