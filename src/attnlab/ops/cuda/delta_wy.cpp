@@ -1,0 +1,110 @@
+// The delta_wy binding: validates tensors, fills DeltaWyParams, launches, and wraps the preparation for
+// autograd (the backward recomputes M from k, beta and g: nothing but the inputs is saved).
+#include "attnlab/ops/cuda/delta_wy.h"
+
+#include <climits>
+
+#include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
+#include "attnlab/ops/cuda/cuda_util.h"
+#include "kernels/delta_wy/params.h"
+
+namespace attnlab::ops::cuda {
+namespace {
+
+namespace kn = attnlab::kernels;
+constexpr const char* kOp = "delta_wy";
+
+// Absent optional tensors (g; dG) cross the autograd Function as empty tensors (an undefined one has no
+// device).
+bool given(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0;
+}
+
+kn::DeltaWyParams make_params(const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& beta,
+                              const torch::Tensor& g) {
+  kn::DeltaWyParams p;
+  p.dtype = k.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
+  p.B = static_cast<int>(k.size(0)), p.T = static_cast<int>(k.size(1)), p.H = static_cast<int>(k.size(2));
+  p.K = static_cast<int>(k.size(3)), p.V = static_cast<int>(v.size(3));
+  p.k = k.data_ptr(), p.v = v.data_ptr();
+  p.beta = static_cast<const float*>(beta.data_ptr());
+  p.g = given(g) ? static_cast<const float*>(g.data_ptr()) : nullptr;
+  p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
+  return p;
+}
+
+void check_params(const kn::DeltaWyParams& p, bool backward) {
+  auto why = kn::delta_wy_check(p, backward);
+  if (!why.empty()) fail("{}: {} (from delta_wy_check)", kOp, why);
+}
+
+class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor k,
+                                                torch::Tensor v, torch::Tensor beta, torch::Tensor g) {
+    DeviceScope device(k.device().index());
+    auto p = make_params(k, v, beta, g);
+    auto w = torch::empty(k.sizes(), k.options()), u = torch::empty(v.sizes(), v.options());
+    auto G = given(g) ? torch::empty(g.sizes(), g.options()) : torch::empty({0}, beta.options());
+    p.w = w.data_ptr(), p.u = u.data_ptr();
+    p.G = given(G) ? static_cast<float*>(G.data_ptr()) : nullptr;
+    check_params(p, false);
+    check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
+    ctx->save_for_backward({k, v, beta, g});
+    if (!given(G)) ctx->mark_non_differentiable({G});
+    return {w, u, G};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto &k = s[0], &v = s[1], &beta = s[2], &g = s[3];
+    DeviceScope device(k.device().index());
+    auto p = make_params(k, v, beta, g);
+    // The recurrence's dW, dU are 16-bit already; others (float32 from a different consumer) are rounded.
+    auto dw = grads[0].defined() ? grads[0].to(k.scalar_type()).contiguous() : torch::zeros_like(k);
+    auto du = grads[1].defined() ? grads[1].to(v.scalar_type()).contiguous() : torch::zeros_like(v);
+    torch::Tensor dG;
+    if (given(g) && grads[2].defined()) dG = grads[2].to(torch::kFloat).contiguous();
+    auto dk = torch::empty_like(k), dv = torch::empty_like(v), dbeta = torch::empty_like(beta);
+    torch::Tensor dg = given(g) ? torch::empty_like(g) : torch::Tensor();
+    p.dw = dw.data_ptr(), p.du = du.data_ptr();
+    p.dG = dG.defined() ? static_cast<const float*>(dG.data_ptr()) : nullptr;
+    p.dk = dk.data_ptr(), p.dv = dv.data_ptr(), p.dbeta = static_cast<float*>(dbeta.data_ptr());
+    p.dg = dg.defined() ? static_cast<float*>(dg.data_ptr()) : nullptr;
+    check_params(p, true);
+    check_cuda(kn::launch_delta_wy_bwd(p), kOp, "launch_delta_wy_bwd");
+    return {dk, dv, dbeta, dg};
+  }
+};
+
+}  // namespace
+
+std::vector<torch::Tensor> delta_wy_prepare(const torch::Tensor& k, const torch::Tensor& v,
+                                            const torch::Tensor& beta, const torch::Tensor& g) {
+  check_shape(kOp, "k", k, "B,T,H,K", {-1, -1, -1, -1});
+  const int64_t B = k.size(0), T = k.size(1), H = k.size(2), K = k.size(3);
+  check_shape(kOp, "v", v, "B,T,H,V", {B, T, H, -1});
+  check_shape(kOp, "beta", beta, "B,T,H", {B, T, H});
+  if (g.defined()) check_shape(kOp, "g", g, "B,T,H", {B, T, H});
+  const auto dt = k.scalar_type();
+  ATTNLAB_CHECK(dt == torch::kBFloat16 || dt == torch::kHalf, "{}: k must be bf16 or fp16, got {}", kOp,
+                c10::toString(dt));
+  ATTNLAB_CHECK(v.scalar_type() == dt, "{}: v must have k's dtype {}, got {}", kOp, c10::toString(dt),
+                c10::toString(v.scalar_type()));
+  ATTNLAB_CHECK(K == v.size(3) && (K == 64 || K == 128),
+                "{}: head dims K = {}, V = {}: the kernels take K = V = 64 or 128", kOp, K, v.size(3));
+  for (const auto* t : {&v, &beta, &g})
+    ATTNLAB_CHECK(!t->defined() || t->device() == k.device(),
+                  "{}: k, v, beta, g must be on k's device {}, got {}", kOp, k.device().str(),
+                  t->device().str());
+  ATTNLAB_CHECK(k.is_cuda(), "{}: k must be a CUDA tensor, got {}", kOp, k.device().str());
+  ATTNLAB_CHECK(T >= 1 && T <= INT_MAX / 2 && B <= 65535 && H <= 65535,
+                "{}: need T >= 1 and B, H <= 65535, got B = {}, T = {}, H = {}", kOp, B, T, H);
+  auto none = torch::empty({0}, k.options().dtype(torch::kFloat));
+  return DeltaWyFunction::apply(k.contiguous(), v.contiguous(), beta.to(torch::kFloat).contiguous(),
+                                g.defined() ? g.to(torch::kFloat).contiguous() : none);
+}
+
+}  // namespace attnlab::ops::cuda
