@@ -9,6 +9,7 @@
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/cuda/cuda_util.h"
+#include "attnlab/ops/cuda/linear_chunk.h"
 #include "kernels/gla_chunk/params.h"
 
 namespace attnlab::ops::cuda {
@@ -113,35 +114,19 @@ class GlaChunkFunction : public torch::autograd::Function<GlaChunkFunction> {
 }  // namespace
 
 std::string gla_chunk_unusable_reason(const RecurrentArgs& a) {
-  if (!a.q.defined() || !a.k.defined() || !a.v.defined()) return "q, k or v is undefined";
-  if (a.q.dim() != 4 || a.k.dim() != 4 || a.v.dim() != 4) return "q, k, v must be [B, T, H, D]";
-  for (const auto* t : {&a.q, &a.k, &a.v, &a.g, &a.h0})
-    if (t->defined() && !t->is_cuda())
-      return fmt::format("tensors on {}, the kernels need CUDA", t->device().str());
-  for (const auto* t : {&a.k, &a.v, &a.g, &a.h0})
-    if (t->defined() && t->device() != a.q.device())
-      return fmt::format("inputs on different devices ({} and {})", a.q.device().str(), t->device().str());
-  const auto dt = a.q.scalar_type();
-  if (dt != torch::kBFloat16 && dt != torch::kHalf)
-    return fmt::format("dtype {} not in the kernels (bf16, fp16)", c10::toString(dt));
-  if (a.k.scalar_type() != dt || a.v.scalar_type() != dt)
-    return fmt::format("dtypes of q, k, v differ ({}, {}, {}); the kernels need one", c10::toString(dt),
-                       c10::toString(a.k.scalar_type()), c10::toString(a.v.scalar_type()));
-  const int64_t B = a.q.size(0), T = a.q.size(1), H = a.q.size(2), K = a.q.size(3), V = a.v.size(3);
-  if (a.k.sizes() != a.q.sizes() || a.v.size(0) != B || a.v.size(1) != T || a.v.size(2) != H)
-    return fmt::format("shapes q {}, k {}, v {} do not match [B,T,H,K] / [B,T,H,V]", shape_str(a.q.sizes()),
-                       shape_str(a.k.sizes()), shape_str(a.v.sizes()));
-  if (K != V || (K != 64 && K != 128))
-    return fmt::format("head dims K = {}, V = {} not in the kernels (K = V = 64 or 128)", K, V);
-  if (T == 0) return "T = 0";
-  if (B > 65535 || H > 65535 || T > INT_MAX / 2 || B * T * H * K > INT64_C(1) << 40)
-    return fmt::format("B {} / H {} / T {} past the grid limits", B, H, T);
+  // The q, k, v, h0 conditions are linear_chunk's (devices, one 16-bit dtype, K = V = 64 or 128, grid
+  // limits); the per-key gate is checked here.
+  RecurrentArgs plain = a;
+  plain.g = torch::Tensor();
+  auto why = linear_chunk_unusable_reason(plain, /*gated=*/false);
+  if (!why.empty()) return why;
+  const int64_t B = a.q.size(0), T = a.q.size(1), H = a.q.size(2), K = a.q.size(3);
   if (!a.g.defined()) return "the gate g is undefined";
+  if (!a.g.is_cuda() || a.g.device() != a.q.device())
+    return fmt::format("g on {}, q on {}: the kernels need one CUDA device", a.g.device().str(),
+                       a.q.device().str());
   if (a.g.dim() != 4 || a.g.size(0) != B || a.g.size(1) != T || a.g.size(2) != H || a.g.size(3) != K)
     return fmt::format("g must be [B,T,H,K] = [{},{},{},{}], got {}", B, T, H, K, shape_str(a.g.sizes()));
-  if (a.h0.defined() &&
-      (a.h0.dim() != 4 || a.h0.size(0) != B || a.h0.size(1) != H || a.h0.size(2) != K || a.h0.size(3) != V))
-    return fmt::format("h0 must be [B,H,K,V] = [{},{},{},{}], got {}", B, H, K, V, shape_str(a.h0.sizes()));
   return {};
 }
 
