@@ -106,6 +106,24 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
   EXPECT_EQ(ops::delta_rule(a, ops::Impl::automatic).o.sizes(), a.v.sizes());  // falls back to chunk
 }
 
+// On CUDA, automatic runs the recurrence kernel with libtorch's WY preparation (KernelPath::run_automatic),
+// Impl::kernel the fused preparation (kernels/delta_wy): the two agree to the 16-bit rounding of W and U.
+TEST(DeltaChunkKernel, AutomaticRunsTheRecurrenceKernel) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(3);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({2, 200, 2, 64}, f);
+  a.k = ops::l2_normalize(torch::randn({2, 200, 2, 64}, f));
+  a.v = torch::randn({2, 200, 2, 64}, f);
+  a.beta = torch::rand({2, 200, 2}, f.dtype(torch::kFloat));
+  a.g = torch::log_sigmoid(torch::randn({2, 200, 2}, f.dtype(torch::kFloat)) + 2) / 4;
+  auto automatic = ops::gated_delta_rule(a, ops::Impl::automatic).o;
+  auto kernel = ops::gated_delta_rule(a, ops::Impl::kernel).o;
+  EXPECT_EQ(automatic.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(attnlab::testing::rel_rms(automatic.to(torch::kFloat), kernel.to(torch::kFloat)), 1e-2);
+}
+
 // The forward's V-split (two blocks per (b, h) over the value columns, chosen for small B * H at V = 128)
 // computes every column exactly as one block does: o, ht and, through the saved states, the gradients are
 // the same bits.

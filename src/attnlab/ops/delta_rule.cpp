@@ -207,23 +207,39 @@ void check_kernel_args(const char* op, const RecurrentArgs& a, bool gated) {
   if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {B, H, K, V});
 }
 
-// The chunk kernels: the WY factors W, U and the in-chunk gate cumsum G of every chunk from kernels/delta_wy
-// (one fused kernel: K K^T with decay, the float32 inverse, W and U), the sequential part over the chunks
-// from kernels/delta_chunk. Both are autograd Functions: dW, dU, dG of the recurrence flow into the
-// preparation's backward, and k's gradient is the sum of both Functions' shares.
-RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated) {
+// Where the chunk kernels' WY factors come from: the fused kernel (kernels/delta_wy), or the libtorch chunk
+// preparation (chunked(): float64 gates, a batched triangular solve, autograd), which is slow but was the
+// first to pass the GPU check with the recurrence kernel (bench/results/h200-2026-12-01b).
+enum class WyPrep { kernel, libtorch };
+
+// The chunk kernels: the WY factors W, U and the in-chunk gate cumsum G of every chunk, then the sequential
+// part over the chunks from kernels/delta_chunk. With WyPrep::kernel both are autograd Functions: dW, dU, dG
+// of the recurrence flow into the preparation's backward, and k's gradient is the sum of both shares.
+RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated, WyPrep prep) {
 #ifdef ATTNLAB_WITH_CUDA
-  check_kernel_args(op, a, gated);
-  auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());  // W, U, G
   const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(a.q.size(3)));
-  auto out =
-      cuda::delta_chunk_recurrence(a.q, a.k, wy[0], wy[1], gated ? wy[2] : torch::Tensor(), a.h0, scale);
+  torch::Tensor W, U, G;  // [B, T, H, K], [B, T, H, V], [B, T, H]
+  if (prep == WyPrep::kernel) {
+    check_kernel_args(op, a, gated);
+    auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());
+    W = wy[0], U = wy[1];
+    if (gated) G = wy[2];
+  } else {
+    Prepared p = prepare(op, a, gated);
+    auto c = chunked(p, kernels::kLinearChunk, /*with_q=*/false);
+    auto to_bthd = [&](const torch::Tensor& x) {  // [B, H, N, C, D] -> [B, T, H, D]
+      return x.reshape({p.B, p.H, c.N * c.C, x.size(-1)}).narrow(2, 0, p.T).transpose(1, 2);
+    };
+    W = to_bthd(c.W), U = to_bthd(c.U);
+    if (gated) G = c.G.reshape({p.B, p.H, c.N * c.C}).narrow(2, 0, p.T).transpose(1, 2).to(torch::kFloat);
+  }
+  auto out = cuda::delta_chunk_recurrence(a.q, a.k, W, U, G, a.h0, scale);
   RecurrentOut r;
   r.o = out[0].to(a.v.scalar_type());
   if (a.output_final_state) r.ht = out[1];
   return r;
 #else
-  (void)gated;
+  (void)a, (void)gated, (void)prep;
   fail("{}: this build has no CUDA kernels", op);
 #endif
 }
@@ -263,9 +279,9 @@ RecurrentOut via_step(const char* op, const RecurrentArgs& a, bool gated) {
 }
 
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gated) {
-  // The kernel path: the decode step when it takes the args, else the chunk kernels; automatic uses the
-  // chunk kernels only once they have passed their GPU test (tests/test_gpu_delta_chunk.cpp has not run on
-  // a GPU yet).
+  // The kernel path: the decode step when it takes the args, else the chunk kernels. Impl::kernel runs the
+  // fused WY preparation; automatic runs the recurrence kernel with libtorch's preparation, the combination
+  // that passed test_gpu_delta_chunk on the H200, until test_gpu_delta_wy passes there too.
   auto use_step = [&] { return step_unusable_reason(args, gated).empty(); };
   linear::KernelPath kernel;
   kernel.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
@@ -279,11 +295,11 @@ RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gate
       return fmt::format("the decode step: {}; the chunk kernels: {}", step_why, chunk_why);
     return chunk_why;
   };
-  kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated); };
-  kernel.not_default = [&] {
-    return use_step()
-               ? std::string()
-               : std::string("the delta_chunk kernels await their first GPU check; impl kernel runs them");
+  kernel.run = [&] {
+    return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated, WyPrep::kernel);
+  };
+  kernel.run_automatic = [&] {
+    return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated, WyPrep::libtorch);
   };
   return linear::dispatch(
       op, impl, [&] { return naive(prepare(op, args, gated), args.output_final_state); },
