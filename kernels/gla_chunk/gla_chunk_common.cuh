@@ -303,22 +303,10 @@ __device__ __forceinline__ void scale_tile(unsigned char* s, const float* G, int
 }
 
 // ---------------------------------------------------------------- chunk-end states
-// The K x V state tile (linear_chunk::StateTile, kD x kD) as 16-bit pairs in the register order,
-// [pair][thread] (coalesced), kD * kD / 2 words: a copy that only state_row_dots reads back.
-template <int kD, typename T, int MT, int NT>
-__device__ __forceinline__ void store_state_packed(uint32_t* dst, const float (&acc)[MT][NT][4], int tid) {
-#pragma unroll
-  for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < NT; ++nj)
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-        dst[((mi * NT + nj) * 2 + half) * kThreads + tid] =
-            MmaType<T>::pack(acc[mi][nj][2 * half], acc[mi][nj][2 * half + 1]);
-}
-
+// The chunk-end states are written by linear_chunk::StateTile::store_packed (16-bit pairs in the register
+// order, [pair][thread]); state_row_dots reads them back.
 // rowdot[w / 4][r] = sum over this warp's columns v of S[r][v] acc[r][v], for the state rows r of warp w,
-// with S from store_state_packed (the two column halves of a row land in the two slots).
+// with S from StateTile::store_packed (the two column halves of a row land in the two slots).
 template <int kD, typename T, int MT, int NT>
 __device__ __forceinline__ void state_row_dots(float* rowdot, const uint32_t* src,
                                                const float (&acc)[MT][NT][4], int warp, int lane, int tid) {

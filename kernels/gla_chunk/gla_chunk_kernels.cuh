@@ -320,7 +320,8 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
     scale_rows(S, ST::m0(warp), lane, [&](int r) { return fast_exp2(Glast[r]); });
     warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, sst + L::kK, ST::m0(warp), 0, sst + L::kV, 0,
                                                              ST::n0(warp), lane);
-    store_state_packed<kD, T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
+    StateTile<kD, kD>::template store_packed<T>(
+        static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
     __syncthreads();
     store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue_gates(c + 1);

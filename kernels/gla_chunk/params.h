@@ -75,7 +75,7 @@ struct GlaChunkParams {
   float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end (n_seg > 1)
   void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit (q's dtype): the state at
                                  // each chunk's end (dq walk -> dk walk), in the register order of the state
-                                 // tile (gla_chunk_common.cuh, store_state_packed)
+                                 // tile (linear_chunk_common.cuh, StateTile::store_packed)
 
   cudaStream_t stream = nullptr;
 };
