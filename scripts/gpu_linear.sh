@@ -3,7 +3,10 @@
 # needs (the CLI and the gpu-labelled kernel tests) against the pip torch's libtorch for sm_90, runs the
 # kernel tests, then FLA's Triton kernels (bench/fla_bench.py, when .peer/fla was carried) and ours
 # (attnlab bench ops) on the shapes of PERFORMANCE.md. Under $OUT (default ./gpu-out): the CSVs and one
-# logs.tgz holding every log (the device tool brings back few files).
+# logs.tgz holding every log (the device tool brings back few files). Carry .deps (scripts/gpu_deps.sh),
+# .peer/fla (FLA's source, for its side of the bench) and, with PERF30M=1, data/sotu (scripts/setup.sh).
+# Since the device goes back seconds after a call, one call does the build and everything after it:
+#   COMMIT=$(git rev-parse --short HEAD) PERF30M=1 bash scripts/gpu_linear.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-$PWD/gpu-out}; mkdir -p "$RESULTS"
@@ -52,12 +55,23 @@ if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
   el "fla rc $?"; tail -n 4 "$OUT/fla.log"
 fi
 OPS=${OPS:-linear_attention,simple_gla,gla,delta_rule,gated_delta_rule,gated_delta_rule_step}
-# The libtorch chunk-form rows are slow (tens of ms per call, more for the delta rule's loop over chunks): one
-# timed call each, and a subset of T unless SEQS says otherwise, to stay inside one 10-minute call.
+# The libtorch chunk-form rows are slow (tens of ms per call, more for the delta rule's loop over chunks) and
+# were measured once (bench/results/h200-2026-12-01b): not timed unless CHUNK_REPEAT > 0 (the chunk form still
+# validates every kernel row). A subset of T unless SEQS says otherwise, to stay inside one 10-minute call.
 SEQS=${SEQS:-512,2048,8192,32768}
 timeout 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
-  --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat "${CHUNK_REPEAT:-1}" \
+  --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat "${CHUNK_REPEAT:-0}" \
   $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear.csv" \
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gated)" "$OUT/bench_linear.log" | head -n 40
+# PERF30M=1: also the 30M model's training step on CUDA (configs/perf30m.yaml: step time, tokens/s, peak
+# memory and the profile, softmax against Gated DeltaNet; issue 6), in the same call and build.
+if [ "${PERF30M:-0}" = 1 ]; then
+  rm -rf runs/gpu-perf30m
+  timeout "${PERF30M_TIMEOUT:-200}" "$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda \
+    --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
+  el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
+  mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
+  cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
+fi
