@@ -41,6 +41,9 @@ for t in $TESTS; do
   timeout 240 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1; el "$t rc $?"
   grep -E "^\[  (PASSED|FAILED) |Failure" "$OUT/$t.log" | head -n 20
 done
+# The wgmma wrappers (kernels/common/wgmma.cuh, sm_90a) against a CPU GEMM: which layouts hold.
+(bash kernels/common/harness/build.sh && kernels/common/harness/wgmma_check) > "$OUT/wgmma_check.log" 2>&1
+el "wgmma_check rc $?"; tail -n 1 "$OUT/wgmma_check.log"
 # The kernels against FLA's fixtures (K = 16, V = 20, zero-padded to 64: exact), bf16 as under autocast.
 for op in linear_attention simple_gla gla delta_rule gated_delta_rule; do
   "$BUILD/attnlab" ops verify --op "$op" --file "tests/data/$op.safetensors" --impl kernel --device cuda \
