@@ -70,13 +70,14 @@ __device__ __forceinline__ void wait() {
 }
 
 // The accumulators as asm operands, and the instruction text of one m64nNk16 product (both operands from
-// descriptors; scale-d as a predicate: 0 overwrites d, 1 accumulates; tnsp-b 1 for an MN-major B).
+// descriptors; scale-d as a predicate: 0 overwrites d, 1 accumulates; tnsp-a 1 for an M-major A, i.e. A
+// stored [K][M], as k^T in the state update S += k^T v; tnsp-b 1 for an MN-major B).
 #define ATTNLAB_WG_D8(i)                                                                      \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
       "+f"(d[i + 6]), "+f"(d[i + 7])
 #define ATTNLAB_WG_D32(i) ATTNLAB_WG_D8(i), ATTNLAB_WG_D8(i + 8), ATTNLAB_WG_D8(i + 16), ATTNLAB_WG_D8(i + 24)
 
-template <int N, typename T, int kTransB>
+template <int N, typename T, int kTransB, int kTransA = 0>
 struct Mma;
 
 #define ATTNLAB_WG_R32                                                                                   \
@@ -89,21 +90,23 @@ struct Mma;
   "%52, "                                                                                                  \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
-// m64n64k16: 32 accumulators per thread; operands %32 (a), %33 (b), %34 (scale-d), %35 (tnsp-b).
+// m64n64k16: 32 accumulators per thread; operands %32 (a), %33 (b), %34 (scale-d), %35 (tnsp-b), %36
+// (tnsp-a).
 #define ATTNLAB_WG_N64(TY)                                                                                \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY \
-               "." TY " {" ATTNLAB_WG_R32 "}, %32, %33, p, 1, 1, 0, %35;\n}\n"                            \
+               "." TY " {" ATTNLAB_WG_R32 "}, %32, %33, p, 1, 1, %36, %35;\n}\n"                          \
                : ATTNLAB_WG_D32(0)                                                                        \
-               : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB))
-// m64n128k16: 64 accumulators per thread; operands %64 (a), %65 (b), %66 (scale-d), %67 (tnsp-b).
+               : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB), "n"(kTransA))
+// m64n128k16: 64 accumulators per thread; operands %64 (a), %65 (b), %66 (scale-d), %67 (tnsp-b), %68
+// (tnsp-a).
 #define ATTNLAB_WG_N128(TY)                                                                                \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY \
-               "." TY " {" ATTNLAB_WG_R64 "}, %64, %65, p, 1, 1, 0, %67;\n}\n"                             \
+               "." TY " {" ATTNLAB_WG_R64 "}, %64, %65, p, 1, 1, %68, %67;\n}\n"                           \
                : ATTNLAB_WG_D32(0), ATTNLAB_WG_D32(32)                                                     \
-               : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB))
+               : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB), "n"(kTransA))
 
-template <int kTransB>
-struct Mma<64, __nv_bfloat16, kTransB> {
+template <int kTransB, int kTransA>
+struct Mma<64, __nv_bfloat16, kTransB, kTransA> {
   static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
 #ifdef ATTNLAB_WGMMA
     ATTNLAB_WG_N64("bf16");
@@ -113,8 +116,8 @@ struct Mma<64, __nv_bfloat16, kTransB> {
 #endif
   }
 };
-template <int kTransB>
-struct Mma<64, __half, kTransB> {
+template <int kTransB, int kTransA>
+struct Mma<64, __half, kTransB, kTransA> {
   static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
 #ifdef ATTNLAB_WGMMA
     ATTNLAB_WG_N64("f16");
@@ -124,8 +127,8 @@ struct Mma<64, __half, kTransB> {
 #endif
   }
 };
-template <int kTransB>
-struct Mma<128, __nv_bfloat16, kTransB> {
+template <int kTransB, int kTransA>
+struct Mma<128, __nv_bfloat16, kTransB, kTransA> {
   static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
 #ifdef ATTNLAB_WGMMA
     ATTNLAB_WG_N128("bf16");
@@ -135,8 +138,8 @@ struct Mma<128, __nv_bfloat16, kTransB> {
 #endif
   }
 };
-template <int kTransB>
-struct Mma<128, __half, kTransB> {
+template <int kTransB, int kTransA>
+struct Mma<128, __half, kTransB, kTransA> {
   static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
 #ifdef ATTNLAB_WGMMA
     ATTNLAB_WG_N128("f16");

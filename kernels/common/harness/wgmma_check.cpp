@@ -41,14 +41,20 @@ __device__ void fill_panel(unsigned char* s, const T* g, int rows, int ld) {
   }
 }
 
-// D [64][N] = A [64][K] B, A row-major; B [N][K] (kTransB = 0, K-major) or [K][N] (kTransB = 1, MN-major).
-template <int N, typename T, int kTransB>
-__global__ void gemm_kernel(const T* A, const T* B, float* D, int K, uint32_t b_lbo, uint32_t b_sbo) {
+// D [64][N] = A B; A [64][K] (kTransA = 0, K-major) or [K][64] (kTransA = 1, M-major); B [N][K] (kTransB =
+// 0, K-major) or [K][N] (kTransB = 1, MN-major).
+template <int N, typename T, int kTransB, int kTransA>
+__global__ void gemm_kernel(const T* A, const T* B, float* D, int K, uint32_t b_lbo, uint32_t b_sbo,
+                            uint32_t a_lbo, uint32_t a_sbo) {
   extern __shared__ __align__(1024) unsigned char smem[];
   unsigned char* sA = smem;  // K / 64 panels of [64][64]
   unsigned char* sB =
       smem + (K / 64) * 8192;  // K-major: K / 64 panels of [N][64]; MN-major: N / 64 of [K][64]
-  for (int p = 0; p < K / 64; ++p) fill_panel(sA + p * 8192, A + p * 64, 64, K);
+  if (kTransA == 0) {
+    for (int p = 0; p < K / 64; ++p) fill_panel(sA + p * 8192, A + p * 64, 64, K);
+  } else {
+    fill_panel(sA, A, K, 64);  // one panel of K rows (k) x 64 (m)
+  }
   if (kTransB == 0) {
     for (int p = 0; p < K / 64; ++p) fill_panel(sB + p * N * 128, B + p * 64, N, K);
   } else {
@@ -62,10 +68,11 @@ __global__ void gemm_kernel(const T* A, const T* B, float* D, int K, uint32_t b_
   wgmma::fence();
   const uint32_t a0 = smem_u32(sA), b0 = smem_u32(sB);
   for (int s = 0; s < K / 16; ++s) {
-    const uint64_t da = wgmma::make_desc(a0 + (s / 4) * 8192 + (s % 4) * 32, 16, 1024);
+    const uint64_t da = kTransA == 0 ? wgmma::make_desc(a0 + (s / 4) * 8192 + (s % 4) * 32, 16, 1024)
+                                     : wgmma::make_desc(a0 + s * 16 * 128, a_lbo, a_sbo);
     const uint64_t db = kTransB == 0 ? wgmma::make_desc(b0 + (s / 4) * N * 128 + (s % 4) * 32, 16, 1024)
                                      : wgmma::make_desc(b0 + s * 16 * 128, b_lbo, b_sbo);
-    wgmma::Mma<N, T, kTransB>::run(d, da, db, s > 0 ? 1 : 0);
+    wgmma::Mma<N, T, kTransB, kTransA>::run(d, da, db, s > 0 ? 1 : 0);
   }
   wgmma::commit();
   wgmma::wait<0>();
@@ -91,8 +98,9 @@ float to_f(__half x) {
   return __half2float(x);
 }
 
-template <int N, typename T, int kTransB>
-bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo) {
+template <int N, typename T, int kTransB, int kTransA = 0>
+bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo, uint32_t a_lbo = 16,
+              uint32_t a_sbo = 1024) {
   std::mt19937 rng(K * 131 + N);
   std::normal_distribution<float> nd;
   std::vector<T> a(64 * K), b(static_cast<size_t>(K) * N);
@@ -103,7 +111,8 @@ bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo) {
     for (int j = 0; j < N; ++j) {
       double s = 0;
       for (int k = 0; k < K; ++k)
-        s += double(to_f(a[i * K + k])) * to_f(kTransB == 0 ? b[j * K + k] : b[k * N + j]);
+        s += double(to_f(kTransA == 0 ? a[i * K + k] : a[k * 64 + i])) *
+             to_f(kTransB == 0 ? b[j * K + k] : b[k * N + j]);
       ref[i * N + j] = s;
     }
   T *da, *db;
@@ -115,9 +124,9 @@ bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo) {
   CHECK_CUDA(cudaMemcpy(db, b.data(), b.size() * sizeof(T), cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemset(dd, 0xFF, 64 * N * sizeof(float)));  // NaN: unwritten entries fail
   const int smem = (K / 64) * 8192 + K * N * 2;
-  auto* kern = &gemm_kernel<N, T, kTransB>;
+  auto* kern = &gemm_kernel<N, T, kTransB, kTransA>;
   CHECK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<1, 128, smem>>>(da, db, dd, K, lbo, sbo);
+  kern<<<1, 128, smem>>>(da, db, dd, K, lbo, sbo, a_lbo, a_sbo);
   cudaError_t err = cudaDeviceSynchronize();
   std::vector<float> got(64 * N);
   double max_err = INFINITY, max_ref = 0;
@@ -132,9 +141,12 @@ bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo) {
     max_err /= std::fmax(max_ref, 1e-30);
   }
   const bool ok = err == cudaSuccess && max_err < 1e-4;
-  std::printf("%-4s N %3d K %3d B %-8s lbo %6u sbo %6u: %s (max err / max |ref| %.2e)%s%s\n", dtype, N, K,
-              kTransB ? "MN-major" : "K-major", lbo, sbo, ok ? "PASS" : "FAIL", max_err,
-              err == cudaSuccess ? "" : " ", err == cudaSuccess ? "" : cudaGetErrorString(err));
+  std::printf(
+      "%-4s N %3d K %3d A %-7s (lbo %5u sbo %5u) B %-8s (lbo %5u sbo %5u): %s (max err / max |ref| "
+      "%.2e)%s%s\n",
+      dtype, N, K, kTransA ? "M-major" : "K-major", a_lbo, a_sbo, kTransB ? "MN-major" : "K-major", lbo, sbo,
+      ok ? "PASS" : "FAIL", max_err, err == cudaSuccess ? "" : " ",
+      err == cudaSuccess ? "" : cudaGetErrorString(err));
   cudaFree(da), cudaFree(db), cudaFree(dd);
   if (err != cudaSuccess) std::exit(2);  // a sticky error: later cases cannot run
   return ok;
@@ -161,7 +173,17 @@ int main() {
   }
   count(run_case<128, __half, 1>("fp16", 128, 128 * 128, 1024));
   count(run_case<128, __half, 1>("fp16", 128, 1024, 128 * 128));
-  std::printf("wgmma_check: %d of %d cases pass (the MN-major rows come in pairs: one of each pair should)\n",
-              passed, total);
+  // M-major A (k^T in S += k^T v: k stored [tokens][K]), B K-major, then both transposed; one 64-wide panel
+  // of A, so the 8-k-row stride (1024) is the one that matters: tried in either field.
+  for (int K : {64, 128}) {
+    count(run_case<64, __nv_bfloat16, 0, 1>("bf16", K, 16, 1024, K * 128, 1024));
+    count(run_case<64, __nv_bfloat16, 0, 1>("bf16", K, 16, 1024, 1024, K * 128));
+  }
+  count(run_case<128, __nv_bfloat16, 1, 1>("bf16", 64, 64 * 128, 1024, 64 * 128, 1024));
+  count(run_case<128, __nv_bfloat16, 1, 1>("bf16", 64, 1024, 64 * 128, 1024, 64 * 128));
+  std::printf(
+      "wgmma_check: %d of %d cases pass (the transposed rows come in pairs of stride assignments: one of "
+      "each pair should)\n",
+      passed, total);
   return 0;
 }
