@@ -25,6 +25,10 @@ if(ATTNLAB_CUDA_KERNELS)
         $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo -Xptxas=-warn-spills>)
       set_target_properties(attnlab_kernels PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                        CUDA_SEPARABLE_COMPILATION OFF)
+      if("90a" IN_LIST CMAKE_CUDA_ARCHITECTURES)
+        # wgmma code paths (kernels/common/wgmma.cuh) exist only in sm_90a builds.
+        target_compile_definitions(attnlab_kernels PRIVATE ATTNLAB_SM90A=1)
+      endif()
       set(ATTNLAB_HAS_CUDA_KERNELS ON)
     endif()
   else()

@@ -26,10 +26,14 @@ if [ ! -f "$P/.done" ]; then
     { tail -n 20 "$OUT/deps.log"; exit 1; }
 fi
 el deps
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
-  -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1 ||
-  { tail -n 30 "$OUT/configure.log"; exit 1; }
+# sm_90a (wgmma paths; H100 / H200 only), or plain sm_90 where this cmake does not take "90a".
+configure() {
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$1" \
+    -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
+    -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1
+}
+configure "${CUDA_ARCH:-90a}" || { rm -rf "$BUILD"; configure 90; } || { tail -n 30 "$OUT/configure.log"; exit 1; }
+el "configured for $(grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES:STRING=.*' "$BUILD/CMakeCache.txt")"
 DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
 for t in test_gpu_gla_chunk test_gpu_delta_wy; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
 TESTS=${TESTS:-$DEFAULT_TESTS}
@@ -67,7 +71,14 @@ timeout 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128
   $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear.csv" \
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
-grep -E "^(op |linear|simple|gated)" "$OUT/bench_linear.log" | head -n 40
+grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n 60
+# The opt-in wgmma forward of linear_chunk (D = 128), validated and timed the same way.
+ATTNLAB_LINEAR_FWD=wgmma timeout 120 "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
+  --head-dims 128 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+  $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear_wgmma.csv" \
+  > "$OUT/bench_linear_wgmma.log" 2>&1
+el "bench (wgmma forward) rc $?"
+grep -E "^(linear|simple)" "$OUT/bench_linear_wgmma.log" | grep kernel | head -n 10
 # PERF30M=1: also the 30M model's training step on CUDA (configs/perf30m.yaml: step time, tokens/s, peak
 # memory and the profile, softmax against Gated DeltaNet; issue 6), in the same call and build.
 if [ "${PERF30M:-0}" = 1 ]; then

@@ -6,7 +6,9 @@
 // segment splits (the scan path), bf16 and fp16, D = 64 and 128.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "attnlab/ops/simple_gla.h"
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/linear_chunk.h"
+#include "kernels/linear_chunk/params.h"
 #endif
 #include "support/helpers.h"
 #include "support/kernel_test.h"
@@ -144,6 +147,50 @@ TEST(LinearChunkKernel, AutomaticUsesTheKernelOnCuda) {
   EXPECT_TRUE(torch::equal(viakernel, automatic));
   // Deterministic: the same inputs give the same bits (no atomics in o).
   EXPECT_TRUE(torch::equal(viakernel, ops::simple_gla(a, ops::Impl::kernel).o));
+}
+
+// The opt-in wgmma forward (ATTNLAB_LINEAR_FWD=wgmma; sm_90a builds, D = 128) against the mma.sync one: o and
+// ht, with and without a gate, segments and h0; then both timed (printed, not asserted: speed is the
+// bench's).
+TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
+  SKIP_WITHOUT_CUDA();
+  if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  torch::NoGradGuard ng;
+  for (bool gated : {false, true})
+    for (int64_t T : {64, 333, 4096}) {
+      torch::manual_seed(21 + T);
+      ops::RecurrentArgs a;
+      a.q = torch::randn({2, T, 3, 128}, f), a.k = torch::randn({2, T, 3, 128}, f) / std::sqrt(128.0);
+      a.v = torch::randn({2, T, 3, 128}, f);
+      a.h0 = torch::randn({2, 3, 128, 128}, f.dtype(torch::kFloat));
+      if (gated) a.g = torch::log_sigmoid(torch::randn({2, T, 3}, f.dtype(torch::kFloat)) + 1);
+      a.output_final_state = true;
+      a.kernel_seg_chunks = T == 333 ? 2 : 0;
+      auto run = [&] { return ops::cuda::linear_chunk(a, gated); };
+      auto timed = [&] {
+        for (int i = 0; i < 3; ++i) run();
+        torch::cuda::synchronize();
+        auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < 20; ++i) run();
+        torch::cuda::synchronize();
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
+      };
+      unsetenv("ATTNLAB_LINEAR_FWD");
+      auto ref = run();
+      const double ms_mma = timed();
+      setenv("ATTNLAB_LINEAR_FWD", "wgmma", 1);
+      auto got = run();
+      const double ms_wg = timed();
+      unsetenv("ATTNLAB_LINEAR_FWD");
+      const auto label = fmt::format("{} T {}", gated ? "gated" : "ungated", T);
+      EXPECT_FALSE(torch::isnan(got.o).any().item<bool>()) << label;
+      EXPECT_LT(attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)), 5e-3) << label;
+      EXPECT_LT(attnlab::testing::rel_rms(got.ht, ref.ht), 1e-3) << label;
+      std::printf("  wgmma forward %-16s o %.2e ht %.2e; %.3f ms (mma.sync %.3f ms)\n", label.c_str(),
+                  attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)),
+                  attnlab::testing::rel_rms(got.ht, ref.ht), ms_wg, ms_mma);
+    }
 }
 
 // The normalised variant: numerator through the kernels, normaliser from a cumulative sum of k.

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
+#include "kernels/linear_chunk/linear_chunk_fwd_wgmma.cuh"
 #include "kernels/linear_chunk/linear_chunk_kernels.cuh"
 
 namespace attnlab::kernels {
@@ -20,7 +21,20 @@ int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms) {
   return static_cast<int>((nt + n_seg - 1) / n_seg);
 }
 
+bool linear_chunk_has_wgmma() {
+#ifdef ATTNLAB_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
+  if (p.fwd_wgmma && !backward) {
+    if (!linear_chunk_has_wgmma())
+      return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+    if (p.K != 128) return "fwd_wgmma takes K = V = 128, got " + std::to_string(p.K);
+  }
   if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
   if (p.K != p.V || (p.K != 64 && p.K != 128))
     return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
@@ -71,6 +85,15 @@ cudaError_t run_fwd(const LinearChunkParams& p) {
     const int kv4 = kD * kD / 4;
     scan_fwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
+  }
+  if constexpr (kD == 128) {
+    if (p.fwd_wgmma) {
+      auto* wg = &fwd_wgmma_kernel<T, kGated>;
+      const int wsmem = WgFwdSmem::kBytes;
+      if ((err = cudaFuncSetAttribute(wg, cudaFuncAttributeMaxDynamicSharedMemorySize, wsmem))) return err;
+      wg<<<dim3(n_seg, p.H, p.B), kThreads, wsmem, p.stream>>>(p);
+      return cudaGetLastError();
+    }
   }
   auto* out = &fwd_kernel<kD, T, kGated, true>;
   const int smem = FwdSmem<kD, true>::kBytes;

@@ -78,6 +78,10 @@ struct LinearChunkParams {
                                  // at each chunk's end (dq walk -> dkv walk), in the StateTile order
   float* chunk_dg = nullptr;     // workspace [B, H, ceil(T / 64)], when g is given: <S, dS> at chunk ends
 
+  // 1: the forward's output pass on Hopper's wgmma (linear_chunk_fwd_wgmma.cuh; K = V = 128, and only where
+  // linear_chunk_has_wgmma()); 0: the mma.sync kernels. Opt-in until it has been checked on a GPU.
+  int fwd_wgmma = 0;
+
   cudaStream_t stream = nullptr;
 };
 
@@ -92,6 +96,9 @@ ATTNLAB_LINEAR_HD inline int linear_chunk_segments(const LinearChunkParams& p) {
 // Chunks per segment so that B * H * n_seg thread blocks fill `num_sms` multiprocessors about twice over;
 // the whole sequence (no split) when B * H already does.
 int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms);
+
+// Whether this build has the wgmma forward (compiled for sm_90a: CMAKE_CUDA_ARCHITECTURES holds 90a).
+bool linear_chunk_has_wgmma();
 
 // Empty when the kernels take p (dims, dtype, pointers, seg_chunks), else why not.
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward);

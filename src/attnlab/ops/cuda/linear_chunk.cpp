@@ -5,6 +5,8 @@
 
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
@@ -42,6 +44,11 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.seg_chunks = seg_chunks > 0
                      ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
                      : kn::linear_chunk_default_seg_chunks(p.B, p.T, p.H, sm_count(q.device().index()));
+  // ATTNLAB_LINEAR_FWD=wgmma: the forward's output pass on wgmma (opt-in until its GPU check; K = V = 128 on
+  // an sm_90a build, else the mma.sync kernels as usual).
+  const char* variant = std::getenv("ATTNLAB_LINEAR_FWD");  // read per call: a test switches it
+  const bool want_wgmma = variant && std::string(variant) == "wgmma";
+  p.fwd_wgmma = want_wgmma && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma() ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }

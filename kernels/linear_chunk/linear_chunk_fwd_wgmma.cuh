@@ -1,0 +1,236 @@
+// The output pass of the linear_chunk forward on Hopper's warpgroup MMA (sm_90a, D = 128): an opt-in variant
+// of fwd_kernel<.., kOutput = true> (same params, same results up to summation order), selected by
+// LinearChunkParams::fwd_wgmma. Written without a GPU (2026-12-01); kernels/common/harness/wgmma_check
+// settles the operand layouts it relies on, and test_gpu_linear_chunk's WgmmaForwardMatchesMmaSync compares
+// it with the mma.sync kernel.
+//
+// Why: the mma.sync forward is bound by shared-memory reads, because each of the 8 warps ldmatrix-loads its
+// own copy of every B operand (~430 KB of operand reads per 64-token chunk at D = 128). wgmma reads each
+// operand once per warpgroup (~210 KB here).
+//
+// Work split, 2 warpgroups (256 threads): both compute the chunk's 64 x 64 scores P = q k^T (cheap, and both
+// need all of P); warpgroup g computes the output columns 64 g .. + 64 (q S then P V, m64n64) and owns the
+// state rows 64 g .. + 64 (K) over all 128 value columns (S += k^T Vw, m64n128 with k^T read M-major). Tiles
+// are 64-column panels with the 128-byte swizzle (swz<64>): q, k, v, Vw as two [64][64] panels, P as one, the
+// 16-bit state copy as two MN-major [128][64] panels (value columns 0-63 and 64-127).
+#pragma once
+
+#include "kernels/common/wgmma.cuh"
+#include "kernels/linear_chunk/linear_chunk_kernels.cuh"
+
+namespace attnlab::kernels::linear_chunk {
+
+struct WgFwdSmem {
+  static constexpr int kPanel = kC * 64 * 2;  // [64 rows][64 columns] 16-bit: 8 KB
+  static constexpr int kQ = 0, kK = 2 * kPanel, kV = 4 * kPanel, kG = 6 * kPanel;
+  static constexpr int kStage = 6 * kPanel + 1024;  // + the gates, padded to keep every panel 1024-aligned
+  static constexpr int kSPanel = 128 * 64 * 2;      // [128 K rows][64 value columns]: 16 KB
+  static constexpr int kS = 2 * kStage;
+  static constexpr int kVw = kS + 2 * kSPanel;
+  static constexpr int kP = kVw + 2 * kPanel;
+  static constexpr int kBytes = kP + kPanel;
+};
+
+// Byte offset of element (row, col) in a swizzled [rows][64] panel.
+__device__ __forceinline__ uint32_t panel_off(int row, int col) {
+  return swz<64>(row, col / 8) + (col % 8) * 2;
+}
+
+// The 16-bit state copy: warpgroup g's accumulators (rows 64 g + 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane
+// % 4) (+ 1)) into the two MN-major panels at s.
+template <typename T>
+__device__ __forceinline__ void store_state_panels(unsigned char* s, const float (&S)[64], int wg, int wr,
+                                                   int lane) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+      *reinterpret_cast<uint32_t*>(s + (col / 64) * WgFwdSmem::kSPanel + panel_off(row, col % 64)) =
+          MmaType<T>::pack(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
+    }
+}
+
+template <typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChunkParams p) {
+  constexpr int kD = 128;
+  using L = WgFwdSmem;
+  // Dynamic shared memory only (no static), so its base is the window's, 1024-aligned as the 128-byte
+  // swizzle of wgmma's operands needs; its own name, since fwd_kernel declares it 128-aligned.
+  extern __shared__ __align__(1024) unsigned char wg_smem[];
+  unsigned char* smem = wg_smem;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wg = warp / 4, wr = warp % 4;  // warpgroup, warp within it
+  const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), n_seg = linear_chunk_segments(p);
+  const int c_begin = seg * p.seg_chunks, c_end = min(nt, c_begin + p.seg_chunks);
+  const int64_t bh = bh_index(b, h, p.H);
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  const uint32_t s0 = smem_u32(smem);
+
+  auto issue = [&](int c) {
+    if (c < c_end) {
+      const int st = (c - c_begin) & 1, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
+#pragma unroll
+      for (int pn = 0; pn < 2; ++pn) {
+        load_tile<kC, 64, kThreads, T>(base + L::kQ + pn * L::kPanel,
+                                       static_cast<const T*>(p.q) + off + 64 * pn, row_stride, p.T - t0, tid);
+        load_tile<kC, 64, kThreads, T>(base + L::kK + pn * L::kPanel,
+                                       static_cast<const T*>(p.k) + off + 64 * pn, row_stride, p.T - t0, tid);
+        load_tile<kC, 64, kThreads, T>(base + L::kV + pn * L::kPanel,
+                                       static_cast<const T*>(p.v) + off + 64 * pn, row_stride, p.T - t0, tid);
+      }
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();
+  };
+  issue(c_begin);
+  issue(c_begin + 1);
+
+  // State rows 64 wg .. + 64, all 128 columns, in the m64n128 accumulator layout.
+  float S[64];
+  {
+    const float* init =
+        n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr);
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+        const float2 x =
+            init ? *reinterpret_cast<const float2*>(init + row * kD + col) : make_float2(0.f, 0.f);
+        S[4 * j + 2 * half] = x.x, S[4 * j + 2 * half + 1] = x.y;
+      }
+  }
+  store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+  float seg_g = 0.f;
+
+  for (int c = c_begin; c < c_end; ++c) {
+    const int st = (c - c_begin) & 1, t0 = c * kC;
+    const uint32_t sst = s0 + st * L::kStage;
+    unsigned char* stage = smem + st * L::kStage;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    cp_async_wait<1>();
+    wgmma::fence_proxy_async();  // this chunk's copies and the state copy, before the tensor cores read them
+    __syncthreads();
+    float g_last = 0.f;
+    if constexpr (kGated) {
+      gate_cumsum(G, warp, lane);
+      __syncthreads();
+      g_last = G[kC - 1];
+#pragma unroll
+      for (int pn = 0; pn < 2; ++pn)
+        scale_tile_rows<64, T>(smem + L::kVw + pn * L::kPanel, stage + L::kV + pn * L::kPanel, tid,
+                               [&](int r) { return __expf(g_last - G[r]); });
+    }
+
+    // P = q k^T over K = 128 (two panels, four k16 steps each), masked and decayed; warpgroup 0 stores it.
+    {
+      float P[32];
+#pragma unroll
+      for (int i = 0; i < 32; ++i) P[i] = 0.f;
+      wgmma::fence();
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        const uint32_t k_off = (s / 4) * L::kPanel + (s % 4) * 32;
+        wgmma::Mma<64, T, 0>::run(P, wgmma::make_desc(sst + L::kQ + k_off, 16, 1024),
+                                  wgmma::make_desc(sst + L::kK + k_off, 16, 1024), 1);
+      }
+      wgmma::commit();
+      wgmma::wait<0>();
+      if (wg == 0) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+            float x0 = 0.f, x1 = 0.f;
+            if (col <= r) x0 = P[4 * j + 2 * half] * p.scale * (kGated ? __expf(G[r] - G[col]) : 1.f);
+            if (col + 1 <= r)
+              x1 = P[4 * j + 2 * half + 1] * p.scale * (kGated ? __expf(G[r] - G[col + 1]) : 1.f);
+            *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
+          }
+      }
+    }
+
+    // O[:, 64 wg ..] = scale exp(G_t) q S + P V
+    float O[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) O[i] = 0.f;
+    wgmma::fence();
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+      wgmma::Mma<64, T, 1>::run(O,
+                                wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
+                                wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), 1);
+    wgmma::commit();
+    wgmma::wait<0>();
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 16 * wr + (lane >> 2) + (e >= 2 ? 8 : 0);
+        O[4 * j + e] *= kGated ? p.scale * __expf(G[r]) : p.scale;
+      }
+    wgmma::fence_proxy_async();  // P and Vw
+    __syncthreads();
+    wgmma::fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+      wgmma::Mma<64, T, 1>::run(O, wgmma::make_desc(s0 + L::kP + s * 32, 16, 1024),
+                                wgmma::make_desc_mn(sst + L::kV + wg * L::kPanel + s * 2048, L::kPanel), 1);
+    wgmma::commit();
+    wgmma::wait<0>();
+    {
+      T* o = static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = 16 * wr + (lane >> 2) + 8 * half;
+        if (t0 + r >= p.T) continue;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          *reinterpret_cast<uint32_t*>(o + r * row_stride + 8 * j + 2 * (lane & 3)) =
+              MmaType<T>::pack(O[4 * j + 2 * half], O[4 * j + 2 * half + 1]);
+      }
+    }
+
+    // S = exp(G_last) S + k^T Vw: A = k^T (rows 64 wg .. of K: k's panel wg read M-major), B = Vw (MN-major).
+    if constexpr (kGated) {
+      const float d = __expf(g_last);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) S[i] *= d;
+    }
+    wgmma::fence();
+    const uint32_t vw = kGated ? s0 + L::kVw : sst + L::kV;
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+      wgmma::Mma<128, T, 1, 1>::run(S,
+                                    wgmma::make_desc_mn(sst + L::kK + wg * L::kPanel + s * 2048, L::kPanel),
+                                    wgmma::make_desc_mn(vw + s * 2048, L::kPanel), 1);
+    wgmma::commit();
+    wgmma::wait<0>();
+    seg_g += g_last;
+    __syncthreads();  // every read of this stage, the state copy, Vw and P is done
+    store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+    issue(c + 2);
+  }
+  cp_async_wait<0>();
+
+  if (seg == n_seg - 1 && p.ht) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+        *reinterpret_cast<float2*>(p.ht + bh * kD * kD + row * kD + col) =
+            make_float2(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
+      }
+  }
+  // As fwd_kernel: the last segment's gate sum is for the backward's reverse scan.
+  if (seg == n_seg - 1 && n_seg > 1 && tid == 0) p.seg_gate[bh * n_seg + seg] = seg_g;
+}
+
+}  // namespace attnlab::kernels::linear_chunk
