@@ -234,6 +234,11 @@ TEST(LinearChunkKernel, RejectsWhatItCannotRun) {
   EXPECT_EQ(ops::linear_attention(a, ops::Impl::automatic).o.sizes(), a.v.sizes());
   a.q = a.q.cpu(), a.k = a.k.cpu(), a.v = a.v.cpu();
   EXPECT_NE(ops::cuda::linear_chunk_unusable_reason(a, false).find("CUDA"), std::string::npos);
+  // The scans put B * H on gridDim.y: more than 65535 (batch and heads) is refused, not launched.
+  ops::RecurrentArgs wide;
+  wide.q = torch::randn({65536, 1, 1, 64}, f), wide.k = torch::randn({65536, 1, 1, 64}, f);
+  wide.v = torch::randn({65536, 1, 1, 64}, f);
+  EXPECT_NE(ops::cuda::linear_chunk_unusable_reason(wide, false).find("B * H = 65536"), std::string::npos);
 }
 
 }  // namespace

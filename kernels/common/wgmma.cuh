@@ -161,5 +161,9 @@ struct Mma<128, __half, kTransB, kTransA> {
 
 #undef ATTNLAB_WG_N64
 #undef ATTNLAB_WG_N128
+#undef ATTNLAB_WG_R32
+#undef ATTNLAB_WG_R64
+#undef ATTNLAB_WG_D8
+#undef ATTNLAB_WG_D32
 
 }  // namespace attnlab::kernels::wgmma

@@ -36,18 +36,11 @@ size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
 namespace delta_chunk {
 namespace {
 
-template <typename K>
-cudaError_t launch(K* kernel, int smem, const DeltaChunkParams& p, int v_blocks = 1) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<dim3(v_blocks, p.H, p.B), kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
-}
-
 template <int kD, int kVb, typename T>
 cudaError_t launch_fwd(const DeltaChunkParams& p) {
-  return p.G ? launch(&delta_fwd_kernel<kD, kVb, T, true>, FwdSmem<kD, kVb>::kBytes, p, kD / kVb)
-             : launch(&delta_fwd_kernel<kD, kVb, T, false>, FwdSmem<kD, kVb>::kBytes, p, kD / kVb);
+  const dim3 grid(kD / kVb, p.H, p.B);
+  return p.G ? launch_kernel(&delta_fwd_kernel<kD, kVb, T, true>, grid, FwdSmem<kD, kVb>::kBytes, p)
+             : launch_kernel(&delta_fwd_kernel<kD, kVb, T, false>, grid, FwdSmem<kD, kVb>::kBytes, p);
 }
 
 }  // namespace
@@ -68,8 +61,9 @@ cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
   if (!delta_chunk_check(p, true).empty()) return cudaErrorInvalidValue;
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    return p.G ? launch(&delta_bwd_kernel<kD, T, true>, BwdSmem<kD>::kBytes, p)
-               : launch(&delta_bwd_kernel<kD, T, false>, BwdSmem<kD>::kBytes, p);
+    const dim3 grid(1, p.H, p.B);
+    return p.G ? launch_kernel(&delta_bwd_kernel<kD, T, true>, grid, BwdSmem<kD>::kBytes, p)
+               : launch_kernel(&delta_bwd_kernel<kD, T, false>, grid, BwdSmem<kD>::kBytes, p);
   });
 }
 

@@ -228,25 +228,16 @@ __global__ void __launch_bounds__(kThreads, 2) delta_wy_bwd_kernel(const DeltaWy
   }
 }
 
-namespace {
-
-template <typename K>
-cudaError_t launch(K* kernel, int smem, const DeltaWyParams& p) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<dim3(linear_chunk_count(p.T), p.H, p.B), kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
-}
-
-}  // namespace
 }  // namespace delta_wy
 
 cudaError_t launch_delta_wy_bwd(const DeltaWyParams& p) {
   if (!delta_wy_check(p, true).empty()) return cudaErrorInvalidValue;
   using namespace delta_wy;
-  return DELTA_WY_SWITCH(p, T, kD, [&] {
-    return p.g ? launch(&delta_wy_bwd_kernel<kD, T, true>, BwdSmem<kD>::kBytes, p)
-               : launch(&delta_wy_bwd_kernel<kD, T, false>, BwdSmem<kD>::kBytes, p);
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    return p.g ? launch_kernel(&delta_wy_bwd_kernel<kD, T, true>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                               BwdSmem<kD>::kBytes, p)
+               : launch_kernel(&delta_wy_bwd_kernel<kD, T, false>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                               BwdSmem<kD>::kBytes, p);
   });
 }
 

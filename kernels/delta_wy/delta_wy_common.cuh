@@ -163,7 +163,4 @@ __device__ __forceinline__ void store_split(unsigned char* hi, unsigned char* lo
     }
 }
 
-// Dispatch over (dtype, head dim) on the host, as LINEAR_CHUNK_SWITCH (K = V).
-#define DELTA_WY_SWITCH(P, T, kD, ...) LINEAR_CHUNK_SWITCH(P, T, kD, __VA_ARGS__)
-
 }  // namespace attnlab::kernels::delta_wy

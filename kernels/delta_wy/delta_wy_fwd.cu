@@ -108,25 +108,16 @@ __global__ void __launch_bounds__(kThreads, 2) delta_wy_fwd_kernel(const DeltaWy
                      s0 + L::kV, rows, warp, lane);
 }
 
-namespace {
-
-template <typename K>
-cudaError_t launch(K* kernel, int smem, const DeltaWyParams& p) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<dim3(linear_chunk_count(p.T), p.H, p.B), kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
-}
-
-}  // namespace
 }  // namespace delta_wy
 
 cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p) {
   if (!delta_wy_check(p, false).empty()) return cudaErrorInvalidValue;
   using namespace delta_wy;
-  return DELTA_WY_SWITCH(p, T, kD, [&] {
-    return p.g ? launch(&delta_wy_fwd_kernel<kD, T, true>, FwdSmem<kD>::kBytes, p)
-               : launch(&delta_wy_fwd_kernel<kD, T, false>, FwdSmem<kD>::kBytes, p);
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    return p.g ? launch_kernel(&delta_wy_fwd_kernel<kD, T, true>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                               FwdSmem<kD>::kBytes, p)
+               : launch_kernel(&delta_wy_fwd_kernel<kD, T, false>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                               FwdSmem<kD>::kBytes, p);
   });
 }
 

@@ -25,29 +25,22 @@ namespace attnlab::kernels {
 namespace gla_chunk {
 namespace {
 
-template <typename K>
-cudaError_t launch(K* kernel, dim3 grid, int smem, const GlaChunkParams& p) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
-}
-
 template <int kD, typename T>
 cudaError_t run_bwd(const GlaChunkParams& p) {
   const int n_seg = gla_chunk_segments(p);
   if (n_seg == 0) return cudaSuccess;
   cudaError_t err;
-  if ((err = launch(&gla_bwd_dq_kernel<kD, T>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p))) return err;
+  if ((err = launch_kernel(&gla_bwd_dq_kernel<kD, T>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p)))
+    return err;
   if (n_seg > 1) {
-    if ((err = launch(&gla_bwd_dkv_kernel<kD, T, false>, dim3(n_seg - 1, p.H, p.B),
-                      DkvSmem<kD, false>::kBytes, p)))
+    if ((err = launch_kernel(&gla_bwd_dkv_kernel<kD, T, false>, dim3(n_seg - 1, p.H, p.B),
+                             DkvSmem<kD, false>::kBytes, p)))
       return err;
     const int kv4 = kD * kD / 4;
     gla_scan_bwd_kernel<kD><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
   }
-  return launch(&gla_bwd_dkv_kernel<kD, T, true>, dim3(n_seg, p.H, p.B), DkvSmem<kD, true>::kBytes, p);
+  return launch_kernel(&gla_bwd_dkv_kernel<kD, T, true>, dim3(n_seg, p.H, p.B), DkvSmem<kD, true>::kBytes, p);
 }
 
 }  // namespace

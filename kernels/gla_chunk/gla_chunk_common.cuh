@@ -17,6 +17,7 @@ namespace attnlab::kernels::gla_chunk {
 
 using linear_chunk::kC;
 using linear_chunk::kThreads;
+using linear_chunk::launch_kernel;
 using linear_chunk::unpack2;
 
 constexpr int kSub = kGlaSubChunk;  // 16 tokens per sub-chunk

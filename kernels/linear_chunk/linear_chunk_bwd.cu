@@ -40,14 +40,6 @@ __global__ void dg_kernel(const LinearChunkParams p) {
   }
 }
 
-template <typename K>
-cudaError_t launch(K* kernel, dim3 grid, int smem, const LinearChunkParams& p) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
-}
-
 template <int kD, typename T, bool kGated>
 cudaError_t run_bwd(const LinearChunkParams& p) {
   const int n_seg = linear_chunk_segments(p);
@@ -57,17 +49,18 @@ cudaError_t run_bwd(const LinearChunkParams& p) {
     err = cudaMemsetAsync(p.dg_work, 0, sizeof(float) * static_cast<size_t>(p.B) * p.H * p.T, p.stream);
     if (err != cudaSuccess) return err;
   }
-  if ((err = launch(&bwd_dq_kernel<kD, T, kGated>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p))) return err;
+  if ((err = launch_kernel(&bwd_dq_kernel<kD, T, kGated>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p)))
+    return err;
   if (n_seg > 1) {
-    if ((err = launch(&bwd_dkv_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
-                      DkvSmem<kD, false>::kBytes, p)))
+    if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
+                             DkvSmem<kD, false>::kBytes, p)))
       return err;
     const int kv4 = kD * kD / 4;
     scan_bwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
   }
-  if ((err =
-           launch(&bwd_dkv_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B), DkvSmem<kD, true>::kBytes, p)))
+  if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B),
+                           DkvSmem<kD, true>::kBytes, p)))
     return err;
   if constexpr (kGated) {
     const int nt = linear_chunk_count(p.T);

@@ -336,6 +336,17 @@ __device__ __forceinline__ void decayed_scores(unsigned char* out, uint32_t sa, 
   store_acc_smem<kC, T>(out, A, m0, n0, lane);
 }
 
+// Host: launches kernel(p) with kThreads threads and `smem` bytes of dynamic shared memory on p.stream (the
+// limit raised past the 48 KB default first); returns the first CUDA error. Every chunk kernel family
+// (linear_chunk, gla_chunk, delta_chunk, delta_wy) launches through it.
+template <typename Kernel, typename Params>
+cudaError_t launch_kernel(Kernel* kernel, dim3 grid, int smem, const Params& p) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<grid, kThreads, smem, p.stream>>>(p);
+  return cudaGetLastError();
+}
+
 // Dispatch over (dtype, head dim) on the host: body is a lambda returning cudaError_t, with T the CUDA
 // element type and kD the head dim (K = V).
 #define LINEAR_CHUNK_SWITCH(P, T, kD, ...)                                         \

@@ -77,29 +77,18 @@ cudaError_t run_fwd(const LinearChunkParams& p) {
   if (n_seg == 0) return cudaSuccess;
   cudaError_t err;
   if (n_seg > 1) {
-    auto* states = &fwd_kernel<kD, T, kGated, false>;
-    const int smem = FwdSmem<kD, false>::kBytes;
-    if ((err = cudaFuncSetAttribute(states, cudaFuncAttributeMaxDynamicSharedMemorySize, smem))) return err;
-    states<<<dim3(n_seg - 1, p.H, p.B), kThreads, smem, p.stream>>>(p);
-    if ((err = cudaGetLastError())) return err;
+    if ((err = launch_kernel(&fwd_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
+                             FwdSmem<kD, false>::kBytes, p)))
+      return err;
     const int kv4 = kD * kD / 4;
     scan_fwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
   }
   if constexpr (kD == 128) {
-    if (p.fwd_wgmma) {
-      auto* wg = &fwd_wgmma_kernel<T, kGated>;
-      const int wsmem = WgFwdSmem::kBytes;
-      if ((err = cudaFuncSetAttribute(wg, cudaFuncAttributeMaxDynamicSharedMemorySize, wsmem))) return err;
-      wg<<<dim3(n_seg, p.H, p.B), kThreads, wsmem, p.stream>>>(p);
-      return cudaGetLastError();
-    }
+    if (p.fwd_wgmma)
+      return launch_kernel(&fwd_wgmma_kernel<T, kGated>, dim3(n_seg, p.H, p.B), WgFwdSmem::kBytes, p);
   }
-  auto* out = &fwd_kernel<kD, T, kGated, true>;
-  const int smem = FwdSmem<kD, true>::kBytes;
-  if ((err = cudaFuncSetAttribute(out, cudaFuncAttributeMaxDynamicSharedMemorySize, smem))) return err;
-  out<<<dim3(n_seg, p.H, p.B), kThreads, smem, p.stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(&fwd_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B), FwdSmem<kD, true>::kBytes, p);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <torch/torch.h>
 
 #include <cstdint>
 
@@ -40,6 +41,19 @@ inline int sm_count(int device) {
   check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm_count",
              "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)");
   return n;
+}
+
+// Absent optional inputs (g, h0, ...) cross the bindings' autograd Functions as empty tensors: libtorch
+// records the device of every tensor input, and an undefined one has none.
+inline bool given(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0;
+}
+// The float32 data of a given tensor, nullptr for an absent one (the kernels' "not given").
+inline float* f32(const torch::Tensor& t) {
+  return given(t) ? static_cast<float*>(t.data_ptr()) : nullptr;
+}
+inline const float* cf32(const torch::Tensor& t) {
+  return f32(t);
 }
 
 }  // namespace attnlab::ops::cuda

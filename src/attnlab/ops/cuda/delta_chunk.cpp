@@ -15,17 +15,6 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "delta_chunk";
 
-// Absent optional inputs cross the autograd Function as empty tensors (an undefined one has no device).
-bool given(const torch::Tensor& t) {
-  return t.defined() && t.numel() > 0;
-}
-const float* cf32(const torch::Tensor& t) {
-  return given(t) ? static_cast<const float*>(t.data_ptr()) : nullptr;
-}
-float* f32(const torch::Tensor& t) {
-  return given(t) ? static_cast<float*>(t.data_ptr()) : nullptr;
-}
-
 kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
                                  const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0,
                                  const torch::Tensor& hs, double scale, int64_t v_split) {

@@ -15,12 +15,6 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "delta_wy";
 
-// Absent optional tensors (g; dG) cross the autograd Function as empty tensors (an undefined one has no
-// device).
-bool given(const torch::Tensor& t) {
-  return t.defined() && t.numel() > 0;
-}
-
 kn::DeltaWyParams make_params(const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& beta,
                               const torch::Tensor& g) {
   kn::DeltaWyParams p;
@@ -29,7 +23,7 @@ kn::DeltaWyParams make_params(const torch::Tensor& k, const torch::Tensor& v, co
   p.K = static_cast<int>(k.size(3)), p.V = static_cast<int>(v.size(3));
   p.k = k.data_ptr(), p.v = v.data_ptr();
   p.beta = static_cast<const float*>(beta.data_ptr());
-  p.g = given(g) ? static_cast<const float*>(g.data_ptr()) : nullptr;
+  p.g = cf32(g);
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }

@@ -18,15 +18,6 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "gla_chunk";
 
-// An absent optional input (h0) crosses the autograd Function as an empty tensor: libtorch records the
-// device of every tensor input, and an undefined one has none.
-bool given(const torch::Tensor& t) {
-  return t.defined() && t.numel() > 0;
-}
-float* f32(const torch::Tensor& t) {
-  return given(t) ? static_cast<float*>(t.data_ptr()) : nullptr;
-}
-
 // Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (h0 may be empty).
 kn::GlaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& g, const torch::Tensor& h0, double scale,

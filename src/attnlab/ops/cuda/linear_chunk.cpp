@@ -19,16 +19,6 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "linear_chunk";
 
-float* f32(const torch::Tensor& t) {
-  return t.defined() && t.numel() > 0 ? static_cast<float*>(t.data_ptr()) : nullptr;
-}
-
-// An absent optional input (g, h0) crosses the autograd Function as an empty tensor: libtorch records the
-// device of every tensor input, and an undefined one has none.
-bool given(const torch::Tensor& t) {
-  return t.defined() && t.numel() > 0;
-}
-
 // Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (either may be undefined).
 kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const torch::Tensor& g, const torch::Tensor& h0, double scale,
