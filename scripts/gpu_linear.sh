@@ -16,6 +16,12 @@ trap pack EXIT
 JOBS=${JOBS:-$(nproc)}; BUILD=${BUILD:-build-gpu}; P=$PWD/.deps/prefix
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+# The device kills a call at 600 s, and a killed call packs no logs: every stage gets at most what is left of
+# DEADLINE (seconds from the start), and a stage that would get under 20 s is skipped and says so.
+DEADLINE=${DEADLINE:-575}
+budget() { local left=$(( DEADLINE - ($(date +%s) - T0) )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
+stage() { local t; t=$(budget "$1"); shift
+  if [ "$t" -lt 20 ]; then echo "skipped (deadline): $*" >&2; return 124; fi; timeout "$t" "$@"; }
 if [ ! -f "$P/.done" ]; then
   (cmake -S .deps/src/yaml-cpp -B .deps/by -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
      -DYAML_CPP_BUILD_TESTS=OFF -DYAML_CPP_BUILD_TOOLS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$P" &&
@@ -37,20 +43,20 @@ el "configured for $(grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES:STRING=.*' "$BUILD/CM
 DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
 for t in test_gpu_gla_chunk test_gpu_delta_wy; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
 TESTS=${TESTS:-$DEFAULT_TESTS}
-cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
+stage 420 cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
 el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
 for t in $TESTS; do
   [ -x "$BUILD/tests/$t" ] || { echo "$t: not built"; continue; }
-  timeout 240 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1; el "$t rc $?"
+  stage 240 "$BUILD/tests/$t" > "$OUT/$t.log" 2>&1; el "$t rc $?"
   grep -E "^\[  (PASSED|FAILED) |Failure" "$OUT/$t.log" | head -n 20
 done
 # The wgmma wrappers (kernels/common/wgmma.cuh, sm_90a) against a CPU GEMM: which layouts hold.
-(bash kernels/common/harness/build.sh && kernels/common/harness/wgmma_check) > "$OUT/wgmma_check.log" 2>&1
+(bash kernels/common/harness/build.sh && stage 60 kernels/common/harness/wgmma_check) > "$OUT/wgmma_check.log" 2>&1
 el "wgmma_check rc $?"; tail -n 1 "$OUT/wgmma_check.log"
 # The kernels against FLA's fixtures (K = 16, V = 20, zero-padded to 64: exact), bf16 as under autocast.
 for op in linear_attention simple_gla gla delta_rule gated_delta_rule; do
-  "$BUILD/attnlab" ops verify --op "$op" --file "tests/data/$op.safetensors" --impl kernel --device cuda \
+  stage 60 "$BUILD/attnlab" ops verify --op "$op" --file "tests/data/$op.safetensors" --impl kernel --device cuda \
     --dtype bf16 --pad-head-dims 64 > "$OUT/verify_$op.log" 2>&1
   echo "ops verify $op (kernel, bf16): rc $? $(tail -n 1 "$OUT/verify_$op.log")"
 done
@@ -58,7 +64,7 @@ done
 SEED=bench/results/h200-2026-12-01/fla_triton_autotune.tgz
 if [ -d .peer/fla ] && [ ! -d .peer/fla/triton-autotune ] && [ -f "$SEED" ]; then tar xzf "$SEED" -C .peer/fla; fi
 if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
-  timeout 240 python3 bench/fla_bench.py --fla .peer/fla --out "$RESULTS/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
+  stage 240 python3 bench/fla_bench.py --fla .peer/fla --out "$RESULTS/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
   el "fla rc $?"; tail -n 4 "$OUT/fla.log"
 fi
 OPS=${OPS:-linear_attention,simple_gla,gla,delta_rule,gated_delta_rule,gated_delta_rule_step}
@@ -66,14 +72,14 @@ OPS=${OPS:-linear_attention,simple_gla,gla,delta_rule,gated_delta_rule,gated_del
 # were measured once (bench/results/h200-2026-12-01b): not timed unless CHUNK_REPEAT > 0 (the chunk form still
 # validates every kernel row). A subset of T unless SEQS says otherwise, to stay inside one 10-minute call.
 SEQS=${SEQS:-512,2048,8192,32768}
-timeout 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
+stage 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,64 \
   --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat "${CHUNK_REPEAT:-0}" \
   $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear.csv" \
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n 60
 # The opt-in wgmma forward of linear_chunk (D = 128), validated and timed the same way.
-ATTNLAB_LINEAR_FWD=wgmma timeout 120 "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
+stage 120 env ATTNLAB_LINEAR_FWD=wgmma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
   --head-dims 128 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
   $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear_wgmma.csv" \
   > "$OUT/bench_linear_wgmma.log" 2>&1
@@ -83,7 +89,7 @@ grep -E "^(linear|simple)" "$OUT/bench_linear_wgmma.log" | grep kernel | head -n
 # memory and the profile, softmax against Gated DeltaNet; issue 6), in the same call and build.
 if [ "${PERF30M:-0}" = 1 ]; then
   rm -rf runs/gpu-perf30m
-  timeout "${PERF30M_TIMEOUT:-200}" "$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda \
+  stage "${PERF30M_TIMEOUT:-200}" "$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda \
     --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
   el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
   mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
