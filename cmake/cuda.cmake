@@ -25,7 +25,14 @@ if(ATTNLAB_CUDA_KERNELS)
         $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo -Xptxas=-warn-spills>)
       set_target_properties(attnlab_kernels PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                        CUDA_SEPARABLE_COMPILATION OFF)
-      if("90a" IN_LIST CMAKE_CUDA_ARCHITECTURES)
+      # A CUDA-enabled find_package(Torch) sets CMAKE_CUDA_ARCHITECTURES to OFF and passes the arch it chose
+      # as -gencode in CMAKE_CUDA_FLAGS; the list asked for on the command line is still in the cache.
+      set(ATTNLAB_CUDA_ARCH_LIST "${CMAKE_CUDA_ARCHITECTURES}")
+      if(NOT ATTNLAB_CUDA_ARCH_LIST OR ATTNLAB_CUDA_ARCH_LIST STREQUAL "OFF")
+        set(ATTNLAB_CUDA_ARCH_LIST "$CACHE{CMAKE_CUDA_ARCHITECTURES}")
+      endif()
+      message(STATUS "attnlab: kernels for CUDA archs '${ATTNLAB_CUDA_ARCH_LIST}' (flags: ${CMAKE_CUDA_FLAGS})")
+      if("90a" IN_LIST ATTNLAB_CUDA_ARCH_LIST)
         # wgmma code paths (kernels/common/wgmma.cuh) exist only in sm_90a builds.
         target_compile_definitions(attnlab_kernels PRIVATE ATTNLAB_SM90A=1)
       endif()

@@ -41,7 +41,7 @@ configure() {
 configure "${CUDA_ARCH:-90a}" || { rm -rf "$BUILD"; configure 90; } || { tail -n 30 "$OUT/configure.log"; exit 1; }
 el "configured for $(grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES:STRING=.*' "$BUILD/CMakeCache.txt")"
 DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
-for t in test_gpu_gla_chunk test_gpu_delta_wy; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
+for t in test_gpu_gla_chunk test_gpu_delta_wy test_gpu_fused; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
 TESTS=${TESTS:-$DEFAULT_TESTS}
 stage 420 cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
 el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20

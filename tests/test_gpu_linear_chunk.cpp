@@ -53,8 +53,10 @@ Result run(const Case& c, const std::vector<torch::Tensor>& in, torch::ScalarTyp
   a.q = q0.to(dt).detach().requires_grad_(true);
   a.k = k0.to(dt).detach().requires_grad_(true);
   a.v = v0.to(dt).detach().requires_grad_(true);
-  if (c.gate != "none") a.g = g0.detach().requires_grad_(true);
-  if (c.h0) a.h0 = h00.detach().requires_grad_(true);
+  // float64 (the diagnostic reference) takes every input in float64; otherwise gates and h0 stay float32.
+  const auto fdt = dt == torch::kDouble ? torch::kDouble : torch::kFloat;
+  if (c.gate != "none") a.g = g0.to(fdt).detach().requires_grad_(true);
+  if (c.h0) a.h0 = h00.to(fdt).detach().requires_grad_(true);
   a.output_final_state = true;
   a.kernel_seg_chunks = c.seg_chunks;
   auto out = c.gate == "none" ? ops::linear_attention(a, impl) : ops::simple_gla(a, impl);
@@ -107,6 +109,23 @@ void check_case(const Case& c) {
   // dg_t sums q.dq - k.dk over the rest of the sequence: a difference of large terms, so its relative error
   // is that of dq and dk times their ratio to dg; 4x the others' bound.
   if (c.gate != "none") expect("dg", got.dg, ref.dg, 4 * tol);
+  if (c.gate != "none" && attnlab::testing::rel_rms(got.dg, ref.dg) > 2 * tol) {
+    // Which side is off: both against the float64 chunk form, and the tokens with the largest errors.
+    auto ref64 = run(c, in, torch::kDouble, ops::Impl::chunk);
+    auto r64 = ref64.dg.to(torch::kDouble);
+    std::printf("  %-44s dg against float64: kernel %.2e, float32 chunk form %.2e\n", name(c).c_str(),
+                attnlab::testing::rel_rms(got.dg, r64), attnlab::testing::rel_rms(ref.dg, r64));
+    auto err = (got.dg.to(torch::kDouble) - r64).abs().flatten();
+    auto top = err.topk(std::min<int64_t>(6, err.numel()));
+    auto idx = std::get<1>(top);
+    for (int64_t i = 0; i < idx.numel(); ++i) {
+      const int64_t n = idx[i].item<int64_t>();
+      const int64_t t = (n / c.H) % c.T;
+      std::printf("    t %5lld  kernel % .5e  float64 % .5e  float32 % .5e\n", static_cast<long long>(t),
+                  got.dg.flatten()[n].item<double>(), r64.flatten()[n].item<double>(),
+                  ref.dg.flatten()[n].item<double>());
+    }
+  }
 }
 
 class LinearChunkKernel : public ::testing::TestWithParam<Case> {};

@@ -207,7 +207,7 @@ TEST(GpuRecurrentStepErrors, UnsupportedArgsSayWhy) {
   EXPECT_ERROR_WITH(
       ops::gated_delta_rule(bad, ops::Impl::kernel),
       "gated_delta_rule: impl kernel cannot run these inputs: the decode step: K 96 not in the step "
-      "kernel; the chunk kernels: head dims K = 96");
+      "kernel (64, 128); the chunk kernels: head dims K = 96");
   // automatic falls back to the chunk form (logged once), which equals the naive form.
   auto fallback = ops::gated_delta_rule(bad, ops::Impl::automatic);
   auto naive = ops::gated_delta_rule(bad, ops::Impl::naive);

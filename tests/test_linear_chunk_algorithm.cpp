@@ -24,7 +24,10 @@ struct Grads {
 // One (b, h) slice: q, k [T, K], v, dout [T, V], g [T], h0, dht [K, V]; float64.
 Grads kernel_dataflow(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                       const torch::Tensor& g, const torch::Tensor& h0, const torch::Tensor& dout,
-                      const torch::Tensor& dht, double scale, int64_t seg_chunks) {
+                      const torch::Tensor& dht, double scale, int64_t seg_chunks, bool round16 = false) {
+  // round16: round the 16-bit copies that dg's state terms read (the chunk-entering states, the dS operand
+  // of the dk product) to bf16, as the kernels keep them.
+  auto r16 = [&](const torch::Tensor& x) { return round16 ? x.to(torch::kBFloat16).to(x.scalar_type()) : x; };
   const int64_t T = q.size(0), K = q.size(1), V = v.size(1);
   const int64_t nt = (T + kC - 1) / kC, n_seg = (nt + seg_chunks - 1) / seg_chunks;
   auto opt = q.options();
@@ -87,20 +90,21 @@ Grads kernel_dataflow(const torch::Tensor& q, const torch::Tensor& k, const torc
 
   // ---- backward. dq: the forward walk from the saved entering states.
   std::vector<torch::Tensor> dqs, dks(nt), dvs(nt);
-  auto dgw = torch::zeros({nt * kC}, opt);      // q.dq - k.dk per token
-  std::vector<torch::Tensor> chunk_states(nt);  // the state at each chunk's end (the dq walk's)
-  std::vector<double> chunk_dg(nt);             // <S, dS> at each chunk's end (the dkv walk's)
+  auto dgw = torch::zeros({nt * kC}, opt);      // q.dq - k.dk_in per token
+  auto dgst = torch::zeros({nt * kC}, opt);     // k.dk_st per token
+  std::vector<torch::Tensor> chunk_states(nt);  // the state entering each chunk (the dq walk's)
+  std::vector<double> chunk_dg(nt);             // exp(G_last) <S_in, dS_out> (the dkv walk's)
   for (int64_t s = 0; s < n_seg; ++s) {
     auto S = entering[s];
     auto [c0, c1] = seg_range(s);
     for (int64_t c = c0; c < c1; ++c) {
       auto x = chunk(c);
+      chunk_states[c] = r16(S);
       auto P = torch::matmul(x.dout, x.v.t()) * x.D;  // [t][s]
       auto dq = scale * x.G.exp().unsqueeze(1) * torch::matmul(x.dout, S.t()) + torch::matmul(P, x.k);
       dgw.narrow(0, c * kC, kC).add_((x.q * dq).sum(1));
       dqs.push_back(dq);
       S = std::exp(x.last) * S + torch::matmul(x.k.t(), x.v * x.w.unsqueeze(1));
-      chunk_states[c] = S;
     }
   }
   // dS contributions of each segment from a zero gradient at its end, then the reverse scan.
@@ -125,12 +129,15 @@ Grads kernel_dataflow(const torch::Tensor& q, const torch::Tensor& k, const torc
     auto [c0, c1] = seg_range(s);
     for (int64_t c = c1 - 1; c >= c0; --c) {
       auto x = chunk(c);
-      chunk_dg[c] = (chunk_states[c] * dS).sum().item<double>();
+      chunk_dg[c] = std::exp(x.last) * (chunk_states[c] * dS).sum().item<double>();
       auto Dt = x.D.t();  // [s][t]: t >= s
       auto P1 = torch::matmul(x.k, x.q.t()) * Dt, P2 = torch::matmul(x.v, x.dout.t()) * Dt;
       dvs[c] = x.w.unsqueeze(1) * torch::matmul(x.k, dS) + torch::matmul(P1, x.dout);
-      dks[c] = x.w.unsqueeze(1) * torch::matmul(x.v, dS.t()) + torch::matmul(P2, x.q);
-      dgw.narrow(0, c * kC, kC).sub_((x.k * dks[c]).sum(1));
+      auto dk_st = x.w.unsqueeze(1) * torch::matmul(x.v, r16(dS).t());  // through the chunk-end state
+      dks[c] = dk_st + torch::matmul(P2, x.q);
+      auto kst = (x.k * dk_st).sum(1);
+      dgw.narrow(0, c * kC, kC).sub_((x.k * dks[c]).sum(1) - kst);
+      dgst.narrow(0, c * kC, kC).copy_(kst);
       dS = std::exp(x.last) * dS + torch::matmul((scale * x.G.exp().unsqueeze(1) * x.q).t(), x.dout);
     }
   }
@@ -138,8 +145,10 @@ Grads kernel_dataflow(const torch::Tensor& q, const torch::Tensor& k, const torc
   r.dk = torch::cat(dks, 0).narrow(0, 0, T);
   r.dv = torch::cat(dvs, 0).narrow(0, 0, T);
   std::vector<torch::Tensor> dgs;
-  for (int64_t c = 0; c < nt; ++c)
-    dgs.push_back(dgw.narrow(0, c * kC, kC).flip(0).cumsum(0).flip(0) + chunk_dg[c]);
+  for (int64_t c = 0; c < nt; ++c) {
+    auto st = dgst.narrow(0, c * kC, kC);
+    dgs.push_back(dgw.narrow(0, c * kC, kC).flip(0).cumsum(0).flip(0) + (st.cumsum(0) - st) + chunk_dg[c]);
+  }
   r.dg = torch::cat(dgs, 0).narrow(0, 0, T);
   return r;
 }
@@ -179,6 +188,26 @@ TEST(LinearChunkAlgorithm, MatchesAutogradOfTheChunkForm) {
         EXPECT_LT(attnlab::testing::rel_rms(got.dh0, a.h0.grad()[0][0]), 1e-10);
         EXPECT_LT(attnlab::testing::rel_rms(got.dg, a.g.grad().select(2, 0).select(0, 0)), 1e-10);
       }
+}
+
+// The kernels keep the chunk-entering states and dS in 16 bits for dg's state terms. Under a strong gate dg
+// is far smaller than those terms (linear_chunk_bwd.cu), so the first form, <S_e, dS_e> minus the in-chunk
+// sum of k.dk, turned their rounding into dg's error: 6.1e-2 rel RMS at T = 64 on the H200 (2026-12-02).
+// The form in use only adds terms of the result's size; with the rounding it stays at bf16's level.
+TEST(LinearChunkAlgorithm, DgDoesNotAmplifyTheSixteenBitStates) {
+  for (int64_t T : {64, 200, 333})
+    for (bool strong : {false, true}) {
+      torch::manual_seed(3 + T);
+      auto f = torch::TensorOptions().dtype(torch::kDouble);
+      const int64_t K = 32, V = 32;
+      auto q = torch::randn({T, K}, f), k = torch::randn({T, K}, f) * 0.3, v = torch::randn({T, V}, f);
+      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
+                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
+      auto h0 = torch::randn({K, V}, f), dout = torch::randn({T, V}, f), dht = torch::randn({K, V}, f);
+      auto exact = kernel_dataflow(q, k, v, g, h0, dout, dht, 0.25, 2);
+      auto rounded = kernel_dataflow(q, k, v, g, h0, dout, dht, 0.25, 2, /*round16=*/true);
+      EXPECT_LT(attnlab::testing::rel_rms(rounded.dg, exact.dg), 4e-3) << "T " << T << " strong " << strong;
+    }
 }
 
 }  // namespace

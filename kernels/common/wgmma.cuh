@@ -46,8 +46,8 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t lbo_b
 
 // Descriptor of an MN-major operand (B [K][N] with n contiguous, or A [K][M] for tnsp-a) in 64-column
 // panels `panel_bytes` apart, 8-row groups 1024 bytes apart. kMnLboIsPanel says which field takes which
-// stride: the PTX ISA's reading (LBO: between repeats along MN; SBO: between 8-row groups along K), to be
-// confirmed by kernels/common/harness/wgmma_check (its MN-major rows come in pairs, one per assignment).
+// stride: the PTX ISA's reading (LBO: between repeats along MN; SBO: between 8-row groups along K), which
+// kernels/common/harness/wgmma_check confirmed on an H200 (2026-12-02; the swapped assignment faults).
 constexpr bool kMnLboIsPanel = true;
 __device__ __forceinline__ uint64_t make_desc_mn(uint32_t smem_addr, uint32_t panel_bytes) {
   return kMnLboIsPanel ? make_desc(smem_addr, panel_bytes, 1024) : make_desc(smem_addr, 1024, panel_bytes);

@@ -13,12 +13,21 @@
 // dS_e (the gradient of the loss with respect to S_e, everything after e included) as that state's gradient:
 // the rest of the sequence sees the prefix only through S_e. So for t in a chunk that ends at step e,
 //   dg_tc = sum_{t' = t}^{e} (q dq - k dk)_t'c + sum_v S_e[c][v] dS_e[c][v],
-// which is what the kernels compute rather than the reverse cumsum over the whole sequence: the terms
-// q dq - k dk are O(1) while dg is not larger (under strong gates it is local), so a sequence-long sum keeps
-// their float32 and 16-bit rounding errors, growing as sqrt(T) (linear_chunk's simple-GLA dg reached 1.5e-2
-// relative at T = 2048 that way on the H200, 2026-12-01). Within a chunk at most 64 terms meet. The dq walk
-// writes q dq into dg and S_e into chunk_states (16-bit); the dk walk has dS_e in registers, subtracts k dk,
-// takes the in-chunk suffix sums and adds the chunk-end term.
+// and no sum runs over more than one chunk (a reverse cumsum over the whole sequence keeps the rounding of
+// its O(1) terms, growing as sqrt(T): linear_chunk's simple-GLA dg reached 1.5e-2 relative at T = 2048 so on
+// the H200, 2026-12-01).
+//
+// That form still subtracts large terms under strong gates: S_e is mostly the chunk's last few tokens, and so
+// is sum_{t' >= t} k dk through dk's part dk_st = exp(G_last - G_s) (dS_e v_s) that comes through S_e; their
+// difference, what dg is, is e^-5 smaller, and the 16-bit copies the kernels keep of S_e and dS made it an
+// O(1) error (rel RMS 1.2 to 4.1 for strong gates with dht on the H200, 2026-12-02). With
+// S_e = diag(exp(G_last)) S_in + sum_s (k_s exp(G_last - G_s))^T v_s, S_in the chunk-entering state,
+//   sum_v S_e dS_e - sum_{t' >= t} k dk_st = exp(G_last) sum_v S_in dS_e + sum_{s < t} k dk_st,
+// so the kernels compute
+//   dg_tc = sum_{t' = t}^{e} (q dq - k dk_in)_t'c + sum_{s < t} (k dk_st)_sc + exp(G_last,c) sum_v S_in dS_e,
+// dk_in = dk - dk_st, whose terms are each of the size of the result. The dq walk writes q dq into dg and
+// S_in into chunk_states (16-bit); the dk walk has dS_e in registers and dk_st in its accumulator before the
+// in-chunk terms join it, takes the in-chunk suffix and prefix sums and adds the state term.
 #include "kernels/gla_chunk/gla_chunk_kernels.cuh"
 
 namespace attnlab::kernels {

@@ -214,7 +214,7 @@ __global__ void gla_scan_fwd_kernel(const GlaChunkParams p) {
 
 // ---------------------------------------------------------------- backward: dq
 // The forward walk again (state recomputed from the entering state the forward saved): dq per chunk, q dq
-// per token and key into dg (float32), which the dk walk completes, and the state at every chunk end into
+// per token and key into dg (float32), which the dk walk completes, and the state entering every chunk into
 // chunk_states (16-bit) for the dk walk's share of dg.
 template <int kD>
 struct DqSmem {
@@ -277,6 +277,9 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
     const int t0 = c * kC;
     const uint32_t sst = s0 + ((c - c_begin) & 1) * L::kStage;
     unsigned char* stage = smem + ((c - c_begin) & 1) * L::kStage;
+    // The chunk-entering state, for the dk walk's share of dg.
+    StateTile<kD, kD>::template store_packed<T>(
+        static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
     begin_chunk<kD>(G, scratch, tid);
     linear_chunk::decayed_scores<kD, T, false, false>(smem + L::kP, sst + L::kDo, sst + L::kV, G, p.scale,
                                                       warp, lane);
@@ -320,8 +323,6 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
     scale_rows(S, ST::m0(warp), lane, [&](int r) { return fast_exp2(Glast[r]); });
     warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(S, sst + L::kK, ST::m0(warp), 0, sst + L::kV, 0,
                                                              ST::n0(warp), lane);
-    StateTile<kD, kD>::template store_packed<T>(
-        static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
     __syncthreads();
     store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue_gates(c + 1);
@@ -333,9 +334,9 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
 // ---------------------------------------------------------------- backward: dk, dv, dg
 // kDkv = false: the state-gradient contribution of segment blockIdx.x + 1 from a zero gradient at its end
 // (reverse walk), into dseg_states. kDkv = true: dk, dv for segment blockIdx.x from the gradient at its end
-// (dseg_states after the scan, or dht); dg for its tokens (q dq from the dq walk minus k dk, summed from
-// the chunk's end, plus sum_v S_e dS_e per key, S_e the chunk-end state of the dq walk), and dh0 from
-// segment 0.
+// (dseg_states after the scan, or dht); dg for its tokens (gla_chunk_bwd.cu: q dq from the dq walk minus
+// k dk_in summed from the chunk's end, k dk_st summed from its start, and exp(G_last) sum_v S_in dS_out per
+// key, S_in the chunk-entering state of the dq walk), and dh0 from segment 0.
 template <int kD, bool kDkv>
 struct DkvSmem {
   static constexpr int kTile = kC * kD * 2;
@@ -348,7 +349,8 @@ struct DkvSmem {
   static constexpr int kPA = kS + kD * kD * 2;                   // [C][C] forward scores A
   static constexpr int kPD = kPA + kC * kC * 2;                  // [C][C] dA = scale do v^T, s <= t
   static constexpr int kTot = kPD + kC * kC * 2;                 // [4][kD] float: dg totals per sub-chunk
-  static constexpr int kRowDot = kTot + kNSub * kD * 4;          // [2][kD] float: sum_v S_e dS_e, halves
+  static constexpr int kTotSt = kTot + kNSub * kD * 4;           // [4][kD] float: k dk_st totals
+  static constexpr int kRowDot = kTotSt + kNSub * kD * 4;        // [2][kD] float: sum_v S_in dS_out, halves
   static constexpr int kBytes = kDkv ? kRowDot + 2 * kD * 4 : kS;
 };
 
@@ -400,6 +402,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
         n_seg > 1 ? p.dseg_states + (bh * n_seg + seg) * kD * kD : (p.dht ? p.dht + bh * kD * kD : nullptr);
   ST::load(dS, dS_init, warp, lane);
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
+  float* tot_st = reinterpret_cast<float*>(smem + L::kTotSt);
   float* rowdot = reinterpret_cast<float*>(smem + L::kRowDot);
   if constexpr (kDkv) {
     store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
@@ -415,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
     unsigned char* stage = smem + (it & 1) * L::kStage;
     begin_chunk<kD>(G, scratch, tid);
     if constexpr (kDkv) {
-      // sum_v S_e[c][v] dS_e[c][v] per key c: the dq walk's chunk-end state, dS_out (in registers)
+      // sum_v S_in[c][v] dS_out[c][v] per key c: the dq walk's chunk-entering state, dS_out (in registers)
       state_row_dots<kD, T>(rowdot,
                             static_cast<const uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), dS,
                             warp, lane, tid);
@@ -427,6 +430,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
       const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
       const int rows_valid = p.T - t0;
       float X[1][kD / 16][4];
+      float Y[1][kD / 16][4];  // k dk_st: k times the part of dk through the chunk-end state
       // ---- dk
       {
         const float* R = G + (m0 + kSub - 1) * kGS;  // G at the last row of sub-chunk j
@@ -436,6 +440,18 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
         scale_acc(X, m0, n0, lane, [&](int, int col) {
           return make_float2(fast_exp2(Glast[col] - R[col]), fast_exp2(Glast[col + 1] - R[col + 1]));
         });
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = m0 + (lane >> 2) + 8 * hh;
+#pragma unroll
+          for (int nj = 0; nj < kD / 16; ++nj) {
+            const int col = n0 + nj * 8 + 2 * (lane & 3);
+            const float2 gs = *reinterpret_cast<const float2*>(G + row * kGS + col);
+            const float2 kv = tile_pair<kD, T>(stage + L::kK, row, col);  // raw k (zero past T)
+            Y[0][nj][2 * hh] = kv.x * X[0][nj][2 * hh] * fast_exp2(R[col] - gs.x);
+            Y[0][nj][2 * hh + 1] = kv.y * X[0][nj][2 * hh + 1] * fast_exp2(R[col + 1] - gs.y);
+          }
+        }
         if (j < kNSub - 1)
           gated_pv_mma<kD, T, true, false>(X, s0 + L::kPD, m0, sst + L::kQ, G, R, n0, j + 1, kNSub, lane);
         scale_acc(X, m0, n0, lane, [&](int row, int col) {
@@ -445,8 +461,9 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
         diag_rows<kD, T, true>(X, smem + L::kPD, stage + L::kQ, G, m0, n0, lane);
         store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, X, m0, n0, rows_valid, lane);
       }
-      // ---- dg: d = q dq - k dk per (token, key), summed from the right: within the warp's 16 rows by
-      // shuffles, across the four sub-chunks through `tot`; plus the chunk-end term from `rowdot`.
+      // ---- dg: d = q dq - k dk_in per (token, key), summed from the right, and k dk_st, summed from the
+      // left (exclusive): within the warp's 16 rows by shuffles, across the four sub-chunks through `tot` and
+      // `tot_st`; plus the state term exp(G_last) rowdot.
       {
         float* dg = p.dg + off;
         const int gq = lane >> 2, cq = lane & 3;
@@ -460,7 +477,8 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
             if (row < rows_valid) {
               const float2 qdq = *reinterpret_cast<const float2*>(dg + row * row_stride + col);
               const float2 kv = tile_pair<kD, T>(stage + L::kK, row, col);
-              d = make_float2(qdq.x - kv.x * X[0][nj][2 * hh], qdq.y - kv.y * X[0][nj][2 * hh + 1]);
+              d = make_float2(qdq.x - kv.x * X[0][nj][2 * hh] + Y[0][nj][2 * hh],
+                              qdq.y - kv.y * X[0][nj][2 * hh + 1] + Y[0][nj][2 * hh + 1]);
             }
             X[0][nj][2 * hh] = d.x, X[0][nj][2 * hh + 1] = d.y;
           }
@@ -487,23 +505,49 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
           for (int nj = 0; nj < kD / 16; ++nj)
             *reinterpret_cast<float2*>(tot + j * kD + n0 + nj * 8 + 2 * cq) =
                 make_float2(X[0][nj][0], X[0][nj][1]);
+            // Exclusive prefix sums of k dk_st over the 16 rows: shift down one row (row 8 takes row 7), then
+            // an inclusive scan within each half, then half 1 gets half 0's total.
+#pragma unroll
+        for (int nj = 0; nj < kD / 16; ++nj)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float a0 = Y[0][nj][e], a1 = Y[0][nj][2 + e];  // rows gq, gq + 8
+            const float up0 = __shfl_up_sync(0xffffffffu, a0, 4), up1 = __shfl_up_sync(0xffffffffu, a1, 4);
+            const float row7 = __shfl_sync(0xffffffffu, a0, 28 + cq);
+            float x0 = gq ? up0 : 0.f, x1 = gq ? up1 : row7;
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) {
+              const float y0 = __shfl_up_sync(0xffffffffu, x0, 4 * o);
+              const float y1 = __shfl_up_sync(0xffffffffu, x1, 4 * o);
+              if (gq >= o) x0 += y0, x1 += y1;
+            }
+            x1 += __shfl_sync(0xffffffffu, x0, 28 + cq);
+            Y[0][nj][e] = x0, Y[0][nj][2 + e] = x1;
+            if (gq == 7) tot_st[j * kD + n0 + nj * 8 + 2 * cq + e] = x1 + a1;  // the 16 rows' total
+          }
         __syncthreads();  // the four sub-chunks' totals
 #pragma unroll
         for (int nj = 0; nj < kD / 16; ++nj) {
           const int col = n0 + nj * 8 + 2 * cq;
           const float2 e0 = *reinterpret_cast<const float2*>(rowdot + col);
           const float2 e1 = *reinterpret_cast<const float2*>(rowdot + kD + col);
-          float2 later = make_float2(e0.x + e1.x, e0.y + e1.y);
+          float2 rest =
+              make_float2(fast_exp2(Glast[col]) * (e0.x + e1.x), fast_exp2(Glast[col + 1]) * (e0.y + e1.y));
           for (int j2 = j + 1; j2 < kNSub; ++j2) {
             const float2 t = *reinterpret_cast<const float2*>(tot + j2 * kD + col);
-            later.x += t.x, later.y += t.y;
+            rest.x += t.x, rest.y += t.y;
+          }
+          for (int j2 = 0; j2 < j; ++j2) {
+            const float2 t = *reinterpret_cast<const float2*>(tot_st + j2 * kD + col);
+            rest.x += t.x, rest.y += t.y;
           }
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             const int row = m0 + gq + 8 * hh;
             if (row < rows_valid)
               *reinterpret_cast<float2*>(dg + row * row_stride + col) =
-                  make_float2(X[0][nj][2 * hh] + later.x, X[0][nj][2 * hh + 1] + later.y);
+                  make_float2(X[0][nj][2 * hh] + Y[0][nj][2 * hh] + rest.x,
+                              X[0][nj][2 * hh + 1] + Y[0][nj][2 * hh + 1] + rest.y);
           }
         }
       }

@@ -73,9 +73,9 @@ struct GlaChunkParams {
   float* dg = nullptr;           // [B, T, H, K] (written; holds q dq between the two walks)
   float* dh0 = nullptr;          // [B, H, K, V] (written when not nullptr)
   float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end (n_seg > 1)
-  void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit (q's dtype): the state at
-                                 // each chunk's end (dq walk -> dk walk), in the register order of the state
-                                 // tile (linear_chunk_common.cuh, StateTile::store_packed)
+  void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit (q's dtype): the state
+                                 // entering each chunk (dq walk -> dk walk), in the register order of the
+                                 // state tile (linear_chunk_common.cuh, StateTile::store_packed)
 
   cudaStream_t stream = nullptr;
 };

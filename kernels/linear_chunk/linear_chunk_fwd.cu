@@ -65,7 +65,7 @@ size_t linear_chunk_bwd_workspace_floats(const LinearChunkParams& p) {
   const size_t n_seg = static_cast<size_t>(linear_chunk_segments(p));
   const size_t bh = static_cast<size_t>(p.B) * p.H;
   const size_t nt = static_cast<size_t>(linear_chunk_count(p.T));
-  return bh * n_seg * p.K * p.V + bh * static_cast<size_t>(p.T) + bh * nt * p.K * p.V / 2 + bh * nt;
+  return bh * n_seg * p.K * p.V + bh * 2 * static_cast<size_t>(p.T) + bh * nt * p.K * p.V / 2 + bh * nt;
 }
 
 namespace linear_chunk {

@@ -100,6 +100,10 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
     const int st = (c - c_begin) & 1, t0 = c * kC;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
+    // The state entering the chunk, for dg's state term in the dkv walk (linear_chunk_bwd.cu).
+    if constexpr (kGated)
+      ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
+                                   tid);
     const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
@@ -174,7 +178,7 @@ __global__ void scan_fwd_kernel(const LinearChunkParams p) {
 // (reverse walk).
 
 // dq: the forward walk again (state recomputed from the entering state the forward saved), dq per chunk,
-// and with a gate q.dq per token added into dg_work.
+// and with a gate q.dq per token added into dg_work and the chunk-entering states into chunk_states.
 template <int kD>
 struct DqSmem {
   static constexpr int kTile = kC * kD * 2;
@@ -227,6 +231,10 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
+    // The state entering the chunk, for dg's state term in the dkv walk (linear_chunk_bwd.cu).
+    if constexpr (kGated)
+      ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
+                                   tid);
     const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
@@ -245,16 +253,12 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
         const float2 d = row_dot<kD, T>(DQ, stage + L::kQ, m0, n0o, lane);
         if ((lane & 3) == 0) {
           const int r = m0 + (lane >> 2);
-          if (t0 + r < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r, d.x);
-          if (t0 + r + 8 < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r + 8, d.y);
+          if (t0 + r < p.T) atomicAdd(p.dg_work + bh * 2 * p.T + t0 + r, d.x);
+          if (t0 + r + 8 < p.T) atomicAdd(p.dg_work + bh * 2 * p.T + t0 + r + 8, d.y);
         }
       }
     }
     update_state<kD, T, kGated>(S, g_last, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, warp, lane);
-    // The state at the chunk's end, for dg's chunk-end term <S, dS> in the dkv walk.
-    if constexpr (kGated)
-      ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
-                                   tid);
     __syncthreads();
     store_acc_smem<kD, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     issue(c + 2);
@@ -264,7 +268,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
 
 // dS contributions: kDkv = false: the state-gradient contribution of segment blockIdx.x + 1 from a zero
 // gradient at its end (reverse walk), into dseg_states. kDkv = true: dk, dv for segment blockIdx.x from
-// the gradient at its end (dseg_states after the scan, or dht), k.dk per token subtracted from dg_work,
+// the gradient at its end (dseg_states after the scan, or dht), k.dk_in per token subtracted from dg_work
+// and k.dk_st added into its second half, the state term exp(G_last) <S_in, dS_out> into chunk_dg,
 // and dh0 from segment 0.
 template <int kD, bool kDkv>
 struct DkvSmem {
@@ -322,14 +327,14 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
 
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   const int steps = c_end - c_begin;
-  __shared__ float chunk_end_dot[2][kWarps];  // per-warp shares of <S, dS>, by step parity
+  __shared__ float chunk_end_dot[2][kWarps];  // per-warp shares of <S_in, dS_out>, by step parity
   for (int i = 0; i < steps; ++i) {
     const int c = c_end - 1 - i, st = i & 1, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
     if constexpr (kDkv && kGated) {
-      // dS is the gradient of the state at this chunk's end: dg's chunk-end term <S, dS>
+      // dS is the gradient of the state at this chunk's end: dg's state term exp(G_last) <S_in, dS>
       // (linear_chunk_bwd.cu).
       float d = ST::template dot_packed<T>(
           static_cast<const uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), dS, tid);
@@ -351,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
         float d = 0.f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) d += chunk_end_dot[st][w];
-        p.chunk_dg[bh * nt + c] = d;
+        p.chunk_dg[bh * nt + c] = __expf(g_last) * d;
       }
     }
     if constexpr (kDkv) {
@@ -369,15 +374,23 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
       // dk = w_s (V dS^T)[s] + Pv q
       zero_acc(X);
       warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, sst + L::kV, m0, 0, s0 + L::kS, 0, n0o, lane);
-      if constexpr (kGated) scale_rows(X, m0, lane, w);
+      float2 dst = make_float2(0.f, 0.f);  // k.dk_st: the part of k.dk through the chunk-end state
+      if constexpr (kGated) {
+        scale_rows(X, m0, lane, w);
+        dst = row_dot<kD, T>(X, stage + L::kK, m0, n0o, lane);
+      }
       warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kP2, m0, 0, sst + L::kQ, 0, n0o, lane);
       store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, X, m0, n0o, p.T - t0, lane);
       if constexpr (kGated) {
+        // dg_work: -k.dk_in = -(k.dk - k.dk_st) (float32: no 16-bit rounding between the two), and k.dk_st
+        // into the second half.
         const float2 d = row_dot<kD, T>(X, stage + L::kK, m0, n0o, lane);
         if ((lane & 3) == 0) {
           const int r = m0 + (lane >> 2);
-          if (t0 + r < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r, -d.x);
-          if (t0 + r + 8 < p.T) atomicAdd(p.dg_work + bh * p.T + t0 + r + 8, -d.y);
+          float* work = p.dg_work + bh * 2 * p.T;
+          if (t0 + r < p.T) atomicAdd(work + t0 + r, dst.x - d.x), atomicAdd(work + p.T + t0 + r, dst.x);
+          if (t0 + r + 8 < p.T)
+            atomicAdd(work + t0 + r + 8, dst.y - d.y), atomicAdd(work + p.T + t0 + r + 8, dst.y);
         }
       }
     }

@@ -73,10 +73,11 @@ struct LinearChunkParams {
   float* dg = nullptr;           // [B, T, H] (written when g is given)
   float* dh0 = nullptr;          // [B, H, K, V] (written when not nullptr)
   float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end
-  float* dg_work = nullptr;      // workspace [B, H, T]: q.dq - k.dk per token (zeroed by the launcher)
+  float* dg_work = nullptr;      // workspace [B, H, 2, T]: q.dq - k.dk_in, k.dk_st per token (zeroed by the
+                                 // launcher; linear_chunk_bwd.cu)
   void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit, when g is given: the state
-                                 // at each chunk's end (dq walk -> dkv walk), in the StateTile order
-  float* chunk_dg = nullptr;     // workspace [B, H, ceil(T / 64)], when g is given: <S, dS> at chunk ends
+                                 // entering each chunk (dq walk -> dkv walk), in the StateTile order
+  float* chunk_dg = nullptr;     // workspace [B, H, ceil(T / 64)], when g is given: exp(G_last) <S_in, dS>
 
   // 1: the forward's output pass on Hopper's wgmma (linear_chunk_fwd_wgmma.cuh; K = V = 128, and only where
   // linear_chunk_has_wgmma()); 0: the mma.sync kernels. Opt-in until it has been checked on a GPU.

@@ -163,27 +163,18 @@ int main() {
   count(run_case<128, __nv_bfloat16, 0>("bf16", 128, 16, 1024));
   count(run_case<64, __half, 0>("fp16", 128, 16, 1024));
   count(run_case<128, __half, 0>("fp16", 64, 16, 1024));
-  // MN-major B (P V, q S): the two strides are 8 k-rows (1024 bytes) and one 64-column panel (K * 128
-  // bytes); which descriptor field takes which is what these rows tell.
+  // MN-major B (P V, q S): the two strides are one 64-column panel (K * 128 bytes) and 8 k-rows (1024
+  // bytes). The first H200 run (2026-12-02) settled which field takes which: LBO the panel, SBO the 8 rows
+  // (wgmma::kMnLboIsPanel); the swapped assignment faults (illegal address), so it is no longer tried.
   for (int K : {64, 128}) {
     count(run_case<64, __nv_bfloat16, 1>("bf16", K, K * 128, 1024));
-    count(run_case<64, __nv_bfloat16, 1>("bf16", K, 1024, K * 128));
     count(run_case<128, __nv_bfloat16, 1>("bf16", K, K * 128, 1024));
-    count(run_case<128, __nv_bfloat16, 1>("bf16", K, 1024, K * 128));
   }
   count(run_case<128, __half, 1>("fp16", 128, 128 * 128, 1024));
-  count(run_case<128, __half, 1>("fp16", 128, 1024, 128 * 128));
-  // M-major A (k^T in S += k^T v: k stored [tokens][K]), B K-major, then both transposed; one 64-wide panel
-  // of A, so the 8-k-row stride (1024) is the one that matters: tried in either field.
-  for (int K : {64, 128}) {
-    count(run_case<64, __nv_bfloat16, 0, 1>("bf16", K, 16, 1024, K * 128, 1024));
-    count(run_case<64, __nv_bfloat16, 0, 1>("bf16", K, 16, 1024, 1024, K * 128));
-  }
+  // M-major A (k^T in S += k^T v: k stored [tokens][K]), B K-major, then both transposed, the same
+  // assignment.
+  for (int K : {64, 128}) count(run_case<64, __nv_bfloat16, 0, 1>("bf16", K, 16, 1024, K * 128, 1024));
   count(run_case<128, __nv_bfloat16, 1, 1>("bf16", 64, 64 * 128, 1024, 64 * 128, 1024));
-  count(run_case<128, __nv_bfloat16, 1, 1>("bf16", 64, 1024, 64 * 128, 1024, 64 * 128));
-  std::printf(
-      "wgmma_check: %d of %d cases pass (the transposed rows come in pairs of stride assignments: one of "
-      "each pair should)\n",
-      passed, total);
-  return 0;
+  std::printf("wgmma_check: %d of %d cases pass\n", passed, total);
+  return passed == total ? 0 : 1;
 }

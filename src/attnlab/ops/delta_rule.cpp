@@ -120,19 +120,18 @@ struct Chunked {
   torch::Tensor W, U;         // the WY factors: M (beta exp(G) K) [.., K], M (beta V) [.., V]
 };
 
-// with_q = false skips the query terms (qd, qk): the CUDA kernels compute those themselves.
-Chunked chunked(const Prepared& p, int64_t C, bool with_q = true) {
+Chunked chunked(const Prepared& p, int64_t C) {
   int64_t N = (p.T + C - 1) / C, pad = N * C - p.T;
-  auto q = with_q ? to_chunks(p.q, pad, N, C) : torch::Tensor();  // [B, H, N, C, K]
-  auto k = to_chunks(p.k, pad, N, C);                             // [B, H, N, C, K]
-  auto v = to_chunks(p.v, pad, N, C);                             // [B, H, N, C, V]
-  auto beta = to_chunks(p.beta, pad, N, C);                       // [B, H, N, C]
+  auto q = to_chunks(p.q, pad, N, C);        // [B, H, N, C, K]
+  auto k = to_chunks(p.k, pad, N, C);        // [B, H, N, C, K]
+  auto v = to_chunks(p.v, pad, N, C);        // [B, H, N, C, V]
+  auto beta = to_chunks(p.beta, pad, N, C);  // [B, H, N, C]
 
   auto opts = k.options().dtype(torch::kBool);
   auto causal = torch::ones({C, C}, opts).tril();   // [C, C] j <= i
   auto kb = k * beta.unsqueeze(-1);                 // [B, H, N, C, K] beta_i k_i
   auto A = torch::matmul(kb, k.transpose(-1, -2));  // [B, H, N, C, C] beta_i k_i.k_j
-  auto qk = with_q ? torch::matmul(q, k.transpose(-1, -2)) : torch::Tensor();  // [B, H, N, C, C] q_i.k_j
+  auto qk = torch::matmul(q, k.transpose(-1, -2));  // [B, H, N, C, C] q_i.k_j
   torch::Tensor kw = kb, qd = q, kd = k, chunk_decay, G;
   if (p.g.defined()) {
     // The gate arithmetic runs in float64: at strong decay G reaches |sum g| ~ 300 within a chunk, and a
@@ -146,13 +145,13 @@ Chunked chunked(const Prepared& p, int64_t C, bool with_q = true) {
     auto diff = G.unsqueeze(-1) - G.unsqueeze(-2);  // [B, H, N, C, C]
     auto decay = dd(diff.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()));
     A = A * decay;
-    if (with_q) qk = qk * decay;
+    qk = qk * decay;
     auto last = G.select(-1, C - 1).unsqueeze(-1);  // [B, H, N, 1]
     kw = kb * dd(G).unsqueeze(-1);                  // [B, H, N, C, K] beta_i exp(G_i) k_i
-    if (with_q) qd = q * dd(G).unsqueeze(-1);       // [B, H, N, C, K] exp(G_i) q_i
+    qd = q * dd(G).unsqueeze(-1);                   // [B, H, N, C, K] exp(G_i) q_i
     kd = k * dd(last - G).unsqueeze(-1);            // [B, H, N, C, K] exp(G_C - G_i) k_i
     chunk_decay = dd(last).unsqueeze(-1);           // [B, H, N, 1, 1]
-  } else if (with_q) {
+  } else {
     qk = qk.masked_fill(causal.logical_not(), 0.0);
   }
   // The unit diagonal of (I + A) is implicit (unitriangular) and the solver reads only the strictly lower
@@ -207,39 +206,24 @@ void check_kernel_args(const char* op, const RecurrentArgs& a, bool gated) {
   if (a.h0.defined()) check_shape(op, "h0", a.h0, "B,H,K,V", {B, H, K, V});
 }
 
-// Where the chunk kernels' WY factors come from: the fused kernel (kernels/delta_wy), or the libtorch chunk
-// preparation (chunked(): float64 gates, a batched triangular solve, autograd), which is slow but was the
-// first to pass the GPU check with the recurrence kernel (bench/results/h200-2026-12-01b).
-enum class WyPrep { kernel, libtorch };
-
-// The chunk kernels: the WY factors W, U and the in-chunk gate cumsum G of every chunk, then the sequential
-// part over the chunks from kernels/delta_chunk. With WyPrep::kernel both are autograd Functions: dW, dU, dG
-// of the recurrence flow into the preparation's backward, and k's gradient is the sum of both shares.
-RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated, WyPrep prep) {
+// The chunk kernels: the WY factors W, U and the in-chunk gate cumsum G of every chunk from the fused
+// preparation (kernels/delta_wy), then the sequential part over the chunks from kernels/delta_chunk. Both are
+// autograd Functions: dW, dU, dG of the recurrence flow into the preparation's backward, and k's gradient is
+// the sum of both shares.
+RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated) {
 #ifdef ATTNLAB_WITH_CUDA
   const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(a.q.size(3)));
-  torch::Tensor W, U, G;  // [B, T, H, K], [B, T, H, V], [B, T, H]
-  if (prep == WyPrep::kernel) {
-    check_kernel_args(op, a, gated);
-    auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());
-    W = wy[0], U = wy[1];
-    if (gated) G = wy[2];
-  } else {
-    Prepared p = prepare(op, a, gated);
-    auto c = chunked(p, kernels::kLinearChunk, /*with_q=*/false);
-    auto to_bthd = [&](const torch::Tensor& x) {  // [B, H, N, C, D] -> [B, T, H, D]
-      return x.reshape({p.B, p.H, c.N * c.C, x.size(-1)}).narrow(2, 0, p.T).transpose(1, 2);
-    };
-    W = to_bthd(c.W), U = to_bthd(c.U);
-    if (gated) G = c.G.reshape({p.B, p.H, c.N * c.C}).narrow(2, 0, p.T).transpose(1, 2).to(torch::kFloat);
-  }
+  check_kernel_args(op, a, gated);
+  auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());
+  torch::Tensor W = wy[0], U = wy[1],
+                G = gated ? wy[2] : torch::Tensor();  // [B, T, H, K], [.., V], [B, T, H]
   auto out = cuda::delta_chunk_recurrence(a.q, a.k, W, U, G, a.h0, scale);
   RecurrentOut r;
   r.o = out[0].to(a.v.scalar_type());
   if (a.output_final_state) r.ht = out[1];
   return r;
 #else
-  (void)a, (void)gated, (void)prep;
+  (void)a, (void)gated;
   fail("{}: this build has no CUDA kernels", op);
 #endif
 }
@@ -279,9 +263,8 @@ RecurrentOut via_step(const char* op, const RecurrentArgs& a, bool gated) {
 }
 
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gated) {
-  // The kernel path: the decode step when it takes the args, else the chunk kernels. Impl::kernel runs the
-  // fused WY preparation; automatic runs the recurrence kernel with libtorch's preparation, the combination
-  // that passed test_gpu_delta_chunk on the H200, until test_gpu_delta_wy passes there too.
+  // The kernel path: the decode step when it takes the args, else the chunk kernels (fused WY preparation,
+  // then the recurrence; both checked on the H200: test_gpu_delta_wy, test_gpu_delta_chunk, 2026-12-02).
   auto use_step = [&] { return step_unusable_reason(args, gated).empty(); };
   linear::KernelPath kernel;
   kernel.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
@@ -295,12 +278,7 @@ RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gate
       return fmt::format("the decode step: {}; the chunk kernels: {}", step_why, chunk_why);
     return chunk_why;
   };
-  kernel.run = [&] {
-    return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated, WyPrep::kernel);
-  };
-  kernel.run_automatic = [&] {
-    return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated, WyPrep::libtorch);
-  };
+  kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated); };
   return linear::dispatch(
       op, impl, [&] { return naive(prepare(op, args, gated), args.output_final_state); },
       [&] { return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state); }, kernel);

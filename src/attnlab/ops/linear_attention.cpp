@@ -146,7 +146,7 @@ RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOu
       if (kernel.run && kernel.on_cuda) {
         auto why = kernel.unusable();
         if (why.empty() && kernel.not_default) why = kernel.not_default();
-        if (why.empty()) return kernel.run_automatic ? kernel.run_automatic() : kernel.run();
+        if (why.empty()) return kernel.run();
         log_once(
             fmt::format("{}.kernel: {}", op, why),
             fmt::format("{}: the CUDA kernel cannot take these inputs ({}); using the chunk form", op, why));

@@ -100,10 +100,6 @@ struct KernelPath {
   // Why automatic must not pick the kernel for these args although it could run them (empty or unset: it
   // may). A kernel not yet checked on a GPU stays behind Impl::kernel until it is.
   std::function<std::string()> not_default;
-  // What automatic runs when it is not `run` (unset: run): the GPU-verified part of a path whose newest
-  // pieces still wait for their GPU check, e.g. the delta ops' recurrence kernel with libtorch's WY
-  // preparation while the fused preparation kernel is new. Same `unusable` conditions.
-  std::function<RecurrentOut()> run_automatic;
 };
 
 // The kernel path of the scalar-decay ops (linear attention: gated = false; simple GLA / retention: true):

@@ -93,7 +93,7 @@ class LinearChunkFunction : public torch::autograd::Function<LinearChunkFunction
     if (given(g)) {
       const int64_t nt = kn::linear_chunk_count(p.T);
       dg = torch::empty(g.sizes(), f32opt);
-      dg_work = torch::empty({q.size(0), q.size(2), q.size(1)}, f32opt);
+      dg_work = torch::empty({q.size(0), q.size(2), 2, q.size(1)}, f32opt);
       chunk_states = torch::empty({q.size(0), q.size(2), nt, q.size(3) * v.size(3)}, q.options());
       chunk_dg = torch::empty({q.size(0), q.size(2), nt}, f32opt);
     }
