@@ -2,6 +2,11 @@
 #include "attnlab/model/layers.h"
 
 #include "attnlab/core/error.h"
+#include "attnlab/core/log.h"
+
+#ifdef ATTNLAB_WITH_CUDA
+#include "attnlab/ops/cuda/fused.h"
+#endif
 
 namespace attnlab {
 
@@ -9,10 +14,22 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   auto xf = x.to(torch::kFloat);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return (y * weight.to(torch::kFloat)).to(x.scalar_type());
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+#ifdef ATTNLAB_WITH_CUDA
+  if (x.is_cuda()) {
+    auto w = weight.to(torch::kFloat);  // a no-op for the float32 parameter; the reference casts the same way
+    auto why = ops::cuda::rms_norm_unusable_reason(x, w);
+    if (why.empty()) return ops::cuda::rms_norm(x, w, eps);
+    log_once("rms_norm.kernel: " + why, fmt::format("RMSNorm: {}; using the libtorch path", why));
+  }
+#endif
+  return rms_norm_reference(x, weight, eps);
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
@@ -31,8 +48,8 @@ int64_t swiglu_hidden(int64_t dim, double ratio) {
   return (h + 15) / 16 * 16;
 }
 
-torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& positions, double theta,
-                                   int64_t rotary_dim) {
+torch::Tensor rope_reference(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+                             int64_t rotary_dim) {
   int64_t D = x.size(-1);
   int64_t R = rotary_dim > 0 ? rotary_dim : D;
   ATTNLAB_CHECK(R % 2 == 0 && R <= D, "rope: rotary dim must be even and <= head dim {}, got {}", D, R);
@@ -48,6 +65,22 @@ torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& 
   auto out = (xr * cos + rotated * sin).to(x.scalar_type());
   if (R == D) return out;
   return torch::cat({out, x.narrow(-1, R, D - R)}, -1);
+}
+
+torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+                                   int64_t rotary_dim) {
+  int64_t D = x.size(-1);
+  int64_t R = rotary_dim > 0 ? rotary_dim : D;
+  ATTNLAB_CHECK(R % 2 == 0 && R <= D, "rope: rotary dim must be even and <= head dim {}, got {}", D, R);
+#ifdef ATTNLAB_WITH_CUDA
+  if (x.is_cuda()) {
+    auto pos = positions.to(x.device(), torch::kLong);  // a no-op for apply_rope's positions
+    auto why = ops::cuda::rope_unusable_reason(x, pos, R);
+    if (why.empty()) return ops::cuda::rope(x, pos, theta, R);
+    log_once("rope.kernel: " + why, fmt::format("rope: {}; using the libtorch path", why));
+  }
+#endif
+  return rope_reference(x, positions, theta, R);
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, int64_t start, double theta, int64_t rotary_dim) {

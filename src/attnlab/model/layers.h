@@ -6,6 +6,8 @@
 namespace attnlab {
 
 // RMSNorm (Zhang & Sennrich 2019): x / rms(x) * weight, computed in float32 for stability under bf16.
+// On CUDA tensors the fused kernel (ops/cuda/fused.h) runs it when the build has one; rms_norm_reference
+// otherwise (a fallback on CUDA is logged once).
 class RMSNormImpl : public torch::nn::Module {
  public:
   explicit RMSNormImpl(int64_t dim, double eps = 1e-6);
@@ -32,8 +34,16 @@ int64_t swiglu_hidden(int64_t dim, double ratio);
 torch::Tensor apply_rope(const torch::Tensor& x, int64_t start, double theta, int64_t rotary_dim = 0);
 
 // Same, with explicit positions [T] (int64), for caches that assign positions themselves (streaming).
+// On CUDA tensors the fused kernel (ops/cuda/fused.h) runs it when the build has one; rope_reference
+// otherwise (a fallback on CUDA is logged once).
 torch::Tensor apply_rope_positions(const torch::Tensor& x, const torch::Tensor& positions, double theta,
                                    int64_t rotary_dim = 0);
+
+// The libtorch forms of RMSNorm and RoPE: the CPU path and the reference the fused kernels are tested
+// against. float32 math; the result has x's dtype.
+torch::Tensor rms_norm_reference(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+torch::Tensor rope_reference(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+                             int64_t rotary_dim = 0);
 
 // GPT-2 style init: normal(0, std) weights, zero bias.
 void init_linear(torch::nn::Linear& layer, double std);
