@@ -78,13 +78,14 @@ stage 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,6
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n 60
-# The opt-in wgmma forward of linear_chunk (D = 128), validated and timed the same way.
-stage 120 env ATTNLAB_LINEAR_FWD=wgmma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
+# linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
+# timed the same way, for the comparison.
+stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
   --head-dims 128 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
-  $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear_wgmma.csv" \
-  > "$OUT/bench_linear_wgmma.log" 2>&1
-el "bench (wgmma forward) rc $?"
-grep -E "^(linear|simple)" "$OUT/bench_linear_wgmma.log" | grep kernel | head -n 10
+  $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear_mma.csv" \
+  > "$OUT/bench_linear_mma.log" 2>&1
+el "bench (mma.sync forward) rc $?"
+grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 10
 # PERF30M=1: also the 30M model's training step on CUDA (configs/perf30m.yaml: step time, tokens/s, peak
 # memory and the profile, softmax against Gated DeltaNet; issue 6), in the same call and build.
 if [ "${PERF30M:-0}" = 1 ]; then

@@ -225,8 +225,8 @@ TEST(GlaChunkKernel, OneTokenWithAndWithoutGrad) {
   EXPECT_LT(attnlab::testing::rel_rms(step.ht, chunk.ht), 5e-3);
 }
 
-// Until its GPU check has passed, automatic keeps the chunk form for T > 1 (the kernel runs only when asked).
-TEST(GlaChunkKernel, AutomaticKeepsTheChunkFormForNow) {
+// On CUDA, automatic runs the chunk kernels for T > 1: the same bits as Impl::kernel.
+TEST(GlaChunkKernel, AutomaticRunsTheKernels) {
   SKIP_WITHOUT_CUDA();
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   ops::RecurrentArgs a;
@@ -234,10 +234,10 @@ TEST(GlaChunkKernel, AutomaticKeepsTheChunkFormForNow) {
   a.v = torch::randn({1, 100, 2, 64}, f);
   a.g = torch::log_sigmoid(torch::randn({1, 100, 2, 64}, f.dtype(torch::kFloat))) / 16;
   auto automatic = ops::gla(a, ops::Impl::automatic).o;
-  auto chunk = ops::gla(a, ops::Impl::chunk).o;
-  EXPECT_TRUE(torch::equal(automatic, chunk));
+  auto kernel = ops::gla(a, ops::Impl::kernel).o;
+  EXPECT_TRUE(torch::equal(automatic, kernel));
   // Deterministic: the same inputs give the same bits (no atomics anywhere).
-  EXPECT_TRUE(torch::equal(ops::gla(a, ops::Impl::kernel).o, ops::gla(a, ops::Impl::kernel).o));
+  EXPECT_TRUE(torch::equal(kernel, ops::gla(a, ops::Impl::kernel).o));
 }
 
 TEST(GlaChunkKernel, RejectsWhatItCannotRun) {

@@ -100,10 +100,6 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
     const int st = (c - c_begin) & 1, t0 = c * kC;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    // The state entering the chunk, for dg's state term in the dkv walk (linear_chunk_bwd.cu).
-    if constexpr (kGated)
-      ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
-                                   tid);
     const float g_last = begin_chunk<kGated>(G, warp, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });

@@ -80,7 +80,7 @@ struct LinearChunkParams {
   float* chunk_dg = nullptr;     // workspace [B, H, ceil(T / 64)], when g is given: exp(G_last) <S_in, dS>
 
   // 1: the forward's output pass on Hopper's wgmma (linear_chunk_fwd_wgmma.cuh; K = V = 128, and only where
-  // linear_chunk_has_wgmma()); 0: the mma.sync kernels. Opt-in until it has been checked on a GPU.
+  // linear_chunk_has_wgmma()); 0: the mma.sync kernels. The binding sets 1 wherever it can.
   int fwd_wgmma = 0;
 
   cudaStream_t stream = nullptr;

@@ -115,8 +115,8 @@ RecurrentOut naive(const Prepared& p, const torch::Tensor& g, bool final_state) 
 
 // gla's CUDA kernels: the fused one-token decode step (kernels/recurrent_step) for T == 1 without autograd,
 // the chunk kernels (kernels/gla_chunk, with autograd) otherwise. Both read the args as they are, so the
-// kernel path skips prepare()'s layout conversions (each one a launch at decode). automatic keeps the chunk
-// form for the chunk kernels until their GPU test has passed (not_default). `args` must outlive the path.
+// kernel path skips prepare()'s layout conversions (each one a launch at decode). automatic runs them on CUDA
+// (test_gpu_gla_chunk passed on the H200, 2026-12-02). `args` must outlive the path.
 linear::KernelPath kernel_path(const RecurrentArgs& args) {
   linear::KernelPath k;
   k.on_cuda = args.q.is_cuda() && args.k.is_cuda() && args.v.is_cuda();
@@ -140,10 +140,6 @@ linear::KernelPath kernel_path(const RecurrentArgs& args) {
   k.run = [&args, use_step] {
     return use_step() ? cuda::recurrent_step(cuda::StepKind::key_gate, args, /*l2norm_qk=*/false)
                       : cuda::gla_chunk(args);
-  };
-  k.not_default = [use_step] {
-    return use_step() ? std::string()
-                      : std::string("the GLA chunk kernel awaits its first GPU check; impl kernel runs it");
   };
 #else
   (void)args;

@@ -145,7 +145,6 @@ RecurrentOut dispatch(const char* op, Impl impl, const std::function<RecurrentOu
     case Impl::automatic: {
       if (kernel.run && kernel.on_cuda) {
         auto why = kernel.unusable();
-        if (why.empty() && kernel.not_default) why = kernel.not_default();
         if (why.empty()) return kernel.run();
         log_once(
             fmt::format("{}.kernel: {}", op, why),
@@ -228,8 +227,7 @@ RecurrentOut linear_attention_normalized(const RecurrentArgs& args, Impl impl, d
   if (args.h0.defined()) num_args.h0 = args.h0.narrow(-1, 0, V);
   auto kernel = linear::chunk_kernel_path(num_args, /*gated=*/false);
   bool use_kernel = impl == Impl::kernel;
-  if (impl == Impl::automatic && kernel.on_cuda && kernel.unusable().empty())
-    use_kernel = !kernel.not_default || kernel.not_default().empty();
+  if (impl == Impl::automatic && kernel.on_cuda && kernel.unusable().empty()) use_kernel = true;
   if (use_kernel) {
     auto out = run(op, num_args, Impl::kernel);  // o [B, T, H, V] (v's dtype), ht [B, H, K, V]
     const double scale = args.scale > 0 ? args.scale : 1.0 / std::sqrt(static_cast<double>(args.q.size(3)));

@@ -97,9 +97,6 @@ struct KernelPath {
   bool on_cuda = false;  // the inputs are CUDA tensors (only then is a fallback worth a log line)
   std::function<std::string()> unusable;
   std::function<RecurrentOut()> run;
-  // Why automatic must not pick the kernel for these args although it could run them (empty or unset: it
-  // may). A kernel not yet checked on a GPU stays behind Impl::kernel until it is.
-  std::function<std::string()> not_default;
 };
 
 // The kernel path of the scalar-decay ops (linear attention: gated = false; simple GLA / retention: true):

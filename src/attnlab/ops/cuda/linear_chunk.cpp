@@ -34,11 +34,12 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.seg_chunks = seg_chunks > 0
                      ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
                      : kn::linear_chunk_default_seg_chunks(p.B, p.T, p.H, sm_count(q.device().index()));
-  // ATTNLAB_LINEAR_FWD=wgmma: the forward's output pass on wgmma (opt-in until its GPU check; K = V = 128 on
-  // an sm_90a build, else the mma.sync kernels as usual).
-  const char* variant = std::getenv("ATTNLAB_LINEAR_FWD");  // read per call: a test switches it
-  const bool want_wgmma = variant && std::string(variant) == "wgmma";
-  p.fwd_wgmma = want_wgmma && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma() ? 1 : 0;
+  // The forward's output pass runs on wgmma at K = V = 128 on an sm_90a build (checked against the mma.sync
+  // kernel and the chunk form on the H200, bench/results/h200-2026-12-02b); ATTNLAB_LINEAR_FWD=mma forces
+  // the mma.sync kernels (read per call: a test and the bench switch it).
+  const char* variant = std::getenv("ATTNLAB_LINEAR_FWD");
+  const bool force_mma = variant && std::string(variant) == "mma";
+  p.fwd_wgmma = !force_mma && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma() ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
