@@ -4,7 +4,9 @@
 // libtorch trace, per-layer backward spans, and the stage's files (our trace, folded stacks, libtorch's
 // trace, the merged trace, libtorch's top ops).
 #include <gtest/gtest.h>
+
 #include <unistd.h>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -178,6 +180,31 @@ TEST(BackwardSpans, OnePerBlockNestedInTheBackwardInReverseOrder) {
   auto loss = model->forward(x).sum();
   loss.backward();
   EXPECT_TRUE(tracer.events().empty());
+}
+
+// study.bench_vocab sets the vocabulary of the benchmark stages' models (random tokens): with an untied head,
+// the parameter count grows by 2 * d_model per token of vocabulary (embedding row + head row).
+TEST(EfficiencyStage, BenchVocabSetsTheModelsVocabulary) {
+  std::map<int64_t, int64_t> params;
+  for (int64_t vocab : {64, 4096}) {
+    TempDir tmp;
+    study::StudyConfig cfg;
+    for (const std::string& s :
+         {std::string("study.mixers=[tiny]"), std::string("study.efficiency_seq_lens=[16]"),
+          std::string("study.efficiency_tokens=32"), std::string("study.warmup=1"),
+          std::string("study.repeat=1"), std::string("train.threads=1"),
+          std::string("model.tie_embeddings=false"), "study.bench_vocab=" + std::to_string(vocab)})
+      cfg.set(s);
+    cfg.study.variants["tiny"] = {"softmax", {"model.d_model=32", "model.n_layers=1", "model.n_heads=2"}};
+    cfg.run.data.path = tmp / "no-corpus";
+    const std::string dir = tmp / "out";
+    ASSERT_TRUE(study::run_stage("efficiency", cfg, dir));
+    auto t = report::read_csv(fs::path(dir) / "results" / "efficiency.csv");
+    ASSERT_EQ(t.rows.size(), 1u);
+    EXPECT_EQ(t.text(0, "status"), "ok");
+    params[vocab] = std::stoll(t.text(0, "parameters"));
+  }
+  EXPECT_EQ(params[4096] - params[64], (4096 - 64) * 32 * 2);
 }
 
 TEST(ProfileStage, WritesOurTraceLibtorchsTraceTheMergedTraceAndTopOps) {

@@ -29,8 +29,10 @@ namespace fs = std::filesystem;
 namespace attnlab::study {
 namespace {
 
-// The vocabulary of the study's corpus (the models the study trains), or 5001 (seed 000's) without one.
+// The vocabulary of the benchmark stages' models: study.bench_vocab when set, else that of the study's corpus
+// (the models the study trains), or 5001 (seed 000's) without one.
 int64_t study_vocab(const StudyConfig& cfg) {
+  if (cfg.study.bench_vocab > 0) return cfg.study.bench_vocab;
   static std::map<std::string, int64_t> cache;
   const std::string& path = cfg.run.data.path;
   if (!cache.count(path)) {

@@ -98,6 +98,10 @@ const OptionSet<StudyOptions>& StudyOptions::schema() {
           "efficiency: context lengths T of whole training steps");
     o.add("efficiency_tokens", &S::efficiency_tokens, "efficiency: tokens per step (B = tokens / T)",
           check::positive<int64_t>());
+    o.add("bench_vocab", &S::bench_vocab,
+          "vocabulary of the models that the benchmark stages build on random tokens (0: the corpus's; e.g. "
+          "5000 to match PERFORMANCE.md's 30M model, whose head and loss grow with it)",
+          check::non_negative<int64_t>());
     o.add("memory_seq_lens", &S::memory_seq_lens, "memory scaling: T of the op alone");
     o.add("memory_batch", &S::memory_batch, "memory scaling: batch", check::positive<int64_t>());
     o.add("scaling_parameters", &S::scaling_parameters, "model scaling: parameter targets");

@@ -42,6 +42,7 @@ struct StudyOptions {
   int64_t parameters = 1'000'000;  // parameter-matched target of pretraining (the zoo's calibration)
   std::vector<int64_t> efficiency_seq_lens = {128, 256, 512, 1024};
   int64_t efficiency_tokens = 4096;  // tokens per step (B = tokens / T, at least 1)
+  int64_t bench_vocab = 0;           // vocabulary of the benchmark stages' models (0: the corpus's)
   std::vector<int64_t> memory_seq_lens = {256, 512, 1024, 2048, 4096};
   int64_t memory_batch = 1;
   std::vector<int64_t> scaling_parameters = {1'000'000, 3'000'000, 10'000'000, 30'000'000};
