@@ -94,5 +94,8 @@ if [ "${PERF30M:-0}" = 1 ]; then
     --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
   el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
   mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
+  # PyTorch eager's step of the same model on this GPU (vocabulary 5000, fused AdamW): the same-GPU peer.
+  stage 90 python3 bench/torch_train_baseline.py --out "$RESULTS/torch_train.csv" > "$OUT/torch_train.log" 2>&1
+  el "torch eager baseline rc $?"; tail -n 1 "$OUT/torch_train.log"
   cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
 fi
