@@ -1,5 +1,5 @@
-// Device helpers of the fused elementwise kernels (see params.h): element conversions, 16-byte packs, the
-// dtype switch.
+// Device helpers of the fused elementwise kernels (see params.h): 16-byte packs, the dtype switch (element
+// conversions: kernels/common/convert.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,40 +7,10 @@
 
 #include <cstdint>
 
+#include "kernels/common/convert.cuh"
 #include "kernels/fused/params.h"
 
 namespace attnlab::kernels::fused {
-
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) {
-  return __half2float(x);
-}
-
-// Round to nearest even, as libtorch's .to(bf16 / fp16) does.
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
 
 // Elements of T in one 16-byte pack: the vector width of the fast paths.
 template <typename T>

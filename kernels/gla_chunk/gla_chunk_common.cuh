@@ -10,6 +10,7 @@
 // underflow to zero and never overflow. Accumulator layouts as in linear_chunk_common.cuh.
 #pragma once
 
+#include "kernels/common/convert.cuh"
 #include "kernels/gla_chunk/params.h"
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
 
@@ -31,17 +32,6 @@ struct GateTile {
 };
 
 // ---------------------------------------------------------------- conversions
-template <typename T>
-__device__ __forceinline__ T to16(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 to16<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half to16<__half>(float x) {
-  return __float2half(x);
-}
-
 // (lo, hi) of a 16-bit pair times (a, b), repacked.
 template <typename T>
 __device__ __forceinline__ uint32_t scale2(uint32_t x, float a, float b) {
@@ -226,7 +216,8 @@ __device__ __forceinline__ void diag_scores(unsigned char* sA, const unsigned ch
     }
     part += __shfl_xor_sync(0xffffffffu, part, 1);
     part += __shfl_xor_sync(0xffffffffu, part, 2);
-    if (quarter == 0) *reinterpret_cast<T*>(sA + swz<kC>(t, s / 8) + (s % 8) * 2) = to16<T>(scale * part);
+    if (quarter == 0)
+      *reinterpret_cast<T*>(sA + swz<kC>(t, s / 8) + (s % 8) * 2) = from_float<T>(scale * part);
   }
 }
 

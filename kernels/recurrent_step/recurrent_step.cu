@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/convert.cuh"
 #include "kernels/recurrent_step/params.h"
 
 namespace attnlab::kernels {
@@ -29,36 +30,6 @@ constexpr int kThreads = 128;  // 4 warps: enough loads in flight per block, the
 constexpr int kWarps = kThreads / 32;
 constexpr float kL2Eps = 1e-6f;  // ops::l2_normalize's eps (FLA's l2norm)
 constexpr int kMaxV = 4096;
-
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
 
 __device__ __forceinline__ void fma4(float4& acc, float a, const float4& x) {
   acc.x = fmaf(a, x.x, acc.x), acc.y = fmaf(a, x.y, acc.y);
