@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -131,12 +132,21 @@ TEST_P(GpuFlash, MatchesFloat32Reference) {
   ops::cuda::flash_attn_fwd_into(q, k, v, raw.o, lse, opt);
   raw.dq = torch::full_like(q, NAN), raw.dk = torch::full_like(k, NAN), raw.dv = torch::full_like(v, NAN);
   ops::cuda::flash_attn_bwd_into(dout, q, k, v, raw.o, lse, raw.dq, raw.dk, raw.dv, opt);
+  // The other backward main kernel: on Hopper (sm_90a build) the default is the wgmma one and
+  // ATTNLAB_FLASH_BWD=mma forces the mma.sync one; both are held to the same tolerances.
+  Result raw_mma = raw;
+  raw_mma.dq = torch::full_like(q, NAN), raw_mma.dk = torch::full_like(k, NAN);
+  raw_mma.dv = torch::full_like(v, NAN);
+  setenv("ATTNLAB_FLASH_BWD", "mma", 1);
+  ops::cuda::flash_attn_bwd_into(dout, q, k, v, raw.o, lse, raw_mma.dq, raw_mma.dk, raw_mma.dv, opt);
+  unsetenv("ATTNLAB_FLASH_BWD");
 
   // Through the op (autograd, the binding's own allocations).
   auto op = run_op(c, q, k, v, dout, ops::Impl::kernel);
 
   for (const auto& [name, field] : fields) {
-    for (const auto& [path, got] : {std::make_pair("raw", raw.*field), std::make_pair("op", op.*field)}) {
+    for (const auto& [path, got] : {std::make_pair("raw", raw.*field), std::make_pair("op", op.*field),
+                                    std::make_pair("raw mma.sync backward", raw_mma.*field)}) {
       EXPECT_TRUE(ops::all_finite(got)) << path << " " << name << " has NaN/inf";
       double err = ops::rel_rms_error(got, ref.*field);
       EXPECT_LE(err, tol.at(name)) << path << " " << name << ": rel RMS error " << err << " > tol "

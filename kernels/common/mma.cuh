@@ -91,6 +91,11 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return static_cast<uint32_t>(row * (kRowElems * 2) + ((chunk ^ (row & 7)) << 4));
 }
 
+// Byte offset of 16-bit element (row, col) in a swizzled [rows][64] panel (the wgmma operand tiles).
+__device__ __forceinline__ uint32_t panel_off(int row, int col) {
+  return swz<64>(row, col / 8) + (col % 8) * 2;
+}
+
 // Per-lane ldmatrix addressing of a swizzled tile, for one lane role. A role gives each lane a row
 // offset lane_row (< 16) and a chunk bit lane_bit (0/1); an ldmatrix then reads logical
 // (row0 + lane_row, 2*c2 + lane_bit) with row0 a multiple of 8 and c2 a compile-time constant.

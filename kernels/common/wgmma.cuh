@@ -4,8 +4,8 @@
 // operands the tensor cores read from shared memory once, where mma.sync makes each warp ldmatrix its own
 // copy of B (the shared-memory bandwidth that bounds our mma.sync kernels).
 //
-// Not yet used by any kernel: kernels/common/harness/wgmma_check.cpp runs these wrappers against a CPU GEMM
-// on a GPU, over the operand layouts and descriptor strides below, before a kernel is built on them.
+// Used by linear_chunk's forward (linear_chunk_fwd_wgmma.cuh) and the flash backward (flash_bwd_wgmma.cuh);
+// kernels/common/harness/wgmma_check.cpp runs the descriptor forms against a CPU GEMM on a GPU.
 //
 // Layouts (PTX ISA, "Asynchronous Warpgroup Level Matrix Shared Memory Layout"), with the 128-byte swizzle
 // that kernels/common/mma.cuh's swz<64> already produces (chunk c of row r at chunk c ^ (r % 8), rows of
@@ -159,6 +159,45 @@ struct Mma<128, __half, kTransB, kTransA> {
   }
 };
 
+// The same products with A from registers (wgmma's "RS" form): a[4] is this thread's A fragment of the
+// m64k16 slice, laid out as mma.sync's m16n8k16 A fragment within each warp's 16 rows (warp w of the
+// warpgroup: rows 16 w ..), so an m64nN accumulator turns into the A of a next product in registers, as
+// P^T does in the flash backward (dV += P^T dO). Operands after the accumulators: a (4), b, scale-d, tnsp-b.
+#define ATTNLAB_WG_RS_N64(TY)                                                                             \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY \
+               "." TY " {" ATTNLAB_WG_R32 "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"              \
+               : ATTNLAB_WG_D32(0)                                                                        \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(kTransB))
+#define ATTNLAB_WG_RS_N128(TY)                                                                             \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32." TY \
+               "." TY " {" ATTNLAB_WG_R64 "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"               \
+               : ATTNLAB_WG_D32(0), ATTNLAB_WG_D32(32)                                                     \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(kTransB))
+
+template <int N, typename T, int kTransB>
+struct MmaRs;
+#define ATTNLAB_WG_RS_STRUCT(NN, CT, TY)                                                               \
+  template <int kTransB>                                                                               \
+  struct MmaRs<NN, CT, kTransB> {                                                                      \
+    static __device__ __forceinline__ void run(float (&d)[NN / 2], const uint32_t (&a)[4], uint64_t b, \
+                                               int scale_d) {                                          \
+      ATTNLAB_WG_RS_BODY(NN, TY)                                                                       \
+    }                                                                                                  \
+  };
+#ifdef ATTNLAB_WGMMA
+#define ATTNLAB_WG_RS_BODY(NN, TY) ATTNLAB_WG_RS_N##NN(TY);
+#else
+#define ATTNLAB_WG_RS_BODY(NN, TY) (void)d, (void)a, (void)b, (void)scale_d, __trap();
+#endif
+ATTNLAB_WG_RS_STRUCT(64, __nv_bfloat16, "bf16")
+ATTNLAB_WG_RS_STRUCT(64, __half, "f16")
+ATTNLAB_WG_RS_STRUCT(128, __nv_bfloat16, "bf16")
+ATTNLAB_WG_RS_STRUCT(128, __half, "f16")
+
+#undef ATTNLAB_WG_RS_STRUCT
+#undef ATTNLAB_WG_RS_BODY
+#undef ATTNLAB_WG_RS_N64
+#undef ATTNLAB_WG_RS_N128
 #undef ATTNLAB_WG_N64
 #undef ATTNLAB_WG_N128
 #undef ATTNLAB_WG_R32

@@ -1,4 +1,5 @@
 // Backward launcher and workspace helpers of the flash-attention kernels (see params.h).
+#include "kernels/flash_attn/flash_bwd_wgmma.cuh"
 #include "kernels/flash_attn/flash_config.cuh"
 #include "kernels/flash_attn/params.h"
 
@@ -22,10 +23,21 @@ void flash_attn_set_bwd_workspace(FlashAttnParams& p, void* workspace) {
   p.softmax_d = reinterpret_cast<float*>(static_cast<char*>(workspace) + dq_accum_bytes(p));
 }
 
+bool flash_attn_has_wgmma() {
+#ifdef ATTNLAB_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
 cudaError_t launch_flash_attn_bwd(const FlashAttnParams& p) {
   if (flash_attn_check(p, /*backward=*/true) != nullptr) return cudaErrorInvalidValue;
   return FLASH_DTYPE_SWITCH(p.dtype, T, [&] {
-    return FLASH_HEADDIM_SWITCH(p.D, kD, [&] { return flash::run_flash_bwd<flash::BwdDefault<kD>, T>(p); });
+    return FLASH_HEADDIM_SWITCH(p.D, kD, [&] {
+      return p.bwd_wgmma ? flash::run_flash_bwd_wgmma<kD, T>(p)
+                         : flash::run_flash_bwd<flash::BwdDefault<kD>, T>(p);
+    });
   });
 }
 

@@ -384,27 +384,33 @@ __global__ void __launch_bounds__(256) flash_attn_bwd_convert_dq_kernel(const Fl
   *reinterpret_cast<uint4*>(dst) = out;
 }
 
-// Launches the backward for p (validated, workspaces set): zero dq_accum, D, main, convert.
-template <typename Cfg, typename T>
-cudaError_t run_flash_bwd(const FlashAttnParams& p) {
-  constexpr int kD = Cfg::kD;
+// The backward's launch sequence for p (validated, workspaces set): zero dq_accum, D, main(stream) (the
+// main kernel, mma.sync here or wgmma in flash_bwd_wgmma.cuh), convert dq.
+template <int kD, typename T, typename Main>
+cudaError_t run_flash_bwd_steps(const FlashAttnParams& p, Main&& main) {
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const int64_t rows = int64_t(p.B) * p.H * p.Tq;
   cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, size_t(rows) * kD * sizeof(float), stream);
   if (err != cudaSuccess) return err;
   flash_attn_bwd_dot_do_o_kernel<kD, T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-
-  auto kernel = flash_attn_bwd_kernel<Cfg, T>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid((p.Tk + Cfg::kBc - 1) / Cfg::kBc, p.Hkv, p.B);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-
+  if ((err = main(stream)) != cudaSuccess) return err;
   const int64_t chunks = rows * (kD / 8);
   flash_attn_bwd_convert_dq_kernel<kD, T><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename Cfg, typename T>
+cudaError_t run_flash_bwd(const FlashAttnParams& p) {
+  return run_flash_bwd_steps<Cfg::kD, T>(p, [&](cudaStream_t stream) {
+    auto kernel = flash_attn_bwd_kernel<Cfg, T>;
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    const dim3 grid((p.Tk + Cfg::kBc - 1) / Cfg::kBc, p.Hkv, p.B);
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace attnlab::kernels::flash

@@ -48,6 +48,8 @@ const char* flash_attn_check(const FlashAttnParams& p, bool backward) {
         !strides_ok(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) ||
         !strides_ok(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride))
       return "flash_attn: dout/dq/dk/dv strides must be multiples of 8 elements (row strides within 2^24)";
+    if (p.bwd_wgmma && !flash_attn_has_wgmma())
+      return "flash_attn: bwd_wgmma set, but this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
   }
   return nullptr;
 }

@@ -85,7 +85,13 @@ struct FlashAttnParams {
   int window = 0;       // sliding window length (keys i'-window < j <= i'); 0 = off; > 0 implies causal
   FlashDtype dtype = FlashDtype::kBF16;  // element type of the 16-bit tensors
   void* stream = nullptr;                // cudaStream_t to launch on (nullptr: the legacy default stream)
+  // 1: the backward's main kernel on Hopper's wgmma (flash_bwd_wgmma.cuh; a build with sm_90a code, an sm_90
+  // device); 0: the mma.sync kernel (any head dim, sm_80 on). Same inputs, outputs and workspaces.
+  int bwd_wgmma = 0;
 };
+
+// True when this build holds the sm_90a code of the wgmma backward (CMAKE_CUDA_ARCHITECTURES with 90a).
+bool flash_attn_has_wgmma();
 
 // True when the kernels handle this head dim and dtype (D = 64 or 128; bf16 or fp16).
 bool flash_attn_supported(int head_dim, FlashDtype dtype);

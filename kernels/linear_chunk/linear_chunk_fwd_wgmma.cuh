@@ -31,11 +31,6 @@ struct WgFwdSmem {
   static constexpr int kBytes = kP + kPanel;
 };
 
-// Byte offset of element (row, col) in a swizzled [rows][64] panel.
-__device__ __forceinline__ uint32_t panel_off(int row, int col) {
-  return swz<64>(row, col / 8) + (col % 8) * 2;
-}
-
 // The 16-bit state copy: warpgroup g's accumulators (rows 64 g + 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane
 // % 4) (+ 1)) into the two MN-major panels at s.
 template <typename T>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds ./flash_attn_harness (tests + benchmark of kernels/flash_attn) in this folder.
 #   bash build.sh            # sm_90 (H100)
+#   ARCH=-arch=sm_90a bash build.sh   # with the wgmma backward (./flash_attn_harness --bwd-wgmma)
 #   ARCH=-arch=sm_80 bash build.sh
 #   SERIAL=1 bash build.sh   # one translation unit at a time (small shared machines)
 #   ARCH=-gencode=arch=compute_80,code=compute_80 BUILD=build80 BIN=flash_attn_harness_ptx80 bash build.sh
@@ -16,6 +17,8 @@ ARCH=${ARCH:--arch=sm_90}
 BUILD=${BUILD:-build}
 BIN=${BIN:-flash_attn_harness}
 FLAGS=(-O3 -std=c++17 "$ARCH" --expt-relaxed-constexpr -lineinfo "-I$ROOT" -Xptxas -v)
+# sm_90a code holds the wgmma backward (--bwd-wgmma); the library's CMake sets the same define for 90a builds.
+case "$ARCH" in *90a*) FLAGS+=(-DATTNLAB_SM90A=1) ;; esac
 mkdir -p "$BUILD"
 pids=()
 status=0

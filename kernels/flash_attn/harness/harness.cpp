@@ -5,6 +5,7 @@
 //   ./flash_attn_harness [out.csv] [--quick]   # all of the below (--quick: no tuning, one pass)
 //   ./flash_attn_harness --small                # two small checks only (compute-sanitizer runs)
 //   ./flash_attn_harness --profile              # one fwd + bwd per head dim at T=8192 (ncu runs)
+//   ./flash_attn_harness --bwd-wgmma ...        # backward through the wgmma kernel (sm_90a build)
 //
 // 1. correctness: random inputs (never zeros), outputs poisoned with NaN before every run, a
 //    float32 reference computed on the GPU by naive kernels, relative RMS ||out-ref|| / ||ref|| for
@@ -770,6 +771,15 @@ FlashAttnParams bench_params(char* base, size_t elems_per_tensor, int B, int T, 
   return p;
 }
 
+// --bwd-wgmma: every backward of this run (checks, benchmark) through the wgmma main kernel
+// (FlashAttnParams::bwd_wgmma; an sm_90a build).
+bool g_bwd_wgmma = false;
+cudaError_t launch_bwd(const FlashAttnParams& p0) {
+  FlashAttnParams p = p0;
+  p.bwd_wgmma = g_bwd_wgmma ? 1 : 0;
+  return attnlab::kernels::launch_flash_attn_bwd(p);
+}
+
 int main(int argc, char** argv) {
   const char* csv_path = nullptr;
   bool quick = false, small = false, profile = false;
@@ -778,6 +788,8 @@ int main(int argc, char** argv) {
       quick = true;
     else if (!std::strcmp(argv[i], "--small"))
       small = true;  // compute-sanitizer runs: small cases only
+    else if (!std::strcmp(argv[i], "--bwd-wgmma"))
+      g_bwd_wgmma = true;
     else if (!std::strcmp(argv[i], "--profile"))
       profile = true;  // ncu runs: one forward and one backward per head dim at T=8192, nothing else
     else
@@ -797,7 +809,7 @@ int main(int argc, char** argv) {
     for (int D : {128, 64}) {
       FlashAttnParams p = bench_params(static_cast<char*>(arena.p), elems, 4, 8192, 16, D, true, ws.p);
       CK(attnlab::kernels::launch_flash_attn_fwd(p));
-      CK(attnlab::kernels::launch_flash_attn_bwd(p));
+      CK(launch_bwd(p));
     }
     CK(cudaDeviceSynchronize());
     std::printf("profile runs done\n");
@@ -805,7 +817,6 @@ int main(int argc, char** argv) {
   }
 
   // ---------------------------------------------------------------- 1. correctness
-  using attnlab::kernels::launch_flash_attn_bwd;
   using attnlab::kernels::launch_flash_attn_fwd;
   const FlashDtype BF = FlashDtype::kBF16, FP = FlashDtype::kFP16;
   const Layout L0 = Layout::kBTHD, L1 = Layout::kBHTD, LP = Layout::kPackedQKV;
@@ -838,7 +849,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 1234;
   if (small) {
     for (const Case& c : small_cases) {
-      const CaseResult r = check_case_any(c, seed += 10, launch_flash_attn_fwd, launch_flash_attn_bwd, true);
+      const CaseResult r = check_case_any(c, seed += 10, launch_flash_attn_fwd, launch_bwd, true);
       print_result(c.name, r, true);
       failures += !r.pass;
     }
@@ -846,7 +857,7 @@ int main(int argc, char** argv) {
     return failures ? 1 : 0;
   }
   for (const Case& c : cases) {
-    const CaseResult r = check_case_any(c, seed += 10, launch_flash_attn_fwd, launch_flash_attn_bwd, true);
+    const CaseResult r = check_case_any(c, seed += 10, launch_flash_attn_fwd, launch_bwd, true);
     print_result(c.name, r, true);
     failures += !r.pass;
   }
@@ -911,7 +922,7 @@ int main(int argc, char** argv) {
           if (!causal && T != 4096 && T != 16384) continue;  // non-causal: two shapes for reference
           const int B = 32768 / T;
           FlashAttnParams p = bench_params(static_cast<char*>(arena.p), max_elems, B, T, 16, D, causal, ws.p);
-          const Timing t = time_it(p, launch_flash_attn_fwd, launch_flash_attn_bwd, quick ? 10 : 30);
+          const Timing t = time_it(p, launch_flash_attn_fwd, launch_bwd, quick ? 10 : 30);
           const double f = fwd_flops(p);
           const double tf = f / (t.fwd_ms * 1e-3) / 1e12, tb = 2.5 * f / (t.bwd_ms * 1e-3) / 1e12,
                        tt = 3.5 * f / (t.total_ms * 1e-3) / 1e12;

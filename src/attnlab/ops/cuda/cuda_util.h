@@ -43,6 +43,14 @@ inline int sm_count(int device) {
   return n;
 }
 
+// Compute capability major of `device` (9 on Hopper: where the sm_90a wgmma kernels run).
+inline int compute_major(int device) {
+  int major = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute_major",
+             "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
+  return major;
+}
+
 // Absent optional inputs (g, h0, ...) cross the bindings' autograd Functions as empty tensors: libtorch
 // records the device of every tensor input, and an undefined one has none.
 inline bool given(const torch::Tensor& t) {

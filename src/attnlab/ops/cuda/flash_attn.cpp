@@ -6,6 +6,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
@@ -120,6 +122,11 @@ kn::FlashAttnParams make_params(const Sizes& s, const torch::Tensor& q, const to
   p.window = static_cast<int>(std::min(opt.window, s.Tk));
   p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::FlashDtype::kBF16 : kn::FlashDtype::kFP16;
   p.stream = nullptr;  // the legacy default stream: PyTorch's current stream unless a caller changed it
+  // The backward's main kernel runs on wgmma on Hopper with an sm_90a build (flash_bwd_wgmma.cuh);
+  // ATTNLAB_FLASH_BWD=mma forces the mma.sync kernel (read per call: the bench and a test switch it).
+  const char* variant = std::getenv("ATTNLAB_FLASH_BWD");
+  const bool force_mma = variant && std::string(variant) == "mma";
+  p.bwd_wgmma = !force_mma && kn::flash_attn_has_wgmma() && compute_major(q.device().index()) == 9;
   return p;
 }
 

@@ -1,0 +1,39 @@
+# Shared by the one-call GPU scripts (gpu_linear.sh, gpu_flash.sh); sourced, not run. Sets RESULTS (the
+# device's $OUT, or ./gpu-out) and OUT (its logs/ folder, packed into logs.tgz at exit: the device tool brings
+# back few files), the stage deadline, and gpu_build_setup (the header-only deps from .deps, configured against
+# the pip torch's libtorch for sm_90a).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RESULTS=${OUT:-$PWD/gpu-out}; mkdir -p "$RESULTS"
+OUT=$RESULTS/logs; mkdir -p "$OUT"
+pack() { tar czf "$RESULTS/logs.tgz" -C "$RESULTS" logs && rm -rf "$OUT"; }
+trap pack EXIT
+JOBS=${JOBS:-$(nproc)}; BUILD=${BUILD:-build-gpu}; P=$PWD/.deps/prefix
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+# The device kills a call at 600 s, and a killed call packs no logs: every stage gets at most what is left of
+# DEADLINE (seconds from the start), and a stage that would get under 20 s is skipped and says so.
+DEADLINE=${DEADLINE:-575}
+budget() { local left=$(( DEADLINE - ($(date +%s) - T0) )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
+stage() { local t; t=$(budget "$1"); shift
+  if [ "$t" -lt 20 ]; then echo "skipped (deadline): $*" >&2; return 124; fi; timeout "$t" "$@"; }
+gpu_build_setup() {
+  if [ ! -f "$P/.done" ]; then
+    (cmake -S .deps/src/yaml-cpp -B .deps/by -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+       -DYAML_CPP_BUILD_TESTS=OFF -DYAML_CPP_BUILD_TOOLS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$P" &&
+     cmake --build .deps/by -j "$JOBS" && cmake --install .deps/by &&
+     cmake -S .deps/src/googletest -B .deps/bg -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+       -DCMAKE_INSTALL_PREFIX="$P" && cmake --build .deps/bg -j "$JOBS" && cmake --install .deps/bg &&
+     mkdir -p "$P/include" && cp -r .deps/include/* "$P/include/" && touch "$P/.done") > "$OUT/deps.log" 2>&1 ||
+      { tail -n 20 "$OUT/deps.log"; exit 1; }
+  fi
+  el deps
+  # sm_90a (wgmma paths; H100 / H200 only), or plain sm_90 where this cmake does not take "90a".
+  configure() {
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$1" \
+      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$P" \
+      -DATTNLAB_HEADER_ONLY_DEPS=ON -DATTNLAB_DEPS_INCLUDE="$P/include" > "$OUT/configure.log" 2>&1
+  }
+  configure "${CUDA_ARCH:-90a}" || { rm -rf "$BUILD"; configure 90; } || { tail -n 30 "$OUT/configure.log"; exit 1; }
+  el "configured for $(grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES:STRING=.*' "$BUILD/CMakeCache.txt")"
+}
