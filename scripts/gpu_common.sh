@@ -37,3 +37,16 @@ gpu_build_setup() {
   configure "${CUDA_ARCH:-90a}" || { rm -rf "$BUILD"; configure 90; } || { tail -n 30 "$OUT/configure.log"; exit 1; }
   el "configured for $(grep -m1 -o 'CMAKE_CUDA_ARCHITECTURES:STRING=.*' "$BUILD/CMakeCache.txt")"
 }
+# The 30M model's training step on CUDA (configs/perf30m.yaml: step time, tokens/s, peak memory and the
+# profile, softmax against Gated DeltaNet; issue 6) with "$BUILD/attnlab", then PyTorch eager's step of the same
+# model on this GPU (bench/torch_train_baseline.py: vocabulary 5000, fused AdamW). Needs data/sotu carried.
+perf30m_stage() {
+  rm -rf runs/gpu-perf30m
+  stage "${PERF30M_TIMEOUT:-200}" "$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda \
+    --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
+  el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
+  mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
+  stage 90 python3 bench/torch_train_baseline.py --out "$RESULTS/torch_train.csv" > "$OUT/torch_train.log" 2>&1
+  el "torch eager baseline rc $?"; tail -n 1 "$OUT/torch_train.log"
+  cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
+}

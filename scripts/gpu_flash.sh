@@ -5,20 +5,23 @@
 # bench/sdpa_flash_bench.py times PyTorch SDPA's flash (FA2) and cuDNN backends on the same shapes. With
 # FULL=1 it then builds the CLI and test_gpu_flash against the pip torch's libtorch (carry .deps), runs the
 # test and `attnlab bench ops --ops softmax` (validated, through the binding). Prints a table last; CSVs and
-# logs.tgz under $OUT (default ./gpu-out).
+# logs.tgz under $OUT (default ./gpu-out). HARNESS=0 skips the harness and SDPA part; FULL=1 PERF30M=1 adds the
+# 30M model's training step beside PyTorch eager's (gpu_common.sh's perf30m_stage; carry data/sotu).
 #   COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_flash.sh
 source "$(dirname "$0")/gpu_common.sh"
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
 H=kernels/flash_attn/harness
-ARCH=-arch=sm_90a bash "$H/build.sh" > "$OUT/harness_build.log" 2>&1
-el "harness build rc $?"; tail -n 3 "$OUT/harness_build.log"
-for mode in wgmma mma; do
-  flag=$([ "$mode" = wgmma ] && echo --bwd-wgmma)
-  stage 200 "$H/flash_attn_harness" --quick $flag "$RESULTS/flash_$mode.csv" > "$OUT/harness_$mode.log" 2>&1
-  el "harness ($mode backward) rc $?"; grep -E "FAIL|passed" "$OUT/harness_$mode.log" | head -n 12
-done
-stage 150 python3 bench/sdpa_flash_bench.py --out "$RESULTS/sdpa_flash.csv" > "$OUT/sdpa_flash.log" 2>&1
-el "sdpa rc $?"
+if [ "${HARNESS:-1}" = 1 ]; then
+  ARCH=-arch=sm_90a bash "$H/build.sh" > "$OUT/harness_build.log" 2>&1
+  el "harness build rc $?"; tail -n 3 "$OUT/harness_build.log"
+  for mode in wgmma mma; do
+    flag=$([ "$mode" = wgmma ] && echo --bwd-wgmma)
+    stage 200 "$H/flash_attn_harness" --quick $flag "$RESULTS/flash_$mode.csv" > "$OUT/harness_$mode.log" 2>&1
+    el "harness ($mode backward) rc $?"; grep -E "FAIL|passed" "$OUT/harness_$mode.log" | head -n 12
+  done
+  stage 150 python3 bench/sdpa_flash_bench.py --out "$RESULTS/sdpa_flash.csv" > "$OUT/sdpa_flash.log" 2>&1
+  el "sdpa rc $?"
+fi
 if [ "${FULL:-0}" = 1 ]; then
   gpu_build_setup
   stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab test_gpu_flash -- -k 0 > "$OUT/build.log" 2>&1
@@ -29,6 +32,7 @@ if [ "${FULL:-0}" = 1 ]; then
     --seq-lens 512,1024,2048,4096,8192,16384,32768 --tokens 32768 --heads 16 --out "$RESULTS/bench_softmax.csv" \
     --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_softmax.log" 2>&1
   el "bench ops softmax rc $?"; grep -E "^(op |softmax +128 )|MISMATCH|error" "$OUT/bench_softmax.log" | head -n 30
+  [ "${PERF30M:-0}" = 1 ] && perf30m_stage  # carry data/sotu
 fi
 # Table: causal bf16 TFLOP/s (forward / backward / forward+backward) of ours (wgmma and mma.sync backward) and
 # SDPA's backends, by head dim and T.

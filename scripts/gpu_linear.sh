@@ -55,16 +55,5 @@ stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_att
   > "$OUT/bench_linear_mma.log" 2>&1
 el "bench (mma.sync forward) rc $?"
 grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 10
-# PERF30M=1: also the 30M model's training step on CUDA (configs/perf30m.yaml: step time, tokens/s, peak
-# memory and the profile, softmax against Gated DeltaNet; issue 6), in the same call and build.
-if [ "${PERF30M:-0}" = 1 ]; then
-  rm -rf runs/gpu-perf30m
-  stage "${PERF30M_TIMEOUT:-200}" "$BUILD/attnlab" study configs/perf30m.yaml --set study.device=cuda \
-    --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
-  el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
-  mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
-  # PyTorch eager's step of the same model on this GPU (vocabulary 5000, fused AdamW): the same-GPU peer.
-  stage 90 python3 bench/torch_train_baseline.py --out "$RESULTS/torch_train.csv" > "$OUT/torch_train.log" 2>&1
-  el "torch eager baseline rc $?"; tail -n 1 "$OUT/torch_train.log"
-  cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
-fi
+# PERF30M=1: also the 30M model's training step beside PyTorch eager (gpu_common.sh), in the same build.
+[ "${PERF30M:-0}" = 1 ] && perf30m_stage
