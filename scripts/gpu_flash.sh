@@ -32,7 +32,7 @@ if [ "${FULL:-0}" = 1 ]; then
     --seq-lens 512,1024,2048,4096,8192,16384,32768 --tokens 32768 --heads 16 --out "$RESULTS/bench_softmax.csv" \
     --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_softmax.log" 2>&1
   el "bench ops softmax rc $?"; grep -E "^(op |softmax +128 )|MISMATCH|error" "$OUT/bench_softmax.log" | head -n 30
-  [ "${PERF30M:-0}" = 1 ] && perf30m_stage  # carry data/sotu
+  if [ "${PERF30M:-0}" = 1 ]; then perf30m_stage; fi  # carry data/sotu
 fi
 # Table: causal bf16 TFLOP/s (forward / backward / forward+backward) of ours (wgmma and mma.sync backward) and
 # SDPA's backends, by head dim and T.

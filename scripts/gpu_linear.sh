@@ -56,4 +56,4 @@ stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_att
 el "bench (mma.sync forward) rc $?"
 grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 10
 # PERF30M=1: also the 30M model's training step beside PyTorch eager (gpu_common.sh), in the same build.
-[ "${PERF30M:-0}" = 1 ] && perf30m_stage
+if [ "${PERF30M:-0}" = 1 ]; then perf30m_stage; fi
