@@ -5,10 +5,13 @@
 // fp16, D = 64 and 128.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <string>
 #include <vector>
 
 #include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
 #include "attnlab/ops/cuda/delta_chunk.h"
 #include "attnlab/ops/delta_rule.h"
 #include "support/helpers.h"
@@ -151,6 +154,43 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
                         q.narrow(3, 0, 64), k.narrow(3, 0, 64).contiguous(), w.narrow(3, 0, 64).contiguous(),
                         u.narrow(3, 0, 64).contiguous(), G, torch::Tensor(), 0.1, 2),
                     "v_split must be 1, or 2 at V = 128; got 2 at V = 64");
+}
+
+// The two-pass forward (the walk stores vn, one block per chunk computes o; ATTNLAB_DELTA_FWD forces it or
+// the one-pass form) gives the same bits as the one-pass one, with and without a gate, both head dims and
+// both V-splits; the backward, which reads only the saved states, the same gradients.
+TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(12);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto fl = f.dtype(torch::kFloat);
+  for (int64_t D : {64, 128})
+    for (bool gated : {false, true})
+      for (int64_t v_split : {int64_t(1), int64_t(2)}) {
+        if (v_split == 2 && D != 128) continue;
+        const int64_t B = 2, T = 333, H = 3;
+        auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+        auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
+        auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
+        auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
+        auto run = [&](const char* form) {
+          setenv("ATTNLAB_DELTA_FWD", form, 1);
+          auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+          auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
+          auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, G, lh, 0.1, v_split);
+          ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
+          unsetenv("ATTNLAB_DELTA_FWD");
+          return std::vector<torch::Tensor>{out[0],    out[1],    lq.grad(), lk.grad(),
+                                            lw.grad(), lu.grad(), lh.grad()};
+        };
+        auto one = run("one_pass"), two = run("two_pass");
+        const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0"};
+        for (size_t i = 0; i < one.size(); ++i) {
+          EXPECT_TRUE(ops::all_finite(two[i])) << names[i] << " D " << D << " gated " << gated;
+          EXPECT_TRUE(torch::equal(one[i], two[i]))
+              << names[i] << " D " << D << " gated " << gated << " v_split " << v_split;
+        }
+      }
 }
 
 }  // namespace

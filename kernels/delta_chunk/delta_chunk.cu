@@ -29,6 +29,11 @@ int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
   return V == 128 && heads < 2LL * num_sms ? 2 : 1;
 }
 
+bool delta_chunk_default_two_pass(int B, int H, int V, int num_sms) {
+  const long long blocks = static_cast<long long>(B) * H * delta_chunk_default_v_split(B, H, V, num_sms);
+  return blocks < num_sms;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }
@@ -36,11 +41,22 @@ size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
 namespace delta_chunk {
 namespace {
 
+template <int kD, int kVb, typename T, bool kGated>
+cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
+  const dim3 grid(kD / kVb, p.H, p.B);
+  if (!p.vn)
+    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kBytes, p);
+  // two passes: the walk (states and vn), then o for every chunk at once
+  cudaError_t err =
+      launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb>::kBytes, p);
+  if (err != cudaSuccess) return err;
+  return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                       OutSmem<kD>::kBytes, p);
+}
+
 template <int kD, int kVb, typename T>
 cudaError_t launch_fwd(const DeltaChunkParams& p) {
-  const dim3 grid(kD / kVb, p.H, p.B);
-  return p.G ? launch_kernel(&delta_fwd_kernel<kD, kVb, T, true>, grid, FwdSmem<kD, kVb>::kBytes, p)
-             : launch_kernel(&delta_fwd_kernel<kD, kVb, T, false>, grid, FwdSmem<kD, kVb>::kBytes, p);
+  return p.G ? launch_fwd_gated<kD, kVb, T, true>(p) : launch_fwd_gated<kD, kVb, T, false>(p);
 }
 
 }  // namespace

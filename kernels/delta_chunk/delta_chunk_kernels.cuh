@@ -67,7 +67,10 @@ struct FwdSmem {
   static constexpr int kBytes = kP + kC * kC * 2;
 };
 
-template <int kD, int kVb, typename T, bool kGated>
+// kOut = true: the one-pass forward (o computed in the walk). kOut = false: the state pass of the two-pass
+// forward (p.vn set): the walk only stores the states and vn, and delta_out_kernel computes o afterwards,
+// every chunk at once (for few (batch, head) pairs, where the walk runs on a fraction of the SMs).
+template <int kD, int kVb, typename T, bool kGated, bool kOut = true>
 __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunkParams p) {
   using L = FwdSmem<kD, kVb>;
   using ST = StateTile<kD, kVb>;
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
     if (c < nt) {
       const int st = c & 1, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
-      load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+      if constexpr (kOut) load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
       load_tile<kC, kVb, kThreads, T>(base + L::kU,
@@ -121,9 +124,13 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
     corrected_values<kD, T, kGated, kVb>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU,
                                          G, g_last, warp, lane);
     // P = scale (q k^T) exp(G_t - G_s), s <= t
-    decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
+    if constexpr (kOut)
+      decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
     __syncthreads();  // vn, Vw, P ready
-    {
+    if constexpr (!kOut)
+      store_tile<kC, kVb, kThreads, T>(static_cast<T*>(p.vn) + row_offset(b, t0, h, p.T, p.H, kD) + v0,
+                                       row_stride, smem + L::kVn, rows, tid);
+    if constexpr (kOut) {
       float O[1][kVb / 16][4];
       zero_acc(O);
       warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(O, sst + L::kQ, m0, 0, s0 + L::kS, 0, n0o,
@@ -143,6 +150,53 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
   }
   cp_async_wait<0>();
   if (p.ht) ST::store(p.ht + bh * kD * kD + v0, S, warp, lane, kD);
+}
+
+// The output pass of the two-pass forward: block (c, h, b) computes chunk c's o = scale exp(G_t) q_t S_in +
+// P vn from the state the walk saved (hs) and its vn, with the same products in the same order as the
+// one-pass kernel, so o comes out as the same bits. 88 KB of shared memory at D = 128: two blocks per SM.
+template <int kD>
+struct OutSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0, kK = kTile, kVn = 2 * kTile, kS = 3 * kTile;  // kS: [kD][kD] 16-bit
+  static constexpr int kP = kS + kD * kD * 2;                                // [C][C]
+  static constexpr int kG = kP + kC * kC * 2;
+  static constexpr int kBytes = kG + kC * 4;
+};
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 2) delta_out_kernel(const DeltaChunkParams p) {
+  using L = OutSmem<kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+  float* G = reinterpret_cast<float*>(smem + L::kG);
+  load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.vn), b, t0, h, p.T, p.H, tid);
+  load_tile<kD, kD, kThreads, T>(s0 + L::kS, static_cast<const T*>(p.hs) + (bh * nt + c) * kD * kD, kD, kD,
+                                 tid);
+  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if (kGated && rows < kC) {
+    pad_gates(G, rows, tid);
+    __syncthreads();
+  }
+  decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
+  __syncthreads();
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
+  float O[1][kD / 16][4];
+  zero_acc(O);
+  warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(O, s0 + L::kQ, m0, 0, s0 + L::kS, 0, n0o, lane);
+  scale_rows(O, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+  warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o, lane);
+  store_acc_global<T>(static_cast<T*>(p.o) + row_offset(b, t0, h, p.T, p.H, kD),
+                      static_cast<int64_t>(p.H) * kD, O, m0, n0o, rows, lane);
 }
 
 // ---------------------------------------------------------------- backward

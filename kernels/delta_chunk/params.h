@@ -43,6 +43,11 @@ struct DeltaChunkParams {
                               // (written by the forward, read by the backward)
   int v_split = 1;            // forward blocks per (b, h), each over V / v_split value columns: 1, or 2 at
                               // V = 128 (delta_chunk_default_v_split picks it); the results are the same
+  void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two
+                              // passes: the walk over the chunks stores the states (hs) and vn = U - W S
+                              // only, then one block per chunk computes o from them (all chunks at once).
+                              // Same results, bit for bit; faster where B * H blocks leave SMs idle
+                              // (delta_chunk_default_two_pass)
 
   // ---- backward
   const void* dout = nullptr;  // [B, T, H, V]
@@ -63,6 +68,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
 // The forward's V-split: 2 when B * H blocks alone would leave `num_sms` multiprocessors idle and V = 128
 // (a column slice needs 64 columns for the swizzled tiles), else 1.
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
+
+// Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape: when the walk's
+// B * H * v_split blocks fill less than `num_sms` multiprocessors.
+bool delta_chunk_default_two_pass(int B, int H, int V, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
