@@ -69,9 +69,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
 // (a column slice needs 64 columns for the swizzled tiles), else 1.
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 
-// Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape: when the walk's
-// B * H * v_split blocks fill less than `num_sms` multiprocessors.
-bool delta_chunk_default_two_pass(int B, int H, int V, int num_sms);
+// Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape, from the walk's
+// B * H * v_split blocks: gated, up to 4 per multiprocessor; without a gate, under one per two (measured on
+// an H200, bench/results/h200-2026-12-02h: docs/kernels.md, "delta_chunk").
+bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

@@ -232,7 +232,8 @@ int main(int argc, char** argv) {
       t1 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_fwd(p1)); });
       t2 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_fwd(p2)); });
     }
-    const bool dflt = attnlab::kernels::delta_chunk_default_two_pass(c.B, c.H, c.D, prop.multiProcessorCount);
+    const bool dflt =
+        attnlab::kernels::delta_chunk_default_two_pass(c.B, c.H, c.D, c.gated, prop.multiProcessorCount);
     std::printf("%-28s v_split %d: o %zu/%zu differ (NaN %zu), hs %zu, ht %zu differ  %s", c.name, p.v_split,
                 o.differing, o.n, o.nan, hs.differing, ht.differing, pass ? "PASS" : "FAIL");
     if (c.name[0] == 'b')

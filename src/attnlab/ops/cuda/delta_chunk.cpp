@@ -51,15 +51,15 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     auto o = torch::empty(u.sizes(), q.options());
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
     p.o = o.data_ptr(), p.ht = f32(ht);
-    // The two-pass forward (the walk stores vn, then o for all chunks at once) where the walk alone leaves
-    // SMs idle; the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass / two_pass forces either (read
+    // The two-pass forward (the walk stores vn, then o for all chunks at once) where it is the faster form
+    // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass / two_pass forces either (read
     // per call: the bench and a test switch it). vn is a workspace: freed at return, after the launches that
     // use it were queued on the same stream.
     torch::Tensor vn;
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
-    const bool two_pass = form
-                              ? std::string(form) == "two_pass"
-                              : kn::delta_chunk_default_two_pass(p.B, p.H, p.V, sm_count(q.device().index()));
+    const bool two_pass =
+        form ? std::string(form) == "two_pass"
+             : kn::delta_chunk_default_two_pass(p.B, p.H, p.V, p.G != nullptr, sm_count(q.device().index()));
     if (two_pass) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
     check_params(p, false);
     check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
