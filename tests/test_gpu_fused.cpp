@@ -1,9 +1,10 @@
 // labels: gpu
-// The fused RMSNorm and RoPE kernels (kernels/fused, ops/cuda/fused.h) against their libtorch references
-// (rms_norm_reference, rope_reference in model/layers.h), run on the same GPU inputs: the raw passes into
-// NaN-poisoned outputs, then the autograd path (x and weight gradients through the references' autograd),
-// float32 / bf16 / fp16, awkward sizes (N = 1000, 8193; R < D; T = 1, 7; B * H = 15, 35), and views that
-// are not contiguous (slices of a fused projection, transposes) or not 16-byte aligned (the scalar path).
+// The fused RMSNorm, RoPE and short-conv kernels (kernels/fused, ops/cuda/fused.h, short_conv.h) against
+// their references (rms_norm_reference, rope_reference in model/layers.h), run on the same GPU inputs: the
+// raw passes into NaN-poisoned outputs, then the autograd path (x and weight gradients through the
+// references' autograd), float32 / bf16 / fp16, awkward sizes (N = 1000, 8193; R < D; T = 1, 7; B * H = 15,
+// 35), and views that are not contiguous (slices of a fused projection, transposes) or not 16-byte aligned
+// (the scalar path).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -13,10 +14,15 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/model/layers.h"
+#include "support/helpers.h"
 #include "support/kernel_test.h"
 
 #ifdef ATTNLAB_WITH_CUDA
+#include <cstdlib>
+
+#include "attnlab/mixers/short_conv.h"
 #include "attnlab/ops/cuda/fused.h"
+#include "attnlab/ops/cuda/short_conv.h"
 #endif
 
 using namespace attnlab;
@@ -331,6 +337,126 @@ TEST(GpuFusedBinding, ReasonsAndValidation) {
   EXPECT_THROW(
       ops::cuda::rope_into(q, pos, 1e4, 0, torch::empty({1, 8, 2, 64}, f.dtype(torch::kHalf)), false), Error);
   EXPECT_THROW(ops::cuda::rope(q.cpu(), pos, 1e4), Error);
+}
+
+// ---------------------------------------------------------------- short convolution
+// The fused short conv (ops/cuda/short_conv.h) against the formula in float64 on the same rounded inputs
+// (autograd for the gradients): raw passes into NaN-poisoned outputs and the autograd path, float32 / bf16 /
+// fp16, K = 2 .. 4, with and without bias and SiLU, T = 1 / 37 / 300 (tiles of 16 tokens, halos across
+// tiles), x contiguous, a slice of a wider projection (row stride 3C) or misaligned (the one-channel path),
+// and ShortConv's module path (ATTNLAB_SHORT_CONV=fused) against its libtorch path.
+torch::Tensor conv_reference(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                             bool silu) {
+  const int64_t T = x.size(1), K = w.size(1);
+  auto xp = torch::cat({torch::zeros({x.size(0), K - 1, x.size(2)}, x.options()), x}, 1);
+  auto z = xp.narrow(1, 0, T) * w.select(1, 0);
+  for (int64_t j = 1; j < K; ++j) z = z + xp.narrow(1, j, T) * w.select(1, j);
+  if (b.defined()) z = z + b;
+  return silu ? torch::silu(z) : z;
+}
+
+TEST(GpuShortConv, MatchesFloat64Formula) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(5);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  struct Shape {
+    int64_t B, T, C;
+  };
+  for (auto dt : {torch::kFloat, torch::kBFloat16, torch::kHalf})
+    for (int64_t K : {2, 3, 4})
+      for (const Shape& sh : {Shape{2, 37, 64}, Shape{3, 300, 200}, Shape{2, 1, 24}})
+        for (const char* layout : {"contig", "slice", "misaligned"})
+          for (int variant = 0; variant < 2; ++variant) {
+            const bool with_bias = variant == 0, silu = variant == 0 || K == 3;
+            const std::string name =
+                fmt::format("{}_K{}_B{}T{}C{}_{}_{}{}", dtype_name(dt), K, sh.B, sh.T, sh.C, layout,
+                            with_bias ? "bias" : "nobias", silu ? "_silu" : "");
+            auto x = make_rows({sh.B, sh.T, sh.C}, dt, layout);
+            auto w = torch::randn({sh.C, K}, f) * 0.5;
+            auto b = with_bias ? torch::randn({sh.C}, f) * 0.1 : torch::Tensor();
+            auto dy = torch::randn({sh.B, sh.T, sh.C}, f).to(dt);
+            // float64 reference on the same (rounded) values
+            auto xd = x.to(torch::kDouble).requires_grad_(true),
+                 wd = w.to(torch::kDouble).requires_grad_(true);
+            auto bd = with_bias ? b.to(torch::kDouble).requires_grad_(true) : torch::Tensor();
+            auto yd = conv_reference(xd, wd, bd, silu);
+            (yd * dy.to(torch::kDouble)).sum().backward();
+            // raw passes into poisoned outputs
+            auto y = torch::full({sh.B, sh.T, sh.C}, kNaN, f).to(dt);
+            ops::cuda::short_conv_fwd_into(x, w, b, silu, y);
+            auto dx = torch::full({sh.B, sh.T, sh.C}, kNaN, f).to(dt), dw = torch::full({sh.C, K}, kNaN, f);
+            auto db = with_bias ? torch::full({sh.C}, kNaN, f) : torch::Tensor();
+            ops::cuda::short_conv_bwd_into(dy, x, w, b, silu, dx, dw, db);
+            expect_close(name, "y", y.to(torch::kDouble), yd.detach(),
+                         dt == torch::kFloat ? 1e-5 : tol_out(dt));
+            expect_close(name, "dx", dx.to(torch::kDouble), xd.grad(),
+                         dt == torch::kFloat ? 1e-5 : tol_grad(dt));
+            expect_close(name, "dw", dw.to(torch::kDouble), wd.grad(), kTolF32Sum);
+            if (with_bias) expect_close(name, "db", db.to(torch::kDouble), bd.grad(), kTolF32Sum);
+            // the autograd path gives the raw passes' results
+            auto xa = x.detach().requires_grad_(true), wa = w.clone().requires_grad_(true);
+            auto ba = with_bias ? b.clone().requires_grad_(true) : torch::Tensor();
+            auto ya = ops::cuda::short_conv(xa, wa, ba, silu);
+            (ya.to(torch::kFloat) * dy.to(torch::kFloat)).sum().backward();
+            EXPECT_TRUE(torch::equal(ya, y)) << name << ": autograd forward differs from the raw pass";
+            EXPECT_TRUE(torch::equal(wa.grad(), dw)) << name << ": autograd dw differs from the raw pass";
+            expect_close(name, "dx(ag)", xa.grad().to(torch::kDouble), xd.grad(),
+                         dt == torch::kFloat ? 1e-5 : tol_grad(dt));
+          }
+}
+
+TEST(GpuShortConv, ModulePathMatchesLibtorchPath) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(6);
+  for (bool with_bias : {false, true}) {
+    ShortConv conv(96, 4, with_bias, /*silu=*/true);
+    conv->to(torch::kCUDA);
+    auto x = torch::randn({2, 130, 96}, torch::TensorOptions().device(torch::kCUDA)).requires_grad_(true);
+    auto run = [&](const char* mode) {
+      if (mode)
+        setenv("ATTNLAB_SHORT_CONV", mode, 1);
+      else
+        unsetenv("ATTNLAB_SHORT_CONV");
+      conv->zero_grad();
+      if (x.grad().defined()) x.grad().zero_();
+      auto y = conv->forward(x);
+      (y * y).sum().backward();
+      unsetenv("ATTNLAB_SHORT_CONV");
+      std::vector<torch::Tensor> out = {y.detach(), x.grad().clone(), conv->weight.grad().clone()};
+      if (with_bias) out.push_back(conv->bias.grad().clone());
+      return out;
+    };
+    auto ref = run(nullptr), fused = run("fused");
+    const char* names[] = {"y", "dx", "dweight", "dbias"};
+    for (size_t i = 0; i < ref.size(); ++i)
+      expect_close(fmt::format("module bias={}", with_bias), names[i], fused[i], ref[i],
+                   i < 2 ? 1e-5 : kTolF32Sum);
+  }
+  // carried history (prefill / decode) stays on the libtorch path
+  ShortConv conv(16, 4);
+  conv->to(torch::kCUDA);
+  auto buf = conv->make_buffer(1, torch::TensorOptions().device(torch::kCUDA));
+  setenv("ATTNLAB_SHORT_CONV", "fused", 1);
+  auto y = conv->forward(torch::randn({1, 3, 16}, torch::TensorOptions().device(torch::kCUDA)), &buf);
+  unsetenv("ATTNLAB_SHORT_CONV");
+  EXPECT_EQ(buf.sizes(), (std::vector<int64_t>{1, 3, 16}));
+  EXPECT_FALSE(has_nan(y));
+}
+
+TEST(GpuShortConv, ReasonsAndValidation) {
+  SKIP_WITHOUT_CUDA();
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  auto x = torch::randn({2, 5, 8}, f), w = torch::randn({8, 4}, f);
+  EXPECT_EQ(ops::cuda::short_conv_unusable_reason(x, w, torch::Tensor()), "");
+  EXPECT_NE(ops::cuda::short_conv_unusable_reason(x.cpu(), w, torch::Tensor()).find("CUDA"),
+            std::string::npos);
+  EXPECT_NE(ops::cuda::short_conv_unusable_reason(x, torch::randn({8, 5}, f), torch::Tensor())
+                .find("kernel size 5"),
+            std::string::npos);
+  EXPECT_NE(ops::cuda::short_conv_unusable_reason(x, torch::randn({7, 4}, f), torch::Tensor()).find("[C, K]"),
+            std::string::npos);
+  EXPECT_ERROR_WITH(ops::cuda::short_conv(x.transpose(1, 2), w, torch::Tensor(), true),
+                    "channel axis must be contiguous");
 }
 
 }  // namespace

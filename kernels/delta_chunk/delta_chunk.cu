@@ -20,6 +20,7 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
+    if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
   }
   return {};
 }
@@ -76,10 +77,36 @@ cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p) {
   });
 }
 
+namespace delta_chunk {
+namespace {
+
+template <int kD, int kVb, typename T, bool kGated>
+cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
+  cudaError_t err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated>, dim3(kD / kVb, p.H, p.B),
+                                  BwdWalkSmem<kD, kVb>::kBytes, p);
+  if (err != cudaSuccess) return err;
+  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                       BwdOutSmem<kD>::kBytes, p);
+}
+
+template <int kD, int kVb, typename T>
+cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
+  return p.G ? launch_bwd_two_pass<kD, kVb, T, true>(p) : launch_bwd_two_pass<kD, kVb, T, false>(p);
+}
+
+}  // namespace
+}  // namespace delta_chunk
+
 cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
   if (!delta_chunk_check(p, true).empty()) return cudaErrorInvalidValue;
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    if (p.dhs) {
+      if constexpr (kD == 128) {
+        if (p.v_split == 2) return launch_bwd_two_pass<kD, 64, T>(p);
+      }
+      return launch_bwd_two_pass<kD, kD, T>(p);
+    }
     const dim3 grid(1, p.H, p.B);
     return p.G ? launch_kernel(&delta_bwd_kernel<kD, T, true>, grid, BwdSmem<kD>::kBytes, p)
                : launch_kernel(&delta_bwd_kernel<kD, T, false>, grid, BwdSmem<kD>::kBytes, p);

@@ -377,4 +377,240 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
   if (p.dh0) ST::store(p.dh0 + bh * kD * kD, dS, warp, lane);
 }
 
+// ---------------------------------------------------------------- two-pass backward
+// With p.dhs set, the backward runs in two passes, as the forward can (the same split as FLA's
+// chunk_bwd_dhu + chunk_bwd_dqkwg). The walk over the chunks keeps only what the recurrence of dS needs:
+//   vn = U - W S_in, P, dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T
+//   dvn
+// and saves the dS each chunk used (16-bit, as the one-pass kernel's products read it) into dhs, and its
+// share of exp(G_last) <dS, S_in> into dsum. Every one of these is column-local in the value axis, so the
+// walk splits V over v_split blocks like the forward. Then delta_bwd_out_kernel, one block per chunk, forms
+// dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's products in
+// its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its float atomics.
+template <int kD, int kVb>
+struct BwdWalkSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kVTile = kC * kVb * 2;
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kQg = 3 * kTile;
+  static constexpr int kU = 4 * kTile, kDo = kU + kVTile, kVn = kDo + kVTile, kdVn = kVn + kVTile;
+  static constexpr int kSin = kdVn + kVTile;       // [kD][kVb] entering state slice (from hs)
+  static constexpr int kdS = kSin + kD * kVb * 2;  // [kD][kVb] dS slice, 16-bit
+  static constexpr int kP = kdS + kD * kVb * 2;    // [C][C]
+  static constexpr int kG = kP + kC * kC * 2;      // [C] floats
+  static constexpr int kRed = kG + kC * 4;         // [kWarps] floats: the warps' <dS, S_in> shares
+  static constexpr int kBytes = kRed + kWarps * 4;
+};
+
+template <int kD, int kVb, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const DeltaChunkParams p) {
+  using L = BwdWalkSmem<kD, kVb>;
+  using ST = StateTile<kD, kVb>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int vb = blockIdx.x, v0 = vb * kVb, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), n_vb = kD / kVb;
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* red = reinterpret_cast<float*>(smem + L::kRed);
+  const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD + v0;
+  T* dhs = static_cast<T*>(p.dhs) + bh * nt * kD * kD + v0;
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+
+  float dS[ST::MT][ST::NT][4];
+  ST::load(dS, p.dht ? p.dht + bh * kD * kD + v0 : nullptr, warp, lane, kD);
+  store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
+
+  const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, value columns of the slice
+  for (int c = nt - 1; c >= 0; --c) {
+    const int t0 = c * kC, rows = min(kC, p.T - t0);
+    const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
+    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
+    load_tile<kC, kVb, kThreads, T>(s0 + L::kU, static_cast<const T*>(p.u) + roff + v0, row_stride, rows,
+                                    tid);
+    load_tile<kC, kVb, kThreads, T>(s0 + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride, rows,
+                                    tid);
+    load_tile<kD, kVb, kThreads, T>(s0 + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
+    if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();  // the tiles, and the 16-bit dS written at the end of the last chunk (or before the
+                      // walk)
+    // the dS this chunk uses, saved for the second pass
+    store_tile<kD, kVb, kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
+    if (kGated && rows < kC) {
+      pad_gates(G, rows, tid);
+      __syncthreads();
+    }
+    const float g_last = kGated ? G[kC - 1] : 0.f;
+    auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
+    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kU, G,
+                                         g_last, warp, lane);
+    decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
+    scale_tile_rows<kD, T>(smem + L::kQg, smem + L::kQ, tid,
+                           [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+    __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
+    scale_tile_rows<kD, T>(smem + L::kW, smem + L::kW, tid, [](int) { return -1.f; });
+    {  // dvn = w_s (K dS)[s] + P^T do  (= dU)
+      float X[1][kVb / 16][4];
+      zero_acc(X);
+      warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(X, s0 + L::kK, m0, 0, s0 + L::kdS, 0, n0o,
+                                                              lane);
+      if constexpr (kGated) scale_rows(X, m0, lane, w);
+      warp_mma<1, kVb / 16, kC / 16, true, true, kC, kVb, T>(X, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0o, lane);
+      store_acc_global<T>(static_cast<T*>(p.du) + roff + v0, row_stride, X, m0, n0o, rows, lane);
+      store_acc_smem<kVb, T>(smem + L::kdVn, X, m0, n0o, lane);
+    }
+    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
+      float e = 0.f;
+#pragma unroll
+      for (int mi = 0; mi < ST::MT; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < ST::NT; ++nj)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
+            const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
+            const float2 x = unpack2<T>(
+                *reinterpret_cast<const uint32_t*>(smem + L::kSin + swz<kVb>(r, col / 8) + (col % 8) * 2));
+            e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
+          }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
+      if (lane == 0) red[warp] = e * __expf(g_last);
+    }
+    __syncthreads();  // dvn, -W, the warps' shares ready
+    if (kGated && tid == 0) {
+      float e = 0.f;
+      for (int i = 0; i < kWarps; ++i) e += red[i];
+      p.dsum[(bh * nt + c) * n_vb + vb] = e;
+    }
+    // dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn
+    if constexpr (kGated) ST::scale(dS, __expf(g_last));
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, s0 + L::kQg, ST::m0(warp), 0, s0 + L::kDo,
+                                                              0, ST::n0(warp), lane);
+    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, s0 + L::kW, ST::m0(warp), 0, s0 + L::kdVn,
+                                                              0, ST::n0(warp), lane);
+    __syncthreads();  // every read of the tiles and of dS's 16-bit copy is done
+    store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
+  }
+  if (p.dh0) ST::store(p.dh0 + bh * kD * kD + v0, dS, warp, lane, kD);
+}
+
+// The second pass: one block per chunk, dW, dq, dk and dG as in delta_bwd_kernel from S_in, dS and dvn.
+template <int kD>
+struct BwdOutSmem {
+  static constexpr int kTile = kC * kD * 2;
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kVn = 3 * kTile, kDo = 4 * kTile, kdVn = 5 * kTile;
+  static constexpr int kSin = 6 * kTile;          // [kD][kD]
+  static constexpr int kdS = kSin + kD * kD * 2;  // [kD][kD]
+  static constexpr int kPg = kdS + kD * kD * 2;   // [C][C]
+  static constexpr int kG = kPg + kC * kC * 2;    // [C] floats
+  static constexpr int kdG = kG + kC * 4;         // [C] floats
+  static constexpr int kSums = kdG + kC * 4;      // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
+  static constexpr int kBytes = kSums + 16;
+};
+
+template <int kD, typename T, bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaChunkParams p) {
+  using L = BwdOutSmem<kD>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* dGs = reinterpret_cast<float*>(smem + L::kdG);
+  float* sums = reinterpret_cast<float*>(smem + L::kSums);
+  const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD), row_stride = static_cast<int64_t>(p.H) * kD;
+  const int64_t st = (bh * nt + c) * kD * kD;
+  load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);  // U, then vn in place
+  load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kdVn, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
+  load_tile<kD, kD, kThreads, T>(s0 + L::kSin, static_cast<const T*>(p.hs) + st, kD, kD, tid);
+  load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
+  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
+  if (tid < kC) dGs[tid] = 0.f;
+  if (tid == 0) sums[0] = 0.f;
+  cp_async_wait<0>();
+  __syncthreads();
+  if (kGated && rows < kC) {
+    pad_gates(G, rows, tid);
+    __syncthreads();
+  }
+  const float g_last = kGated ? G[kC - 1] : 0.f;
+  auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
+  // vn = U - W S_in, in place (each element is read and written by the same thread)
+  corrected_values<kD, T, kGated>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kVn, G, g_last,
+                                  warp, lane);
+  __syncthreads();
+  decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
+  __syncthreads();
+  const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
+  {  // dW = -dvn S_in^T
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kdVn, m0, 0, s0 + L::kSin, 0, n0o,
+                                                           lane);
+    scale_rows(X, m0, lane, [](int) { return -1.f; });
+    store_acc_global<T>(static_cast<T*>(p.dw) + roff, row_stride, X, m0, n0o, rows, lane);
+  }
+  {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kDo, m0, 0, s0 + L::kSin, 0, n0o, lane);
+    scale_rows(X, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+    warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kK, 0, n0o, lane);
+    store_acc_global<T>(static_cast<T*>(p.dq) + roff, row_stride, X, m0, n0o, rows, lane);
+    if constexpr (kGated) {
+      const float2 d = row_dot<kD, T>(X, smem + L::kQ, m0, n0o, lane);
+      if ((lane & 3) == 0) {
+        atomicAdd(dGs + m0 + (lane >> 2), d.x);
+        atomicAdd(dGs + m0 + (lane >> 2) + 8, d.y);
+      }
+    }
+  }
+  {  // dk = w_s (vn dS^T)[s] + Pg^T q
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kVn, m0, 0, s0 + L::kdS, 0, n0o, lane);
+    if constexpr (kGated) {
+      scale_rows(X, m0, lane, w);
+      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);  // k_s . (w_s (vn dS^T)[s])
+      float part = (lane & 3) == 0 ? d.x + d.y : 0.f;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+      if (lane == 0) atomicAdd(sums, part);
+    }
+    warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kQ, 0, n0o, lane);
+    store_acc_global<T>(static_cast<T*>(p.dk) + roff, row_stride, X, m0, n0o, rows, lane);
+    if constexpr (kGated) {
+      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);
+      if ((lane & 3) == 0) {
+        atomicAdd(dGs + m0 + (lane >> 2), -d.x);
+        atomicAdd(dGs + m0 + (lane >> 2) + 8, -d.y);
+      }
+    }
+  }
+  if constexpr (kGated) {
+    __syncthreads();
+    if (tid < rows) {
+      float d = dGs[tid];
+      if (tid == rows - 1) {
+        float e = 0.f;  // the walk's slices of exp(G_last) <dS, S_in>, in slice order
+        for (int i = 0; i < p.v_split; ++i) e += p.dsum[(bh * nt + c) * p.v_split + i];
+        d += sums[0] + e;
+      }
+      p.dG[(static_cast<int64_t>(b) * p.T + t0 + tid) * p.H + h] = d;
+    }
+  }
+}
+
 }  // namespace attnlab::kernels::delta_chunk

@@ -1,4 +1,5 @@
-// Fused elementwise kernels of the training step: RMSNorm and rotary embedding, forward and backward.
+// Fused elementwise kernels of the training step: RMSNorm, rotary embedding and the causal short convolution,
+// forward and backward.
 // These structs are the whole interface: kernels never see torch; the binding
 // (src/attnlab/ops/cuda/fused.cpp) fills them from tensors. The libtorch reference of both is in
 // src/attnlab/model/layers.cpp.
@@ -91,10 +92,53 @@ struct RopeParams {
 // Largest head dim accepted (the cos / sin table of a token lives in R * 4 bytes of shared memory).
 constexpr int kRopeMaxD = 8192;
 
+// Causal depthwise short convolution (the conv of Mamba / Mamba2, DeltaNet, Gated DeltaNet, Based; FLA's
+// ShortConvolution) over x [B, T, C], kernel size K, optional bias and SiLU, float32 math:
+//   z_btc = bias_c + sum_{j<K} w_cj x_{b, t-K+1+j, c}   (x at t < 0 is zero),   y = silu(z) or z
+//   backward, dz = dy * silu'(z) (or dy):  dx_btc = sum_j w_cj dz_{b, t+K-1-j, c}   (dz at t >= T is zero)
+//                                          dw_cj = sum_{b,t} dz_btc x_{b, t-K+1+j, c},  dbias_c = sum_{b,t}
+//                                          dz_btc
+// One thread walks kShortConvRows tokens of one (batch, pack of channels) with the K - 1 previous inputs in
+// registers (z is recomputed in the backward, nothing saved but x). dw and dbias are summed without float
+// atomics: one row of partials per (batch, token tile) into the workspace, then a second kernel adds the
+// rows in order (reruns give identical bits). The libtorch reference is ShortConvImpl's path
+// (src/attnlab/mixers/short_conv.cpp).
+constexpr int kShortConvRows = 16;  // tokens a thread walks
+constexpr int kShortConvMaxK = 4;   // kernel sizes 2 .. 4 (the models use 4; larger fall back to libtorch)
+
+struct ShortConvParams {
+  const void* x = nullptr;        // [B, T, C] input, the C axis contiguous; read by forward and backward
+  int64_t x_batch_stride = 0;     // x: elements between batches
+  int64_t x_row_stride = 0;       // x: elements between tokens (>= C; a slice of a wider tensor is fine)
+  void* y = nullptr;              // forward: [B, T, C] contiguous output (written)
+  const float* weight = nullptr;  // [C, K] contiguous float32 (ShortConv's [C, 1, K] parameter)
+  const float* bias = nullptr;    // [C] float32, or nullptr (no bias)
+  const void* dy = nullptr;       // backward: [B, T, C] contiguous gradient of y
+  void* dx = nullptr;             // backward: [B, T, C] contiguous gradient of x (written)
+  float* dweight = nullptr;       // backward: [C, K] float32 (written, not accumulated)
+  float* dbias = nullptr;         // backward: [C] float32 (written when bias is set)
+  float* workspace = nullptr;     // backward: [B * ceil(T / kShortConvRows), C * (K + 1)] float32 partials
+  int64_t B = 0, T = 0;           // batch size, tokens (>= 1 each)
+  int C = 0;                      // channels (>= 1)
+  int K = 0;                      // kernel size, 2 .. kShortConvMaxK
+  bool silu = true;               // SiLU after the convolution
+  FusedDtype dtype = FusedDtype::kBF16;  // element type of x, y, dy, dx
+  void* stream = nullptr;                // cudaStream_t to launch on (nullptr: the legacy default stream)
+};
+
+// Floats of the backward's workspace for p.
+size_t short_conv_workspace_floats(const ShortConvParams& p);
+
 // nullptr when p is valid for the forward (backward = false) or the backward (backward = true), otherwise a
 // static string saying what is wrong. The launchers run these and return cudaErrorInvalidValue on failure.
 const char* rms_norm_check(const RmsNormParams& p, bool backward);
 const char* rope_check(const RopeParams& p);
+const char* short_conv_check(const ShortConvParams& p, bool backward);
+
+// Short convolution forward (writes y) and backward (writes dx, dweight, dbias and the workspace: two
+// launches, the second adds the partials). Asynchronous on p.stream; return the launch error.
+cudaError_t launch_short_conv_fwd(const ShortConvParams& p);
+cudaError_t launch_short_conv_bwd(const ShortConvParams& p);
 
 // RMSNorm forward: writes y and (unless nullptr) rstd. One team of threads per row: a warp for rows of up
 // to 64 packs (bf16 N <= 512), up to 512 threads for longer rows. Asynchronous on p.stream; returns the

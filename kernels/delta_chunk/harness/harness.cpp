@@ -1,6 +1,6 @@
-// Standalone check and benchmark of the delta_chunk forward's two forms (kernels/delta_chunk), no torch:
-// compiled with `nvcc -x cu` by build.sh; not part of the project's CMake build (.cpp files under kernels/
-// are not globbed). A GPU call of seconds, where a libtorch build takes minutes.
+// Standalone check and benchmark of the delta_chunk kernels' one- and two-pass forms, forward and backward,
+// no torch: compiled with `nvcc -x cu` by build.sh; not part of the project's CMake build (.cpp files under
+// kernels/ are not globbed). A GPU call of seconds, where a libtorch build takes minutes.
 //
 //   ./delta_chunk_harness [out.csv]
 //
@@ -10,7 +10,9 @@
 // (vn set), every output poisoned with NaN first. The two must agree bit for bit (o, ht, hs: the same
 // products in the same order); the one-pass forward itself is checked against the float32 chunk form by
 // tests/test_gpu_delta_chunk.cpp. Then both are timed (CUDA events, median of 20 after 5 warm-ups; the WY
-// preparation separately) on the shapes of PERFORMANCE.md (B*T = 32768, H = 16, bf16).
+// preparation separately) on the shapes of PERFORMANCE.md (B*T = 32768, H = 16, bf16). The backward likewise:
+// random dout and dht, the one-pass kernel against the two-pass one (dq, dk, dw, du, dh0 bit for bit; dG,
+// whose float sums run in another order, to 1e-5 of its largest value), then both timed.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -65,6 +67,8 @@ struct Case {
 
 struct Inputs {
   Buf q, k, v, w, u, o1, o2, vn, hs1, hs2, beta, g, G, h0, ht1, ht2;
+  // backward: dout, dht in; per form dq, dk, dw, du, dG, dh0 out; the two-pass workspaces
+  Buf dout, dht, dq1, dk1, dw1, du1, dG1, dh01, dq2, dk2, dw2, du2, dG2, dh02, dhs, dsum;
   Inputs(const Case& c, size_t nt)
       : q(size_t(c.B) * c.T * c.H * c.D * 2),
         k(q.bytes),
@@ -81,7 +85,23 @@ struct Inputs {
         G(beta.bytes),
         h0(size_t(c.B) * c.H * c.D * c.D * 4),
         ht1(h0.bytes),
-        ht2(h0.bytes) {}
+        ht2(h0.bytes),
+        dout(q.bytes),
+        dht(h0.bytes),
+        dq1(q.bytes),
+        dk1(q.bytes),
+        dw1(q.bytes),
+        du1(q.bytes),
+        dG1(beta.bytes),
+        dh01(h0.bytes),
+        dq2(q.bytes),
+        dk2(q.bytes),
+        dw2(q.bytes),
+        du2(q.bytes),
+        dG2(beta.bytes),
+        dh02(h0.bytes),
+        dhs(hs1.bytes),
+        dsum(size_t(c.B) * c.H * nt * 2 * 4) {}
 };
 
 void upload_random(const Case& c, Inputs& in, uint64_t seed) {
@@ -111,6 +131,24 @@ void upload_random(const Case& c, Inputs& in, uint64_t seed) {
   std::vector<float> s(size_t(c.B) * c.H * c.D * c.D);
   for (auto& x : s) x = nd(rng);
   CK(cudaMemcpy(in.h0.p, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+  for (auto& x : s) x = nd(rng);
+  CK(cudaMemcpy(in.dht.p, s.data(), s.size() * 4, cudaMemcpyHostToDevice));
+  for (auto& x : h) x = to_bf16(nd(rng));
+  CK(cudaMemcpy(in.dout.p, h.data(), n * 2, cudaMemcpyHostToDevice));
+}
+
+// max |a - b| / max |a| over two float32 device buffers (dG: the same sums in another order; NaN: 1e30)
+double rel_max32(const Buf& a, const Buf& b, size_t elems) {
+  std::vector<float> x(elems), y(elems);
+  CK(cudaMemcpy(x.data(), a.p, elems * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(y.data(), b.p, elems * 4, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < elems; ++i) {
+    const double d = std::isnan(y[i]) ? 1e30 : std::fabs(double(y[i]) - x[i]);
+    num = std::max(num, d);
+    den = std::max(den, std::fabs(double(x[i])));
+  }
+  return den > 0 ? num / den : num;
 }
 
 // Bytes that differ between two device buffers, and whether b holds a NaN (of the poison or not) where a
@@ -175,9 +213,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
   std::FILE* csv = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   if (csv)
-    std::fprintf(
-        csv,
-        "case,B,T,H,D,gated,v_split,default_two_pass,wy_ms,one_pass_ms,two_pass_ms,o_diff,ht_diff,pass\n");
+    std::fprintf(csv,
+                 "case,B,T,H,D,gated,v_split,default_two_pass,wy_ms,one_pass_ms,two_pass_ms,bwd_one_pass_ms,"
+                 "bwd_two_pass_ms,o_diff,ht_diff,bwd_diff,dg_err,pass\n");
   const std::vector<Case> cases = {
       {"check D128 gated h0 T1000", 2, 1000, 4, 128, true, true},
       {"check D128 plain T777", 1, 777, 3, 128, false, false},
@@ -224,26 +262,60 @@ int main(int argc, char** argv) {
     const size_t n_o = size_t(c.B) * c.T * c.H * c.D;
     const Diff o = compare16(in.o1, in.o2, n_o), hs = compare16(in.hs1, in.hs2, in.hs1.bytes / 2),
                ht = compare32(in.ht1, in.ht2, in.ht1.bytes / 4), o1 = compare16(in.o2, in.o1, n_o);
-    const bool pass = o.differing == 0 && hs.differing == 0 && ht.differing == 0 && o.nan == 0 && o1.nan == 0;
+    // backward: the one-pass kernel and the two-pass one (its walk split like the forward), outputs poisoned
+    DeltaChunkParams b1 = p1, b2 = p1;
+    b1.dout = b2.dout = in.dout.p;
+    b1.dht = b2.dht = static_cast<float*>(in.dht.p);
+    b1.dq = in.dq1.p, b1.dk = in.dk1.p, b1.dw = in.dw1.p, b1.du = in.du1.p;
+    b1.dG = c.gated ? static_cast<float*>(in.dG1.p) : nullptr;
+    b1.dh0 = c.h0 ? static_cast<float*>(in.dh01.p) : nullptr;
+    b2.dq = in.dq2.p, b2.dk = in.dk2.p, b2.dw = in.dw2.p, b2.du = in.du2.p;
+    b2.dG = c.gated ? static_cast<float*>(in.dG2.p) : nullptr;
+    b2.dh0 = c.h0 ? static_cast<float*>(in.dh02.p) : nullptr;
+    b2.dhs = in.dhs.p, b2.dsum = static_cast<float*>(in.dsum.p);
+    for (Buf* bf : {&in.dq1, &in.dk1, &in.dw1, &in.du1, &in.dG1, &in.dh01, &in.dq2, &in.dk2, &in.dw2, &in.du2,
+                    &in.dG2, &in.dh02, &in.dhs, &in.dsum})
+      CK(cudaMemset(bf->p, 0xFF, bf->bytes));
+    CK(attnlab::kernels::launch_delta_chunk_bwd(b1));
+    CK(attnlab::kernels::launch_delta_chunk_bwd(b2));
+    CK(cudaDeviceSynchronize());
+    size_t bwd_diff = 0, bwd_nan = 0;
+    for (auto pr : {std::make_pair(&in.dq1, &in.dq2), std::make_pair(&in.dk1, &in.dk2),
+                    std::make_pair(&in.dw1, &in.dw2), std::make_pair(&in.du1, &in.du2)}) {
+      const Diff d = compare16(*pr.first, *pr.second, n_o);
+      bwd_diff += d.differing, bwd_nan += d.nan;
+    }
+    if (c.h0) {
+      const Diff d = compare32(in.dh01, in.dh02, in.dh01.bytes / 4);
+      bwd_diff += d.differing, bwd_nan += d.nan;
+    }
+    const double dg_err = c.gated ? rel_max32(in.dG1, in.dG2, size_t(c.B) * c.T * c.H) : 0.0;
+    const bool pass = o.differing == 0 && hs.differing == 0 && ht.differing == 0 && o.nan == 0 &&
+                      o1.nan == 0 && bwd_diff == 0 && bwd_nan == 0 && dg_err < 1e-5;
     failures += !pass;
-    double wy = 0, t1 = 0, t2 = 0;
+    double wy = 0, t1 = 0, t2 = 0, tb1 = 0, tb2 = 0;
     if (c.name[0] == 'b') {
       wy = median_ms([&] { CK(attnlab::kernels::launch_delta_wy_fwd(wp)); });
       t1 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_fwd(p1)); });
       t2 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_fwd(p2)); });
+      tb1 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_bwd(b1)); });
+      tb2 = median_ms([&] { CK(attnlab::kernels::launch_delta_chunk_bwd(b2)); });
     }
     const bool dflt =
         attnlab::kernels::delta_chunk_default_two_pass(c.B, c.H, c.D, c.gated, prop.multiProcessorCount);
-    std::printf("%-28s v_split %d: o %zu/%zu differ (NaN %zu), hs %zu, ht %zu differ  %s", c.name, p.v_split,
-                o.differing, o.n, o.nan, hs.differing, ht.differing, pass ? "PASS" : "FAIL");
+    std::printf(
+        "%-26s v_split %d: o %zu/%zu differ (NaN %zu), hs %zu, ht %zu; bwd %zu differ (NaN %zu), dG %.1e  %s",
+        c.name, p.v_split, o.differing, o.n, o.nan, hs.differing, ht.differing, bwd_diff, bwd_nan, dg_err,
+        pass ? "PASS" : "FAIL");
     if (c.name[0] == 'b')
-      std::printf(" | wy %.3f ms, one-pass %.3f ms, two-pass %.3f ms (%.2fx)%s", wy, t1, t2, t1 / t2,
-                  dflt ? " [default: two-pass]" : "");
+      std::printf(" | wy %.3f ms; fwd one-pass %.3f, two-pass %.3f ms (%.2fx)%s; bwd %.3f, %.3f ms (%.2fx)",
+                  wy, t1, t2, t1 / t2, dflt ? " [default]" : "", tb1, tb2, tb1 / tb2);
     std::printf("\n");
     std::fflush(stdout);
     if (csv)
-      std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%d,%d,%.4f,%.4f,%.4f,%zu,%zu,%d\n", c.name, c.B, c.T, c.H, c.D,
-                   int(c.gated), p.v_split, int(dflt), wy, t1, t2, o.differing, ht.differing, int(pass));
+      std::fprintf(csv, "%s,%d,%d,%d,%d,%d,%d,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%zu,%zu,%zu,%.2e,%d\n", c.name, c.B,
+                   c.T, c.H, c.D, int(c.gated), p.v_split, int(dflt), wy, t1, t2, tb1, tb2, o.differing,
+                   ht.differing, bwd_diff, dg_err, int(pass));
   }
   if (csv) std::fclose(csv);
   std::printf("\n%d of %zu cases pass\n", int(cases.size()) - failures, cases.size());

@@ -4,6 +4,14 @@
 #include <cmath>
 
 #include "attnlab/core/error.h"
+#include "attnlab/core/log.h"
+
+#ifdef ATTNLAB_WITH_CUDA
+#include <cstdlib>
+#include <string>
+
+#include "attnlab/ops/cuda/short_conv.h"
+#endif
 
 namespace attnlab {
 
@@ -21,6 +29,18 @@ torch::Tensor ShortConvImpl::forward(const torch::Tensor& x, torch::Tensor* buff
   ATTNLAB_CHECK(x.dim() == 3 && x.size(2) == channels_, "short_conv: x must be [B,T,C] with C={}, got {}",
                 channels_, shape_str(x.sizes()));
   const int64_t B = x.size(0), T = x.size(1), K = kernel_size_;
+#ifdef ATTNLAB_WITH_CUDA
+  // Training on CUDA (no carried history): the fused kernel (kernels/fused/short_conv.cu), opt-in with
+  // ATTNLAB_SHORT_CONV=fused until its GPU test (tests/test_gpu_short_conv.cpp) has passed on a GPU.
+  const char* mode = std::getenv("ATTNLAB_SHORT_CONV");
+  if (x.is_cuda() && !buffer && mode && std::string(mode) == "fused") {
+    auto w = weight.view({channels_, K}).to(torch::kFloat);
+    auto b = bias.defined() ? bias.to(torch::kFloat) : torch::Tensor();
+    auto why = ops::cuda::short_conv_unusable_reason(x, w, b);
+    if (why.empty()) return ops::cuda::short_conv(x, w, b, silu_);
+    log_once("short_conv.kernel: " + why, fmt::format("short_conv: {}; using the libtorch path", why));
+  }
+#endif
   torch::Tensor prev;  // [B, K-1, C]
   if (buffer && buffer->defined()) {
     ATTNLAB_CHECK(buffer->dim() == 3 && buffer->size(0) == B && buffer->size(1) == K - 1 &&

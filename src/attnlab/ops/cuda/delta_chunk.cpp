@@ -52,9 +52,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
     p.o = o.data_ptr(), p.ht = f32(ht);
     // The two-pass forward (the walk stores vn, then o for all chunks at once) where it is the faster form
-    // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass / two_pass forces either (read
-    // per call: the bench and a test switch it). vn is a workspace: freed at return, after the launches that
-    // use it were queued on the same stream.
+    // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass /
+    // two_pass forces either (read per call: the bench and a test switch it). vn is a workspace: freed at
+    // return, after the launches that use it were queued on the same stream.
     torch::Tensor vn;
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
     const bool two_pass =
@@ -85,6 +85,17 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.dout = dout.data_ptr(), p.dht = dht.defined() ? static_cast<const float*>(dht.data_ptr()) : nullptr;
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dw = dw.data_ptr(), p.du = du.data_ptr();
     p.dG = f32(dG), p.dh0 = f32(dh0);
+    // The two-pass backward (the walk, split over the value columns, keeps only dS and dU; one block per
+    // chunk then forms dq, dk, dW, dG), opt-in with ATTNLAB_DELTA_BWD=two_pass until its H200 timing picks
+    // the shapes where it is faster (kernels/delta_chunk/harness); dhs and dsum are workspaces, as vn above.
+    torch::Tensor dhs, dsum;
+    const char* form = std::getenv("ATTNLAB_DELTA_BWD");
+    if (form && std::string(form) == "two_pass") {
+      p.v_split = kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
+      dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
+      if (given(G))
+        dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);
+    }
     check_params(p, true);
     check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
     return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor()};
