@@ -9,10 +9,11 @@
 // operand once per warpgroup (~210 KB here).
 //
 // Work split, 2 warpgroups (256 threads): both compute the chunk's 64 x 64 scores P = q k^T (cheap, and both
-// need all of P); warpgroup g computes the output columns 64 g .. + 64 (q S then P V, m64n64) and owns the
-// state rows 64 g .. + 64 (K) over all 128 value columns (S += k^T Vw, m64n128 with k^T read M-major). Tiles
-// are 64-column panels with the 128-byte swizzle (swz<64>): q, k, v, Vw as two [64][64] panels, P as one, the
-// 16-bit state copy as two MN-major [128][64] panels (value columns 0-63 and 64-127).
+// need all of P) and each stores half of its masked, decayed 16-bit copy; warpgroup g computes the output
+// columns 64 g .. + 64 (q S then P V, m64n64) and owns the state rows 64 g .. + 64 (K) over all 128 value
+// columns (S += k^T Vw, m64n128 with k^T read M-major). Tiles are 64-column panels with the 128-byte swizzle
+// (swz<64>): q, k, v, Vw as two [64][64] panels, P as one, the 16-bit state copy as two MN-major [128][64]
+// panels (value columns 0-63 and 64-127).
 #pragma once
 
 #include "kernels/common/wgmma.cuh"
@@ -136,11 +137,14 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
       }
       wgmma::commit();
       wgmma::wait<0>();
-      if (wg == 0) {
+      // Both warpgroups hold the whole P (the same bits); each stores every other 8-column block, so the
+      // masked, decayed store (an exp per kept element when gated) is split evenly under the causal mask.
+      {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
+            if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
             const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
             float x0 = 0.f, x1 = 0.f;
             if (col <= r) x0 = P[4 * j + 2 * half] * p.scale * (kGated ? __expf(G[r] - G[col]) : 1.f);
