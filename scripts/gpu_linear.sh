@@ -55,5 +55,14 @@ stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_att
   > "$OUT/bench_linear_mma.log" 2>&1
 el "bench (mma.sync forward) rc $?"
 grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 10
+# NCU=1: per-kernel GPU time of one shape per op (T = 8192 and 32768, D = 128), from Nsight Compute with the
+# clocks left alone: which kernel of each forward and backward to work on (bench/ncu_summary.py).
+if [ "${NCU:-0}" = 1 ]; then
+  stage 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv -k regex:kernels \
+    "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla,gla,delta_rule,gated_delta_rule --dtype bf16 \
+    --head-dims 128 --seq-lens 8192,32768 --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 \
+    > "$RESULTS/ncu.csv" 2> "$OUT/ncu.log"
+  el "ncu rc $?"; python3 bench/ncu_summary.py "$RESULTS/ncu.csv" --top 30 | tee "$OUT/ncu_summary.txt"
+fi
 # PERF30M=1: also the 30M model's training step beside PyTorch eager (gpu_common.sh), in the same build.
 if [ "${PERF30M:-0}" = 1 ]; then perf30m_stage; fi
