@@ -23,6 +23,7 @@
 #include "attnlab/mixers/short_conv.h"
 #include "attnlab/ops/cuda/fused.h"
 #include "attnlab/ops/cuda/short_conv.h"
+#include "attnlab/ops/delta_rule.h"
 #endif
 
 using namespace attnlab;
@@ -441,6 +442,30 @@ TEST(GpuShortConv, ModulePathMatchesLibtorchPath) {
   unsetenv("ATTNLAB_SHORT_CONV");
   EXPECT_EQ(buf.sizes(), (std::vector<int64_t>{1, 3, 16}));
   EXPECT_FALSE(has_nan(y));
+}
+
+// ops::l2_normalize on CUDA goes through the fused RMSNorm kernel (weight N^-1/2, eps / N): the formula
+// x / sqrt(sum x^2 + eps) in float64 on the same rounded values, output and gradient.
+TEST(GpuL2Normalize, FusedPathIsTheFormula) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(8);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  for (auto dt : {torch::kFloat, torch::kBFloat16, torch::kHalf})
+    for (int64_t N : {64, 128, 100}) {
+      auto x = (torch::randn({3, 37, 4, N}, f) * 2).to(dt);
+      auto dy = torch::randn({3, 37, 4, N}, f).to(dt);
+      auto xd = x.to(torch::kDouble).requires_grad_(true);
+      auto yd = xd / (xd.pow(2).sum(-1, true) + 1e-6).sqrt();
+      (yd * dy.to(torch::kDouble)).sum().backward();
+      auto xa = x.detach().requires_grad_(true);
+      auto y = ops::l2_normalize(xa);
+      EXPECT_EQ(y.scalar_type(), dt);
+      (y.to(torch::kFloat) * dy.to(torch::kFloat)).sum().backward();
+      const std::string name = fmt::format("l2_normalize {} N{}", dtype_name(dt), N);
+      expect_close(name, "y", y.to(torch::kDouble), yd.detach(), dt == torch::kFloat ? 1e-6 : tol_out(dt));
+      expect_close(name, "dx", xa.grad().to(torch::kDouble), xd.grad(),
+                   dt == torch::kFloat ? 2e-6 : tol_grad(dt));
+    }
 }
 
 TEST(GpuShortConv, ReasonsAndValidation) {

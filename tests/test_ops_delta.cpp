@@ -292,6 +292,32 @@ TEST(DeltaRule, L2Normalize) {
   EXPECT_TRUE(all_finite(l2_normalize(torch::zeros({2, 4}))));  // eps keeps a zero vector finite
 }
 
+// args.l2norm_qk normalises q and k inside the op: the same bits as normalising them first, and gradients
+// that flow through the normalisation to the raw q and k (both ops, naive and chunk forms).
+TEST(DeltaRule, L2NormQkIsTheOpsOwnNormalisation) {
+  for (double gate : {0.0, -0.3}) {
+    auto in = make_inputs(2, 37, 3, 8, 5, gate, torch::kFloat, 77);
+    in.x["k"] = torch::randn({2, 37, 3, 8}) * 3;  // raw, not unit-norm
+    OpFn fn = gate != 0 ? gated_delta_rule : delta_rule;
+    for (Impl impl : {Impl::naive, Impl::chunk}) {
+      auto raw = args_of(in.x, 16, -1);
+      raw.l2norm_qk = true;
+      auto pre = args_of(in.x, 16, -1);
+      pre.q = l2_normalize(pre.q), pre.k = l2_normalize(pre.k);
+      auto a = fn(raw, impl), b = fn(pre, impl);
+      EXPECT_TRUE(torch::equal(a.o, b.o)) << "gate " << gate;
+      EXPECT_TRUE(torch::equal(a.ht, b.ht)) << "gate " << gate;
+      // the gradient of q through the normalisation: orthogonal to q (a scale change of q changes nothing)
+      auto q = in.x["q"].clone().requires_grad_(true);
+      auto leaf = raw;
+      leaf.q = q;
+      (fn(leaf, impl).o * in.d_o).sum().backward();
+      auto radial = (q.grad() * q.detach()).sum(-1);
+      EXPECT_LT(radial.abs().max().item<double>(), 1e-4) << "gate " << gate;
+    }
+  }
+}
+
 // Runs `f` and expects an attnlab::Error whose message contains `expected`.
 template <class F>
 void expect_error(F&& f, const std::string& expected) {

@@ -87,11 +87,13 @@ torch::Tensor DeltaNetLayer::forward(const torch::Tensor& x, MixerCache* cache) 
     q = torch::silu(q), k = torch::silu(k), v = torch::silu(v);
   }
   ops::RecurrentArgs a;
-  // Unit-norm keys keep the delta rule's transition I - beta k k^T a contraction (Yang et al. 2024).
-  a.q = ops::l2_normalize(q.view({B, T, H_, K_}));  // [B, T, H, K]
-  a.k = ops::l2_normalize(k.view({B, T, H_, K_}));  // [B, T, H, K]
-  a.v = v.view({B, T, H_, V_});                     // [B, T, H, V]
-  a.beta = torch::sigmoid(b_proj_(x));              // [B, T, H]
+  // Unit-norm keys keep the delta rule's transition I - beta k k^T a contraction (Yang et al. 2024): the op
+  // L2-normalises q and k (in the decode step's kernel, else ops::l2_normalize: fused on CUDA).
+  a.q = q.view({B, T, H_, K_});  // [B, T, H, K]
+  a.k = k.view({B, T, H_, K_});  // [B, T, H, K]
+  a.l2norm_qk = true;
+  a.v = v.view({B, T, H_, V_});         // [B, T, H, V]
+  a.beta = torch::sigmoid(b_proj_(x));  // [B, T, H]
   if (cfg_.decay)
     a.g = -A_log_.exp() * torch::softplus(a_proj_(x).to(torch::kFloat) + dt_bias_);  // [B, T, H], <= 0
   a.chunk_size = cfg_.chunk_size;

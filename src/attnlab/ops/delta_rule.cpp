@@ -14,6 +14,7 @@
 #ifdef ATTNLAB_WITH_CUDA
 #include "attnlab/ops/cuda/delta_chunk.h"
 #include "attnlab/ops/cuda/delta_wy.h"
+#include "attnlab/ops/cuda/fused.h"
 #include "attnlab/ops/cuda/recurrent_step.h"
 #include "kernels/linear_chunk/params.h"
 #endif
@@ -230,13 +231,13 @@ RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated
 
 // The CUDA kernels of the delta ops: the fused one-token decode step (kernels/recurrent_step) for T == 1
 // without autograd, the chunk kernels (kernels/delta_chunk) otherwise. q and k are used as given, as in naive
-// and chunk (the DeltaNet layers L2-normalise them before the op). Each returns why it cannot take the args
+// and chunk, unless args.l2norm_qk (which the DeltaNet layers set). Each returns why it cannot take the args
 // (empty: it can), a phrase for a log line or an error.
 std::string step_unusable_reason(const RecurrentArgs& a, bool gated) {
   if (a.q.defined() && a.q.dim() == 4 && a.q.size(1) != 1) return "the decode step takes T == 1";
 #ifdef ATTNLAB_WITH_CUDA
   return cuda::recurrent_step_unusable_reason(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
-                                              /*l2norm_qk=*/false);
+                                              a.l2norm_qk);
 #else
   (void)gated;
   return "the step kernel is not compiled into this build (no CUDA compiler when it was configured)";
@@ -255,14 +256,29 @@ std::string chunk_kernel_unusable_reason(const RecurrentArgs& a, bool gated) {
 RecurrentOut via_step(const char* op, const RecurrentArgs& a, bool gated) {
 #ifdef ATTNLAB_WITH_CUDA
   (void)op;
-  return cuda::recurrent_step(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a,
-                              /*l2norm_qk=*/false);
+  return cuda::recurrent_step(gated ? cuda::StepKind::gated_delta : cuda::StepKind::delta, a, a.l2norm_qk);
 #else
   fail("{}: {}", op, step_unusable_reason(a, gated));
 #endif
 }
 
 RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gated) {
+  // l2norm_qk: the decode step normalises q and k in its kernel (it gets `args` as they are); every other
+  // path gets `normed`, with normalised copies (only when both are tensors: prepare() reports what is
+  // missing).
+  RecurrentArgs normed_args;
+  bool normed_made = false;
+  auto normed = [&]() -> const RecurrentArgs& {
+    if (!args.l2norm_qk || !args.q.defined() || !args.k.defined()) return args;
+    if (!normed_made) {
+      normed_args = args;
+      normed_args.q = l2_normalize(args.q);
+      normed_args.k = l2_normalize(args.k);
+      normed_args.l2norm_qk = false;
+      normed_made = true;
+    }
+    return normed_args;
+  };
   // The kernel path: the decode step when it takes the args, else the chunk kernels (fused WY preparation,
   // then the recurrence; both checked on the H200: test_gpu_delta_wy, test_gpu_delta_chunk, 2026-12-02).
   auto use_step = [&] { return step_unusable_reason(args, gated).empty(); };
@@ -278,10 +294,10 @@ RecurrentOut run(const char* op, const RecurrentArgs& args, Impl impl, bool gate
       return fmt::format("the decode step: {}; the chunk kernels: {}", step_why, chunk_why);
     return chunk_why;
   };
-  kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, args, gated); };
+  kernel.run = [&] { return use_step() ? via_step(op, args, gated) : via_chunk_kernel(op, normed(), gated); };
   return linear::dispatch(
-      op, impl, [&] { return naive(prepare(op, args, gated), args.output_final_state); },
-      [&] { return chunk(prepare(op, args, gated), args.chunk_size, args.output_final_state); }, kernel);
+      op, impl, [&] { return naive(prepare(op, normed(), gated), args.output_final_state); },
+      [&] { return chunk(prepare(op, normed(), gated), args.chunk_size, args.output_final_state); }, kernel);
 }
 
 }  // namespace
@@ -295,6 +311,17 @@ RecurrentOut gated_delta_rule(const RecurrentArgs& args, Impl impl) {
 }
 
 torch::Tensor l2_normalize(const torch::Tensor& x, double eps) {
+#ifdef ATTNLAB_WITH_CUDA
+  // On CUDA through the fused RMSNorm kernel (kernels/fused, checked on the H200): x / sqrt(sum x^2 + eps) =
+  // rms_norm(x, eps / N) * N^-1/2 with the weight N^-1/2, one launch forward and one backward instead of
+  // libtorch's elementwise passes and reductions. Float32 math either way.
+  if (x.is_cuda() && x.dim() >= 1 && x.size(-1) > 0) {
+    const int64_t N = x.size(-1);
+    auto w = torch::full({N}, 1.0 / std::sqrt(static_cast<double>(N)), x.options().dtype(torch::kFloat));
+    if (cuda::rms_norm_unusable_reason(x, w).empty())
+      return cuda::rms_norm(x, w, eps / static_cast<double>(N));
+  }
+#endif
   auto y = x.to(torch::promote_types(x.scalar_type(), torch::kFloat));
   return (y * torch::rsqrt(y.pow(2).sum(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
 }

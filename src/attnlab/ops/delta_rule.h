@@ -11,7 +11,8 @@ namespace attnlab::ops {
 // DeltaNet (Schlag et al. 2021; Yang et al. 2024), state S [K, V] per batch and head:
 //   S_t = S_{t-1} - beta_t k_t (k_t^T S_{t-1}) + beta_t k_t v_t^T,   o_t = scale q_t^T S_t.
 // Reads q, k [B,T,H,K], v [B,T,H,V], beta [B,T,H] (required) and h0 [B,H,K,V] (optional). k is used as
-// given (FLA's default): callers that want the usual unit-norm keys pass l2_normalize(k).
+// given (FLA's default): callers that want the usual unit-norm q and k set args.l2norm_qk (or pass
+// l2_normalize(q), l2_normalize(k)).
 // Impl: naive (the definition), chunk (Yang et al. 2024, chunkwise WY representation, chunk_size from the
 // args), kernel (CUDA: the fused decode step for T == 1 without autograd, else the chunk kernels of
 // kernels/delta_chunk, K = V = 64 or 128, bf16 / fp16; an error saying why when neither can run), automatic

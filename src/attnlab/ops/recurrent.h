@@ -24,6 +24,10 @@ struct RecurrentArgs {
   // Kernels only: chunks per sequence segment of the chunked CUDA kernels (0 = chosen from the shape and
   // the GPU). Tests set it small to run the segment scan on short sequences.
   int64_t kernel_seg_chunks = 0;
+  // Delta ops: L2-normalise q and k over K first (FLA's use_qk_l2norm_in_kernel; ops::l2_normalize's
+  // formula). The decode step kernel does it in its own registers; every other path normalises copies first
+  // (on CUDA with the fused RMSNorm kernel). The DeltaNet layers set it.
+  bool l2norm_qk = false;
 };
 
 struct RecurrentOut {
