@@ -200,6 +200,119 @@ __global__ void __launch_bounds__(kThreads, 2) delta_out_kernel(const DeltaChunk
 }
 
 // ---------------------------------------------------------------- backward
+// The products of one chunk's backward, shared by the one-pass kernel and the two-pass form's two kernels
+// (the same code, so their results are the same bits). Tile addresses are shared-memory (swizzled, 16-bit);
+// m0 / n0o the warp's token rows and value columns (n0o within the kVb-column slice).
+
+// dvn = w_s (K dS)[s] + P^T do over the slice's kVb value columns (= dU): to du (global, already at the
+// slice's first column) and to the [C][kVb] tile dvn.
+template <int kD, int kVb, typename T, bool kGated, typename Wf>
+__device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_t sdS, uint32_t sP,
+                                        uint32_t sDo, T* du, int64_t row_stride, int rows, int m0, int n0o,
+                                        int lane, Wf&& w) {
+  float X[1][kVb / 16][4];
+  zero_acc(X);
+  warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(X, sK, m0, 0, sdS, 0, n0o, lane);
+  if constexpr (kGated) scale_rows(X, m0, lane, w);
+  warp_mma<1, kVb / 16, kC / 16, true, true, kC, kVb, T>(X, sP, m0, 0, sDo, 0, n0o, lane);
+  store_acc_global<T>(du, row_stride, X, m0, n0o, rows, lane);
+  store_acc_smem<kVb, T>(dvn, X, m0, n0o, lane);
+}
+
+// exp(G_last) <dS, S_in> over this warp's piece of the state slice (dS in registers, S_in the 16-bit
+// [kD][kVb] tile), summed over the warp: every lane gets it.
+template <int kD, int kVb, typename T>
+__device__ __forceinline__ float bwd_state_dot(
+    const float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4], const unsigned char* sin,
+    float g_last, int warp, int lane) {
+  using ST = StateTile<kD, kVb>;
+  float e = 0.f;
+#pragma unroll
+  for (int mi = 0; mi < ST::MT; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < ST::NT; ++nj)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
+        const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
+        const float2 x =
+            unpack2<T>(*reinterpret_cast<const uint32_t*>(sin + swz<kVb>(r, col / 8) + (col % 8) * 2));
+        e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
+      }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
+  return e * __expf(g_last);
+}
+
+// dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn (sWneg holds -W; do and dvn the slice's columns).
+template <int kD, int kVb, typename T, bool kGated>
+__device__ __forceinline__ void bwd_state_step(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
+                                               uint32_t sQg, uint32_t sDo, uint32_t sWneg, uint32_t sdVn,
+                                               float g_last, int warp, int lane) {
+  using ST = StateTile<kD, kVb>;
+  if constexpr (kGated) ST::scale(dS, __expf(g_last));
+  warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sQg, ST::m0(warp), 0, sDo, 0, ST::n0(warp),
+                                                            lane);
+  warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sWneg, ST::m0(warp), 0, sdVn, 0, ST::n0(warp),
+                                                            lane);
+}
+
+// dW = -dvn S_in^T, dq = scale exp(G_t) (do S_in^T)_t + Pg k, dk = w_s (vn dS^T)[s] + Pg^T q, written to
+// global at row offset roff; gated, their dG shares: q.dq - k.dk per row into dGs and sum_s k_s.(w_s (vn
+// dS^T)[s]) into sums[0] (shared-memory atomics). L: the kernel's shared-memory layout (its tiles kQ, kK,
+// kDo, kVn, kdVn, kSin, kdS, kPg at full width kD), at smem (address s0).
+template <int kD, typename L, typename T, bool kGated, typename Wf>
+__device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const unsigned char* smem,
+                                                uint32_t s0, int64_t roff, int rows, const float* G, Wf&& w,
+                                                float* dGs, float* sums, int m0, int n0o, int lane) {
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  {  // dW = -dvn S_in^T
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kdVn, m0, 0, s0 + L::kSin, 0, n0o,
+                                                           lane);
+    scale_rows(X, m0, lane, [](int) { return -1.f; });
+    store_acc_global<T>(static_cast<T*>(p.dw) + roff, row_stride, X, m0, n0o, rows, lane);
+  }
+  {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kDo, m0, 0, s0 + L::kSin, 0, n0o, lane);
+    scale_rows(X, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+    warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kK, 0, n0o, lane);
+    store_acc_global<T>(static_cast<T*>(p.dq) + roff, row_stride, X, m0, n0o, rows, lane);
+    if constexpr (kGated) {
+      const float2 d = row_dot<kD, T>(X, smem + L::kQ, m0, n0o, lane);
+      if ((lane & 3) == 0) {
+        atomicAdd(dGs + m0 + (lane >> 2), d.x);
+        atomicAdd(dGs + m0 + (lane >> 2) + 8, d.y);
+      }
+    }
+  }
+  {  // dk = w_s (vn dS^T)[s] + Pg^T q
+    float X[1][kD / 16][4];
+    zero_acc(X);
+    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kVn, m0, 0, s0 + L::kdS, 0, n0o, lane);
+    if constexpr (kGated) {
+      scale_rows(X, m0, lane, w);
+      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);  // k_s . (w_s (vn dS^T)[s])
+      float part = (lane & 3) == 0 ? d.x + d.y : 0.f;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+      if (lane == 0) atomicAdd(sums, part);
+    }
+    warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kQ, 0, n0o, lane);
+    store_acc_global<T>(static_cast<T*>(p.dk) + roff, row_stride, X, m0, n0o, rows, lane);
+    if constexpr (kGated) {
+      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);
+      if ((lane & 3) == 0) {
+        atomicAdd(dGs + m0 + (lane >> 2), -d.x);
+        atomicAdd(dGs + m0 + (lane >> 2) + 8, -d.y);
+      }
+    }
+  }
+}
+
 // Per chunk, from the last one back, with S_in the saved entering state, dS the gradient of the state
 // leaving the chunk, vn = U - W S_in, P as in the forward and Pg[t][s] = scale exp(G_t - G_s) (do_t . vn_s):
 //   dvn = dU = P^T do + w_s (K dS)[s]            dW = -dvn S_in^T
@@ -276,91 +389,18 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
     {  // Pg = scale exp(G_t - G_s) (do_t . vn_s), s <= t
       decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
     }
-    {  // dvn = w_s (K dS)[s] + P^T do  (= dU)
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(X, s0 + L::kK, m0, 0, s0 + L::kdS, 0, n0o, lane);
-      if constexpr (kGated) scale_rows(X, m0, lane, w);
-      warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0o, lane);
-      store_acc_global<T>(static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
-                          rows, lane);
-      store_acc_smem<kD, T>(smem + L::kdVn, X, m0, n0o, lane);
-    }
+    bwd_dvn<kD, kD, T, kGated>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
+                               static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, rows,
+                               m0, n0o, lane, w);
     if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
-      float e = 0.f;
-#pragma unroll
-      for (int mi = 0; mi < ST::MT; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < ST::NT; ++nj)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
-            const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
-            const float2 x = unpack2<T>(
-                *reinterpret_cast<const uint32_t*>(smem + L::kSin + swz<kD>(r, col / 8) + (col % 8) * 2));
-            e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
-          }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
-      if (lane == 0) atomicAdd(sums + 1, e * __expf(g_last));
+      const float e = bwd_state_dot<kD, kD, T>(dS, smem + L::kSin, g_last, warp, lane);
+      if (lane == 0) atomicAdd(sums + 1, e);
     }
     __syncthreads();  // Pg, dvn ready
-    {                 // dW = -dvn S_in^T
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kdVn, m0, 0, s0 + L::kSin, 0, n0o,
-                                                             lane);
-      scale_rows(X, m0, lane, [](int) { return -1.f; });
-      store_acc_global<T>(static_cast<T*>(p.dw) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
-                          rows, lane);
-    }
-    {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kDo, m0, 0, s0 + L::kSin, 0, n0o,
-                                                             lane);
-      scale_rows(X, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
-      warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kK, 0, n0o, lane);
-      store_acc_global<T>(static_cast<T*>(p.dq) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
-                          rows, lane);
-      if constexpr (kGated) {
-        const float2 d = row_dot<kD, T>(X, smem + L::kQ, m0, n0o, lane);
-        if ((lane & 3) == 0) {
-          atomicAdd(dGs + m0 + (lane >> 2), d.x);
-          atomicAdd(dGs + m0 + (lane >> 2) + 8, d.y);
-        }
-      }
-    }
-    {  // dk = w_s (vn dS^T)[s] + Pg^T q
-      float X[1][kD / 16][4];
-      zero_acc(X);
-      warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kVn, m0, 0, s0 + L::kdS, 0, n0o,
-                                                             lane);
-      if constexpr (kGated) {
-        scale_rows(X, m0, lane, w);
-        const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);  // k_s . (w_s (vn dS^T)[s])
-        float part = (lane & 3) == 0 ? d.x + d.y : 0.f;
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
-        if (lane == 0) atomicAdd(sums, part);
-      }
-      warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kQ, 0, n0o, lane);
-      store_acc_global<T>(static_cast<T*>(p.dk) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, X, m0, n0o,
-                          rows, lane);
-      if constexpr (kGated) {
-        const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);
-        if ((lane & 3) == 0) {
-          atomicAdd(dGs + m0 + (lane >> 2), -d.x);
-          atomicAdd(dGs + m0 + (lane >> 2) + 8, -d.y);
-        }
-      }
-    }
-    // dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn
-    if constexpr (kGated) ST::scale(dS, __expf(g_last));
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(dS, s0 + L::kQg, ST::m0(warp), 0, s0 + L::kDo, 0,
-                                                             ST::n0(warp), lane);
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kD, T>(dS, s0 + L::kW, ST::m0(warp), 0, s0 + L::kdVn, 0,
-                                                             ST::n0(warp), lane);
+    bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, row_offset(b, t0, h, p.T, p.H, kD), rows, G, w, dGs, sums,
+                                      m0, n0o, lane);
+    bwd_state_step<kD, kD, T, kGated>(dS, s0 + L::kQg, s0 + L::kDo, s0 + L::kW, s0 + L::kdVn, g_last, warp,
+                                      lane);
     __syncthreads();  // every read of the tiles, dS, dvn, and every atomic into dGs / sums is done
     if constexpr (kGated) {
       if (tid < rows) {
@@ -453,33 +493,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
     scale_tile_rows<kD, T>(smem + L::kW, smem + L::kW, tid, [](int) { return -1.f; });
-    {  // dvn = w_s (K dS)[s] + P^T do  (= dU)
-      float X[1][kVb / 16][4];
-      zero_acc(X);
-      warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(X, s0 + L::kK, m0, 0, s0 + L::kdS, 0, n0o,
-                                                              lane);
-      if constexpr (kGated) scale_rows(X, m0, lane, w);
-      warp_mma<1, kVb / 16, kC / 16, true, true, kC, kVb, T>(X, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0o, lane);
-      store_acc_global<T>(static_cast<T*>(p.du) + roff + v0, row_stride, X, m0, n0o, rows, lane);
-      store_acc_smem<kVb, T>(smem + L::kdVn, X, m0, n0o, lane);
-    }
-    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
-      float e = 0.f;
-#pragma unroll
-      for (int mi = 0; mi < ST::MT; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < ST::NT; ++nj)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
-            const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
-            const float2 x = unpack2<T>(
-                *reinterpret_cast<const uint32_t*>(smem + L::kSin + swz<kVb>(r, col / 8) + (col % 8) * 2));
-            e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
-          }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
-      if (lane == 0) red[warp] = e * __expf(g_last);
+    bwd_dvn<kD, kVb, T, kGated>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
+                                static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
+    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>
+      const float e = bwd_state_dot<kD, kVb, T>(dS, smem + L::kSin, g_last, warp, lane);
+      if (lane == 0) red[warp] = e;
     }
     __syncthreads();  // dvn, -W, the warps' shares ready
     if (kGated && tid == 0) {
@@ -487,12 +505,8 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       for (int i = 0; i < kWarps; ++i) e += red[i];
       p.dsum[(bh * nt + c) * n_vb + vb] = e;
     }
-    // dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn
-    if constexpr (kGated) ST::scale(dS, __expf(g_last));
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, s0 + L::kQg, ST::m0(warp), 0, s0 + L::kDo,
-                                                              0, ST::n0(warp), lane);
-    warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, s0 + L::kW, ST::m0(warp), 0, s0 + L::kdVn,
-                                                              0, ST::n0(warp), lane);
+    bwd_state_step<kD, kVb, T, kGated>(dS, s0 + L::kQg, s0 + L::kDo, s0 + L::kW, s0 + L::kdVn, g_last, warp,
+                                       lane);
     __syncthreads();  // every read of the tiles and of dS's 16-bit copy is done
     store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
   }
@@ -525,7 +539,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaC
   float* G = reinterpret_cast<float*>(smem + L::kG);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);
   float* sums = reinterpret_cast<float*>(smem + L::kSums);
-  const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD), row_stride = static_cast<int64_t>(p.H) * kD;
+  const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
   const int64_t st = (bh * nt + c) * kD * kD;
   load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
@@ -554,51 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaC
   decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
   __syncthreads();
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
-  {  // dW = -dvn S_in^T
-    float X[1][kD / 16][4];
-    zero_acc(X);
-    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kdVn, m0, 0, s0 + L::kSin, 0, n0o,
-                                                           lane);
-    scale_rows(X, m0, lane, [](int) { return -1.f; });
-    store_acc_global<T>(static_cast<T*>(p.dw) + roff, row_stride, X, m0, n0o, rows, lane);
-  }
-  {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
-    float X[1][kD / 16][4];
-    zero_acc(X);
-    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kDo, m0, 0, s0 + L::kSin, 0, n0o, lane);
-    scale_rows(X, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
-    warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kK, 0, n0o, lane);
-    store_acc_global<T>(static_cast<T*>(p.dq) + roff, row_stride, X, m0, n0o, rows, lane);
-    if constexpr (kGated) {
-      const float2 d = row_dot<kD, T>(X, smem + L::kQ, m0, n0o, lane);
-      if ((lane & 3) == 0) {
-        atomicAdd(dGs + m0 + (lane >> 2), d.x);
-        atomicAdd(dGs + m0 + (lane >> 2) + 8, d.y);
-      }
-    }
-  }
-  {  // dk = w_s (vn dS^T)[s] + Pg^T q
-    float X[1][kD / 16][4];
-    zero_acc(X);
-    warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, s0 + L::kVn, m0, 0, s0 + L::kdS, 0, n0o, lane);
-    if constexpr (kGated) {
-      scale_rows(X, m0, lane, w);
-      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);  // k_s . (w_s (vn dS^T)[s])
-      float part = (lane & 3) == 0 ? d.x + d.y : 0.f;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
-      if (lane == 0) atomicAdd(sums, part);
-    }
-    warp_mma<1, kD / 16, kC / 16, true, true, kC, kD, T>(X, s0 + L::kPg, m0, 0, s0 + L::kQ, 0, n0o, lane);
-    store_acc_global<T>(static_cast<T*>(p.dk) + roff, row_stride, X, m0, n0o, rows, lane);
-    if constexpr (kGated) {
-      const float2 d = row_dot<kD, T>(X, smem + L::kK, m0, n0o, lane);
-      if ((lane & 3) == 0) {
-        atomicAdd(dGs + m0 + (lane >> 2), -d.x);
-        atomicAdd(dGs + m0 + (lane >> 2) + 8, -d.y);
-      }
-    }
-  }
+  bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane);
   if constexpr (kGated) {
     __syncthreads();
     if (tid < rows) {
