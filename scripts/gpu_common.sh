@@ -46,13 +46,14 @@ perf30m_stage() {
     --set train.device=cuda --out runs/gpu-perf30m > "$OUT/perf30m.log" 2>&1
   el "perf30m rc $?"; tail -n 6 "$OUT/perf30m.log"
   mkdir -p "$OUT/perf30m" && cp -r runs/gpu-perf30m/results "$OUT/perf30m/" 2>/dev/null
-  # The opt-in kernels not yet on by default (the fused short conv, the delta rule's two-pass backward), on
-  # the same models, for the comparison: runs/gpu-perf30m-optin.
-  rm -rf runs/gpu-perf30m-optin
-  stage 60 env ATTNLAB_SHORT_CONV=fused ATTNLAB_DELTA_BWD=two_pass "$BUILD/attnlab" study configs/perf30m.yaml \
+  # The same models with the libtorch short conv and the one-pass delta backward forced (the defaults
+  # before 2026-12-02i), for the comparison: runs/gpu-perf30m-before.
+  rm -rf runs/gpu-perf30m-before
+  stage 60 env ATTNLAB_SHORT_CONV=libtorch ATTNLAB_DELTA_BWD=one_pass "$BUILD/attnlab" study configs/perf30m.yaml \
     --set study.device=cuda --set train.device=cuda --set 'study.stages=[env,efficiency]' \
-    --out runs/gpu-perf30m-optin > "$OUT/perf30m_optin.log" 2>&1
-  el "perf30m (opt-in kernels) rc $?"; grep -E "efficiency .*tok/s" "$OUT/perf30m_optin.log"
+    --out runs/gpu-perf30m-before > "$OUT/perf30m_before.log" 2>&1
+  el "perf30m (libtorch short conv, one-pass delta backward) rc $?"
+  grep -E "efficiency .*tok/s" "$OUT/perf30m_before.log"
   stage 90 python3 bench/torch_train_baseline.py --out "$RESULTS/torch_train.csv" > "$OUT/torch_train.log" 2>&1
   el "torch eager baseline rc $?"; tail -n 1 "$OUT/torch_train.log"
   cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null

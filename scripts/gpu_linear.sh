@@ -32,7 +32,10 @@ done
 # FLA's Triton autotune choices measured on an H200 (committed as data): seeding them saves minutes of compiling.
 SEED=bench/results/h200-2026-12-01/fla_triton_autotune.tgz
 if [ -d .peer/fla ] && [ ! -d .peer/fla/triton-autotune ] && [ -f "$SEED" ]; then tar xzf "$SEED" -C .peer/fla; fi
-if [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
+# FLA_CSV=path: reuse FLA's times from an earlier call on the same GPU (for a call that only compares our
+# own forms; results meant to be side by side run FLA in the same call, the default).
+if [ -n "${FLA_CSV:-}" ]; then cp "$FLA_CSV" "$RESULTS/fla.csv"; el "fla: reused $FLA_CSV";
+elif [ -d .peer/fla ] && [ -f bench/fla_bench.py ]; then
   stage 240 python3 bench/fla_bench.py --fla .peer/fla --out "$RESULTS/fla.csv" ${FLA_ARGS:-} > "$OUT/fla.log" 2>&1
   el "fla rc $?"; tail -n 4 "$OUT/fla.log"
 fi
@@ -47,6 +50,17 @@ stage 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,6
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n 60
+# DELTA_FORMS=1: the delta rule's backward forced to each form (ATTNLAB_DELTA_BWD), the rows that pick
+# delta_chunk_default_two_pass_bwd.
+if [ "${DELTA_FORMS:-0}" = 1 ]; then
+  for form in one_pass two_pass; do
+    stage 120 env ATTNLAB_DELTA_BWD=$form "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
+      --dtype bf16 --head-dims 128,64 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+      $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_$form.csv" \
+      > "$OUT/bench_delta_$form.log" 2>&1
+    el "bench (delta backward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_$form.log" | grep kernel
+  done
+fi
 # linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
 # timed the same way, for the comparison.
 stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
@@ -58,7 +72,8 @@ grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 1
 # NCU=1: per-kernel GPU time of one shape per op (T = 8192 and 32768, D = 128), from Nsight Compute with the
 # clocks left alone: which kernel of each forward and backward to work on (bench/ncu_summary.py).
 if [ "${NCU:-0}" = 1 ]; then
-  stage 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv -k regex:kernels \
+  stage 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
+    -k regex:attnlab::kernels \
     "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla,gla,delta_rule,gated_delta_rule --dtype bf16 \
     --head-dims 128 --seq-lens 8192,32768 --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 \
     > "$RESULTS/ncu.csv" 2> "$OUT/ncu.log"

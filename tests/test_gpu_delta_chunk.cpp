@@ -158,8 +158,9 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 
 // The two-pass forward (the walk stores vn, one block per chunk computes o; ATTNLAB_DELTA_FWD forces it or
 // the one-pass form) gives the same bits as the one-pass one, with and without a gate, both head dims and
-// both V-splits; the backward, which reads only the saved states, the same gradients. The two-pass backward
-// (ATTNLAB_DELTA_BWD=two_pass) gives the same bits for dq, dk, dw, du, dh0, and dG up to float-sum order.
+// both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of its
+// float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the same
+// bits for dq, dk, dw, du, dh0, and dG up to float-sum order.
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(12);
@@ -197,11 +198,13 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           const std::string what = fmt::format("{} D {} gated {} v_split {}", names[i], D, gated, v_split);
           EXPECT_TRUE(ops::all_finite(two[i])) << what;
           EXPECT_TRUE(ops::all_finite(both[i])) << what << " (two-pass backward)";
-          EXPECT_TRUE(torch::equal(one[i], two[i])) << what;
-          if (i == 7)  // dG: the same sums, another order of float additions
+          if (i == 7) {  // dG: shared-memory float atomics, so not the same bits even run to run
+            EXPECT_LT(ops::rel_rms_error(two[i], one[i]), 1e-5) << what;
             EXPECT_LT(ops::rel_rms_error(both[i], one[i]), 1e-5) << what << " (two-pass backward)";
-          else
+          } else {
+            EXPECT_TRUE(torch::equal(one[i], two[i])) << what;
             EXPECT_TRUE(torch::equal(one[i], both[i])) << what << " (two-pass backward)";
+          }
         }
       }
 }

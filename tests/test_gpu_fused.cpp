@@ -345,7 +345,8 @@ TEST(GpuFusedBinding, ReasonsAndValidation) {
 // (autograd for the gradients): raw passes into NaN-poisoned outputs and the autograd path, float32 / bf16 /
 // fp16, K = 2 .. 4, with and without bias and SiLU, T = 1 / 37 / 300 (tiles of 16 tokens, halos across
 // tiles), x contiguous, a slice of a wider projection (row stride 3C) or misaligned (the one-channel path),
-// and ShortConv's module path (ATTNLAB_SHORT_CONV=fused) against its libtorch path.
+// and ShortConv's module path (the fused kernel by default on CUDA) against its libtorch path
+// (ATTNLAB_SHORT_CONV=libtorch).
 torch::Tensor conv_reference(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                              bool silu) {
   const int64_t T = x.size(1), K = w.size(1);
@@ -427,11 +428,14 @@ TEST(GpuShortConv, ModulePathMatchesLibtorchPath) {
       if (with_bias) out.push_back(conv->bias.grad().clone());
       return out;
     };
-    auto ref = run(nullptr), fused = run("fused");
+    auto ref = run("libtorch"), fused = run("fused"), automatic = run(nullptr);
     const char* names[] = {"y", "dx", "dweight", "dbias"};
-    for (size_t i = 0; i < ref.size(); ++i)
+    for (size_t i = 0; i < ref.size(); ++i) {
       expect_close(fmt::format("module bias={}", with_bias), names[i], fused[i], ref[i],
                    i < 2 ? 1e-5 : kTolF32Sum);
+      // the default on CUDA is the fused kernel
+      EXPECT_TRUE(torch::equal(automatic[i], fused[i])) << names[i] << " bias=" << with_bias;
+    }
   }
   // carried history (prefill / decode) stays on the libtorch path
   ShortConv conv(16, 4);

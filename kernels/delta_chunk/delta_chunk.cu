@@ -38,6 +38,11 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   return gated ? blocks <= 4LL * num_sms : 2 * blocks < num_sms;
 }
 
+bool delta_chunk_default_two_pass_bwd(int B, int H, int V, bool gated, int num_sms) {
+  (void)V, (void)gated;
+  return static_cast<long long>(B) * H <= 2LL * num_sms;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }

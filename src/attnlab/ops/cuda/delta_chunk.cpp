@@ -86,11 +86,14 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dw = dw.data_ptr(), p.du = du.data_ptr();
     p.dG = f32(dG), p.dh0 = f32(dh0);
     // The two-pass backward (the walk, split over the value columns, keeps only dS and dU; one block per
-    // chunk then forms dq, dk, dW, dG), opt-in with ATTNLAB_DELTA_BWD=two_pass until its H200 timing picks
-    // the shapes where it is faster (kernels/delta_chunk/harness); dhs and dsum are workspaces, as vn above.
+    // chunk then forms dq, dk, dW, dG) where delta_chunk_default_two_pass_bwd says it is the faster, or as
+    // ATTNLAB_DELTA_BWD=one_pass|two_pass says; dhs and dsum are workspaces, as vn above.
     torch::Tensor dhs, dsum;
     const char* form = std::getenv("ATTNLAB_DELTA_BWD");
-    if (form && std::string(form) == "two_pass") {
+    const bool two_pass = form ? std::string(form) == "two_pass"
+                               : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, given(G),
+                                                                      sm_count(q.device().index()));
+    if (two_pass) {
       p.v_split = kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
       if (given(G))
