@@ -127,33 +127,50 @@ TEST(DeltaChunkKernel, AutomaticRunsTheKernels) {
   EXPECT_TRUE(torch::equal(automatic, kernel));
 }
 
-// The forward's V-split (two blocks per (b, h) over the value columns, chosen for small B * H at V = 128)
-// computes every column exactly as one block does: o, ht and, through the saved states, the gradients are
-// the same bits.
+// The V-split (v_split blocks per (b, h) over the value columns: 64- or 32-column slices, chosen for small
+// B * H) computes every column exactly as one block does, in the forward's walk and in the two-pass
+// backward's (the default at these B * H): o, ht and every gradient are the same bits (dG up to the order
+// of its float atomics), at both head dims, with and without a gate.
 TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(11);
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  const int64_t B = 1, T = 333, H = 2, D = 128;
-  auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
-  auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
   auto fl = f.dtype(torch::kFloat);
-  auto G = torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1;  // any values: the same bits either way
-  auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
-  auto run = [&](int64_t v_split) {
-    auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
-    auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
-    auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, G, lh, 0.1, v_split);
-    ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
-    return std::vector<torch::Tensor>{out[0], out[1], lq.grad(), lk.grad(), lw.grad(), lu.grad(), lh.grad()};
-  };
-  auto one = run(1), two = run(2);
-  const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0"};
-  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << names[i];
-  EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(
-                        q.narrow(3, 0, 64), k.narrow(3, 0, 64).contiguous(), w.narrow(3, 0, 64).contiguous(),
-                        u.narrow(3, 0, 64).contiguous(), G, torch::Tensor(), 0.1, 2),
-                    "v_split must be 1, or 2 at V = 128; got 2 at V = 64");
+  for (int64_t D : {128, 64})
+    for (bool gated : {true, false}) {
+      const int64_t B = 1, T = 333, H = 2;
+      auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+      auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
+      auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
+      auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
+      auto run = [&](int64_t v_split) {
+        auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+        auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
+        auto lG = gated ? leaf(G) : G;
+        auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, v_split);
+        ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
+        return std::vector<torch::Tensor>{out[0],    out[1],    lq.grad(), lk.grad(),
+                                          lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
+      };
+      const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
+      auto one = run(1);
+      for (int64_t v_split : {int64_t(2), int64_t(4)}) {
+        if (v_split == 4 && D != 128) continue;
+        auto split = run(v_split);
+        for (size_t i = 0; i < one.size(); ++i) {
+          if (!one[i].defined()) continue;
+          const std::string what = fmt::format("{} D {} gated {} v_split {}", names[i], D, gated, v_split);
+          EXPECT_TRUE(ops::all_finite(split[i])) << what;
+          if (i == 7)
+            EXPECT_LT(ops::rel_rms_error(split[i], one[i]), 1e-5) << what;
+          else
+            EXPECT_TRUE(torch::equal(one[i], split[i])) << what;
+        }
+      }
+      if (D == 64)
+        EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(q, k, w, u, G, torch::Tensor(), 0.1, 4),
+                          "v_split must be 1, 2, or 4 at V = 128", "got 4 at V = 64");
+    }
 }
 
 // The two-pass forward (the walk stores vn, one block per chunk computes o; ATTNLAB_DELTA_FWD forces it or

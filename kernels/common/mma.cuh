@@ -85,10 +85,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 // chunk per phase and cp.async / the epilogue write whole rows, so both are conflict-free, with
 // no padding (a padded row would cost 1/8 more shared memory and break the 128-byte alignment a
 // later TMA/wgmma layout wants; this XOR is the 128B swizzle those use).
+// Rows of 32 elements (64 bytes, 4 chunks; the delta rule's 32-column value slices): two rows share a
+// 128-byte line, so the XOR takes (row / 2) % 4 and any 8 consecutive rows from a multiple of 8 at one
+// logical chunk still fill the 8 distinct 16-byte slots of a line (ldmatrix and the 4-lane pair stores).
 template <int kRowElems>
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
-  static_assert(kRowElems % 64 == 0, "swizzle needs >= 8 chunks of 16 bytes per row");
-  return static_cast<uint32_t>(row * (kRowElems * 2) + ((chunk ^ (row & 7)) << 4));
+  if constexpr (kRowElems == 32) {
+    return static_cast<uint32_t>(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
+  } else {
+    static_assert(kRowElems % 64 == 0, "swizzle needs >= 8 chunks of 16 bytes per row, or rows of 32");
+    return static_cast<uint32_t>(row * (kRowElems * 2) + ((chunk ^ (row & 7)) << 4));
+  }
 }
 
 // Byte offset of 16-bit element (row, col) in a swizzled [rows][64] panel (the wgmma operand tiles).
@@ -105,6 +112,7 @@ __device__ __forceinline__ uint32_t panel_off(int row, int col) {
 // one hoisted address per unrolled ldmatrix.
 template <int kRowElems>
 struct SwzLane {
+  static_assert(kRowElems % 64 == 0, "SwzLane's offsets assume the 8-chunk swizzle");
   uint32_t off[4];
   __device__ __forceinline__ SwzLane(int lane_row, int lane_bit) {
     const int y = lane_bit ^ (lane_row & 7);

@@ -13,9 +13,9 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
     return "B and H must be in 1..65535, T >= 1";
   if (!p.q || !p.k || !p.w || !p.u || !p.hs) return "q, k, w, u and hs must be set";
-  if (p.v_split != 1 && !(p.v_split == 2 && p.V == 128))
-    return "v_split must be 1, or 2 at V = 128; got " + std::to_string(p.v_split) +
-           " at V = " + std::to_string(p.V);
+  if (!(p.v_split == 1 || p.v_split == 2 || (p.v_split == 4 && p.V == 128)))
+    return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
+           std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
@@ -27,6 +27,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
 
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
   const long long heads = static_cast<long long>(B) * H;
+  // 32-column slices only where even so the blocks stay within one wave (the walk runs one block per SM):
+  // they shorten each chunk's step (half the state products) but not the reads of q, k, w.
+  if (V == 128 && 4 * heads <= num_sms) return 4;
+  if (V == 64 && 2 * heads <= num_sms) return 2;
   return V == 128 && heads < 2LL * num_sms ? 2 : 1;
 }
 
@@ -34,13 +38,18 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   // H200 (132 SMs), D = 128, B * T = 32768, H = 16, two-pass time / one-pass time: gated 0.87 (256 heads,
   // 512 blocks), 0.87 (128 blocks), 0.59 (32 blocks); without a gate 1.04 at 128 blocks, 0.67 at 32. The
   // gated walk does more per chunk (the decay of the scores and rows), so moving o out of it pays off sooner.
-  const long long blocks = static_cast<long long>(B) * H * delta_chunk_default_v_split(B, H, V, num_sms);
+  // (the walk's blocks with the 64-column split alone, as measured then)
+  const long long heads = static_cast<long long>(B) * H;
+  const long long blocks = heads * (V == 128 && heads < 2LL * num_sms ? 2 : 1);
   return gated ? blocks <= 4LL * num_sms : 2 * blocks < num_sms;
 }
 
 bool delta_chunk_default_two_pass_bwd(int B, int H, int V, bool gated, int num_sms) {
+  // H200 (132 SMs), B * T = 32768, H = 16, forward + backward with the two-pass backward / the one-pass
+  // one (bench/results/h200-2026-12-02j): 16 heads 0.58-0.78, 64 heads 0.87-0.96, 256 heads 1.02-1.19,
+  // 1024 heads 1.02-1.13, for D = 64 and 128, with and without a gate.
   (void)V, (void)gated;
-  return static_cast<long long>(B) * H <= 2LL * num_sms;
+  return static_cast<long long>(B) * H <= num_sms;
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
@@ -75,8 +84,9 @@ cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p) {
   if (!delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    if (p.v_split == 2) return launch_fwd<kD, kD / 2, T>(p);
     if constexpr (kD == 128) {
-      if (p.v_split == 2) return launch_fwd<kD, 64, T>(p);
+      if (p.v_split == 4) return launch_fwd<kD, 32, T>(p);
     }
     return launch_fwd<kD, kD, T>(p);
   });
@@ -107,8 +117,9 @@ cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
     if (p.dhs) {
+      if (p.v_split == 2) return launch_bwd_two_pass<kD, kD / 2, T>(p);
       if constexpr (kD == 128) {
-        if (p.v_split == 2) return launch_bwd_two_pass<kD, 64, T>(p);
+        if (p.v_split == 4) return launch_bwd_two_pass<kD, 32, T>(p);
       }
       return launch_bwd_two_pass<kD, kD, T>(p);
     }

@@ -174,20 +174,23 @@ __global__ void __launch_bounds__(kThreads, 2) delta_out_kernel(const DeltaChunk
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
+  // Two copy groups: the scores need q, k and the gates only, so they are formed while S and vn land.
   load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
   load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.vn), b, t0, h, p.T, p.H, tid);
   load_tile<kD, kD, kThreads, T>(s0 + L::kS, static_cast<const T*>(p.hs) + (bh * nt + c) * kD * kD, kD, kD,
                                  tid);
-  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
   cp_async_commit();
-  cp_async_wait<0>();
+  cp_async_wait<1>();
   __syncthreads();
   if (kGated && rows < kC) {
     pad_gates(G, rows, tid);
     __syncthreads();
   }
   decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
+  cp_async_wait<0>();
   __syncthreads();
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
   float O[1][kD / 16][4];
@@ -427,18 +430,27 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
 // walk splits V over v_split blocks like the forward. Then delta_bwd_out_kernel, one block per chunk, forms
 // dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's products in
 // its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its float atomics.
+// The tiles read from global memory per chunk (q, k, w, the slice's u and do, the entering state slice,
+// the gates) form one stage; where two stages fit in the 227 KB a block may have (every V-split: 216 KB at
+// D = 128 with 64-column slices), the next chunk's stage loads while this one is computed, since the walk's
+// blocks are few and nothing else on the SM would hide the copies' latency.
 template <int kD, int kVb>
 struct BwdWalkSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
-  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kQg = 3 * kTile;
-  static constexpr int kU = 4 * kTile, kDo = kU + kVTile, kVn = kDo + kVTile, kdVn = kVn + kVTile;
-  static constexpr int kSin = kdVn + kVTile;       // [kD][kVb] entering state slice (from hs)
-  static constexpr int kdS = kSin + kD * kVb * 2;  // [kD][kVb] dS slice, 16-bit
-  static constexpr int kP = kdS + kD * kVb * 2;    // [C][C]
-  static constexpr int kG = kP + kC * kC * 2;      // [C] floats
-  static constexpr int kRed = kG + kC * 4;         // [kWarps] floats: the warps' <dS, S_in> shares
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kDo = kU + kVTile;
+  static constexpr int kSin = kDo + kVTile;               // [kD][kVb] entering state slice (from hs)
+  static constexpr int kG = kSin + kD * kVb * 2;          // [C] floats
+  static constexpr int kStage = kG + kC * 4;              // one stage's bytes (a multiple of 128)
+  static constexpr int kRest = kTile + 2 * kVTile + kD * kVb * 2 + kC * kC * 2 + kWarps * 4;
+  static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
+  static constexpr int kQg = kStages * kStage;            // [C][kD] q rows times scale exp(G_t)
+  static constexpr int kVn = kQg + kTile, kdVn = kVn + kVTile;
+  static constexpr int kdS = kdVn + kVTile;               // [kD][kVb] dS slice, 16-bit
+  static constexpr int kP = kdS + kD * kVb * 2;           // [C][C]
+  static constexpr int kRed = kP + kC * kC * 2;           // [kWarps] floats: the warps' <dS, S_in> shares
   static constexpr int kBytes = kRed + kWarps * 4;
+  static_assert(kStage % 128 == 0 && kBytes <= 227 * 1024, "the walk's tiles must fit one block");
 };
 
 template <int kD, int kVb, typename T, bool kGated>
@@ -451,33 +463,46 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
   const int nt = linear_chunk_count(p.T), n_vb = kD / kVb;
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
-  float* G = reinterpret_cast<float*>(smem + L::kG);
   float* red = reinterpret_cast<float*>(smem + L::kRed);
   const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD + v0;
   T* dhs = static_cast<T*>(p.dhs) + bh * nt * kD * kD + v0;
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  auto stage_of = [](int c) { return L::kStages == 2 ? (c & 1) * L::kStage : 0; };
+  auto issue = [&](int c) {  // chunk c's stage (nothing for c < 0), one commit group either way
+    if (c >= 0) {
+      const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
+      const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
+      load_chunk<kD>(s0 + st + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(s0 + st + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+      load_chunk<kD>(s0 + st + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
+      load_tile<kC, kVb, kThreads, T>(s0 + st + L::kU, static_cast<const T*>(p.u) + roff + v0, row_stride,
+                                      rows, tid);
+      load_tile<kC, kVb, kThreads, T>(s0 + st + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride,
+                                      rows, tid);
+      load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();
+  };
 
   float dS[ST::MT][ST::NT][4];
   ST::load(dS, p.dht ? p.dht + bh * kD * kD + v0 : nullptr, warp, lane, kD);
   store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, value columns of the slice
+  if (L::kStages == 2) issue(nt - 1);
   for (int c = nt - 1; c >= 0; --c) {
-    const int t0 = c * kC, rows = min(kC, p.T - t0);
+    const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
     const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
-    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
-    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
-    load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
-    load_tile<kC, kVb, kThreads, T>(s0 + L::kU, static_cast<const T*>(p.u) + roff + v0, row_stride, rows,
-                                    tid);
-    load_tile<kC, kVb, kThreads, T>(s0 + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride, rows,
-                                    tid);
-    load_tile<kD, kVb, kThreads, T>(s0 + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
-    if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
-    cp_async_commit();
+    const uint32_t sst = s0 + st;
+    unsigned char* stage = smem + st;
+    float* G = reinterpret_cast<float*>(stage + L::kG);
+    if (L::kStages == 1) issue(c);
     cp_async_wait<0>();
     __syncthreads();  // the tiles, and the 16-bit dS written at the end of the last chunk (or before the
-                      // walk)
+                      // walk); every read of the other stage (the chunk after this one) is done
+    if (L::kStages == 2) issue(c - 1);
     // the dS this chunk uses, saved for the second pass
     store_tile<kD, kVb, kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
     if (kGated && rows < kC) {
@@ -486,17 +511,17 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
     auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
-    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kU, G,
+    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, nullptr, sst + L::kW, sst + L::kSin, stage + L::kU, G,
                                          g_last, warp, lane);
-    decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
-    scale_tile_rows<kD, T>(smem + L::kQg, smem + L::kQ, tid,
+    decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
+    scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
-    scale_tile_rows<kD, T>(smem + L::kW, smem + L::kW, tid, [](int) { return -1.f; });
-    bwd_dvn<kD, kVb, T, kGated>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
+    scale_tile_rows<kD, T>(stage + L::kW, stage + L::kW, tid, [](int) { return -1.f; });
+    bwd_dvn<kD, kVb, T, kGated>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
                                 static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
     if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>
-      const float e = bwd_state_dot<kD, kVb, T>(dS, smem + L::kSin, g_last, warp, lane);
+      const float e = bwd_state_dot<kD, kVb, T>(dS, stage + L::kSin, g_last, warp, lane);
       if (lane == 0) red[warp] = e;
     }
     __syncthreads();  // dvn, -W, the warps' shares ready
@@ -505,9 +530,9 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       for (int i = 0; i < kWarps; ++i) e += red[i];
       p.dsum[(bh * nt + c) * n_vb + vb] = e;
     }
-    bwd_state_step<kD, kVb, T, kGated>(dS, s0 + L::kQg, s0 + L::kDo, s0 + L::kW, s0 + L::kdVn, g_last, warp,
+    bwd_state_step<kD, kVb, T, kGated>(dS, s0 + L::kQg, sst + L::kDo, sst + L::kW, s0 + L::kdVn, g_last, warp,
                                        lane);
-    __syncthreads();  // every read of the tiles and of dS's 16-bit copy is done
+    __syncthreads();  // every read of this stage and of dS's 16-bit copy is done
     store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
   }
   if (p.dh0) ST::store(p.dh0 + bh * kD * kD + v0, dS, warp, lane, kD);
@@ -541,19 +566,22 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaC
   float* sums = reinterpret_cast<float*>(smem + L::kSums);
   const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
   const int64_t st = (bh * nt + c) * kD * kD;
-  load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  // Two copy groups (one block per SM: nothing else hides the copies): what vn = U - W S_in needs, then the
+  // rest, which lands while vn is formed.
   load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);  // U, then vn in place
+  load_tile<kD, kD, kThreads, T>(s0 + L::kSin, static_cast<const T*>(p.hs) + st, kD, kD, tid);
+  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
+  load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kdVn, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
-  load_tile<kD, kD, kThreads, T>(s0 + L::kSin, static_cast<const T*>(p.hs) + st, kD, kD, tid);
   load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
-  if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
   cp_async_commit();
   if (tid < kC) dGs[tid] = 0.f;
   if (tid == 0) sums[0] = 0.f;
-  cp_async_wait<0>();
+  cp_async_wait<1>();
   __syncthreads();
   if (kGated && rows < kC) {
     pad_gates(G, rows, tid);
@@ -564,6 +592,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaC
   // vn = U - W S_in, in place (each element is read and written by the same thread)
   corrected_values<kD, T, kGated>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kVn, G, g_last,
                                   warp, lane);
+  cp_async_wait<0>();
   __syncthreads();
   decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
   __syncthreads();

@@ -41,8 +41,8 @@ struct DeltaChunkParams {
   float* ht = nullptr;        // [B, H, K, V] (written when not nullptr)
   void* hs = nullptr;         // workspace [B, H, ceil(T / 64), K, V], 16-bit: the state entering each chunk
                               // (written by the forward, read by the backward)
-  int v_split = 1;            // forward blocks per (b, h), each over V / v_split value columns: 1, or 2 at
-                              // V = 128 (delta_chunk_default_v_split picks it); the results are the same
+  int v_split = 1;            // the walks' blocks per (b, h), each over V / v_split value columns: 1, 2,
+                              // or 4 at V = 128 (delta_chunk_default_v_split picks it); the same results
   void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two
                               // passes: the walk over the chunks stores the states (hs) and vn = U - W S
                               // only, then one block per chunk computes o from them (all chunks at once).
@@ -71,8 +71,9 @@ struct DeltaChunkParams {
 // Empty when the kernels take p, else why not.
 std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
 
-// The forward's V-split: 2 when B * H blocks alone would leave `num_sms` multiprocessors idle and V = 128
-// (a column slice needs 64 columns for the swizzled tiles), else 1.
+// The walks' V-split: slices of 32 columns (4 at V = 128, 2 at V = 64) when B * H * v_split blocks still
+// fit one per multiprocessor, else 2 at V = 128 when B * H alone would leave `num_sms` multiprocessors idle,
+// else 1.
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 
 // Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape, from the walk's
@@ -81,7 +82,7 @@ int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 
 // Whether the two-pass backward (DeltaChunkParams::dhs) is the faster one for this shape: the one-pass
-// backward runs one block per (b, h), so it leaves multiprocessors idle where B * H is under about two per
+// backward runs one block per (b, h), so it leaves multiprocessors idle where B * H is under one per
 // multiprocessor; the two-pass walk splits V as the forward does and its second pass fills the GPU.
 bool delta_chunk_default_two_pass_bwd(int B, int H, int V, bool gated, int num_sms);
 

@@ -65,6 +65,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
     ctx->save_for_backward({q, k, w, u, G, h0, hs});
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["v_split"] = static_cast<int64_t>(p.v_split);  // the two-pass backward's walk takes it
     return {o, ht};
   }
 
@@ -94,7 +95,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                                : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, given(G),
                                                                       sm_count(q.device().index()));
     if (two_pass) {
-      p.v_split = kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
+      p.v_split = static_cast<int>(ctx->saved_data["v_split"].toInt());
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
       if (given(G))
         dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);

@@ -18,8 +18,8 @@ std::string delta_chunk_unusable_reason(const RecurrentArgs& args, bool gated);
 // o [B, T, H, V] (q's dtype) and ht [B, H, K, V] float32 of the chunk recurrence (params.h), differentiable
 // in q, k, w, u, G and h0. q, k, w [B, T, H, K] and u [B, T, H, V] of one 16-bit dtype (w, u are converted to
 // q's), G [B, T, H] float32 or undefined (DeltaNet), h0 [B, H, K, V] or undefined; chunks of 64 tokens.
-// v_split: the forward's blocks per (b, h) over the value columns (1, or 2 at V = 128; 0: by the shape and
-// the SM count); any choice gives the same bits.
+// v_split: the walks' blocks per (b, h) over the value columns, forward and two-pass backward (1, 2, or 4
+// at V = 128; 0: by the shape and the SM count); any choice gives the same bits (dG: up to float-sum order).
 std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& w, const torch::Tensor& u,
                                                   const torch::Tensor& G, const torch::Tensor& h0,
