@@ -149,8 +149,9 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
         auto lG = gated ? leaf(G) : G;
         auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, v_split);
         ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
-        return std::vector<torch::Tensor>{out[0],    out[1],    lq.grad(), lk.grad(),
-                                          lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
+        return std::vector<torch::Tensor>{
+            out[0],    out[1],    lq.grad(), lk.grad(),
+            lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
       };
       const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
       auto one = run(1);
@@ -175,9 +176,9 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 
 // The two-pass forward (the walk stores vn, one block per chunk computes o; ATTNLAB_DELTA_FWD forces it or
 // the one-pass form) gives the same bits as the one-pass one, with and without a gate, both head dims and
-// both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of its
-// float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the same
-// bits for dq, dk, dw, du, dh0, and dG up to float-sum order.
+// both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of
+// its float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the
+// same bits for dq, dk, dw, du, dh0, and dG up to float-sum order.
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(12);

@@ -25,13 +25,20 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   return {};
 }
 
+namespace {
+// The 64-column split alone: 2 at V = 128 when B * H blocks would leave SMs idle.
+int split_64(long long heads, int V, int num_sms) {
+  return V == 128 && heads < 2LL * num_sms ? 2 : 1;
+}
+}  // namespace
+
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
   const long long heads = static_cast<long long>(B) * H;
   // 32-column slices only where even so the blocks stay within one wave (the walk runs one block per SM):
   // they shorten each chunk's step (half the state products) but not the reads of q, k, w.
   if (V == 128 && 4 * heads <= num_sms) return 4;
   if (V == 64 && 2 * heads <= num_sms) return 2;
-  return V == 128 && heads < 2LL * num_sms ? 2 : 1;
+  return split_64(heads, V, num_sms);
 }
 
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) {
@@ -40,15 +47,14 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   // gated walk does more per chunk (the decay of the scores and rows), so moving o out of it pays off sooner.
   // (the walk's blocks with the 64-column split alone, as measured then)
   const long long heads = static_cast<long long>(B) * H;
-  const long long blocks = heads * (V == 128 && heads < 2LL * num_sms ? 2 : 1);
+  const long long blocks = heads * split_64(heads, V, num_sms);
   return gated ? blocks <= 4LL * num_sms : 2 * blocks < num_sms;
 }
 
-bool delta_chunk_default_two_pass_bwd(int B, int H, int V, bool gated, int num_sms) {
+bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms) {
   // H200 (132 SMs), B * T = 32768, H = 16, forward + backward with the two-pass backward / the one-pass
   // one (bench/results/h200-2026-12-02j): 16 heads 0.58-0.78, 64 heads 0.87-0.96, 256 heads 1.02-1.19,
   // 1024 heads 1.02-1.13, for D = 64 and 128, with and without a gate.
-  (void)V, (void)gated;
   return static_cast<long long>(B) * H <= num_sms;
 }
 

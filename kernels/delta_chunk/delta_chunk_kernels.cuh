@@ -439,16 +439,16 @@ struct BwdWalkSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kDo = kU + kVTile;
-  static constexpr int kSin = kDo + kVTile;               // [kD][kVb] entering state slice (from hs)
-  static constexpr int kG = kSin + kD * kVb * 2;          // [C] floats
-  static constexpr int kStage = kG + kC * 4;              // one stage's bytes (a multiple of 128)
+  static constexpr int kSin = kDo + kVTile;       // [kD][kVb] entering state slice (from hs)
+  static constexpr int kG = kSin + kD * kVb * 2;  // [C] floats
+  static constexpr int kStage = kG + kC * 4;      // one stage's bytes (a multiple of 128)
   static constexpr int kRest = kTile + 2 * kVTile + kD * kVb * 2 + kC * kC * 2 + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
-  static constexpr int kQg = kStages * kStage;            // [C][kD] q rows times scale exp(G_t)
+  static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t)
   static constexpr int kVn = kQg + kTile, kdVn = kVn + kVTile;
-  static constexpr int kdS = kdVn + kVTile;               // [kD][kVb] dS slice, 16-bit
-  static constexpr int kP = kdS + kD * kVb * 2;           // [C][C]
-  static constexpr int kRed = kP + kC * kC * 2;           // [kWarps] floats: the warps' <dS, S_in> shares
+  static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
+  static constexpr int kP = kdS + kD * kVb * 2;  // [C][C]
+  static constexpr int kRed = kP + kC * kC * 2;  // [kWarps] floats: the warps' <dS, S_in> shares
   static constexpr int kBytes = kRed + kWarps * 4;
   static_assert(kStage % 128 == 0 && kBytes <= 227 * 1024, "the walk's tiles must fit one block");
 };

@@ -84,7 +84,7 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 // Whether the two-pass backward (DeltaChunkParams::dhs) is the faster one for this shape: the one-pass
 // backward runs one block per (b, h), so it leaves multiprocessors idle where B * H is under one per
 // multiprocessor; the two-pass walk splits V as the forward does and its second pass fills the GPU.
-bool delta_chunk_default_two_pass_bwd(int B, int H, int V, bool gated, int num_sms);
+bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

@@ -187,9 +187,9 @@ __device__ __forceinline__ void gated_pv_mma(float (&acc)[1][NT][4], uint32_t sP
 // quarters are added by shuffles. The odd warp's keys are the block's last 8, so its first 8 queries see
 // none of them (zeros, no work).
 // A lane's key row s is the same for all 16 queries, so its gates (the lane's kD / 4 columns of G[s]) are
-// read into registers once: read per query, the eight key rows of a warp (kGS = kD + 8 words apart) met in
-// 4 of the 16 bank pairs, an 8-way conflict that made these blocks most of the forward's time (ncu, H200,
-// 2026-12-02: ~20 us per chunk against the scalar-gate kernel's ~5).
+// read into registers once: read per query, the eight key rows of a warp (kGS = kD + 8 words apart) meet in
+// 4 of the 16 bank pairs, an 8-way conflict. Avoiding it moved the forward's output pass only from 1248 to
+// 1229 us (ncu, H200, D = 128, 2026-12-02l): the conflict is not what makes that pass slow.
 template <int kD, typename T>
 __device__ __forceinline__ void diag_scores(unsigned char* sA, const unsigned char* sQ,
                                             const unsigned char* sK, const float* G, float scale, int warp,

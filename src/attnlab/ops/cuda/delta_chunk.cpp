@@ -92,8 +92,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     torch::Tensor dhs, dsum;
     const char* form = std::getenv("ATTNLAB_DELTA_BWD");
     const bool two_pass = form ? std::string(form) == "two_pass"
-                               : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, given(G),
-                                                                      sm_count(q.device().index()));
+                               : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, sm_count(q.device().index()));
     if (two_pass) {
       p.v_split = static_cast<int>(ctx->saved_data["v_split"].toInt());
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
