@@ -32,7 +32,7 @@ namespace {
 struct Case {
   int64_t B, T, H, D;
   torch::ScalarType dtype;
-  std::string gate;  // weak | strong
+  std::string gate;  // weak | strong | medium | mixed
   bool h0, dht;
   int64_t seg_chunks;  // 0 = the kernels' choice
 };
@@ -50,7 +50,9 @@ struct Inputs {
 // Inputs as the layers make them: unit-variance q, k scaled down like a K^-1/2 projection, and per-key gates
 // from log-sigmoid logits: weak, decays near 1 (GLA's normaliser 16: g ~ -0.01 .. -0.05); strong, -5 .. -10
 // per step (a chunk's decay reaches e^-640, past float32's range: only the sub-chunk references keep the
-// products finite).
+// products finite). Medium, -2.6 .. -2.8 per step: a sub-chunk's span is just under the 2^64 up to which a
+// bf16 chunk takes its diagonal blocks through the tensor cores (chunk_tame), the largest factors that path
+// meets. Mixed: weak in even chunks of 64 tokens, strong in odd ones, so that one walk takes both paths.
 Inputs make_inputs(const Case& c) {
   torch::manual_seed(4321 + c.T + c.D + (c.gate == "strong" ? 7 : 0));
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
@@ -58,8 +60,18 @@ Inputs make_inputs(const Case& c) {
   in.q = torch::randn({c.B, c.T, c.H, c.D}, f).to(c.dtype).to(torch::kFloat);
   in.k = (torch::randn({c.B, c.T, c.H, c.D}, f) / std::sqrt(double(c.D))).to(c.dtype).to(torch::kFloat);
   in.v = torch::randn({c.B, c.T, c.H, c.D}, f).to(c.dtype).to(torch::kFloat);
-  in.g = c.gate == "strong" ? -5 - 5 * torch::rand({c.B, c.T, c.H, c.D}, f)
-                            : torch::log_sigmoid(torch::randn({c.B, c.T, c.H, c.D}, f) + 2) / 16;
+  auto weak = torch::log_sigmoid(torch::randn({c.B, c.T, c.H, c.D}, f) + 2) / 16;
+  auto strong = -5 - 5 * torch::rand({c.B, c.T, c.H, c.D}, f);
+  if (c.gate == "strong") {
+    in.g = strong;
+  } else if (c.gate == "medium") {
+    in.g = -2.6 - 0.2 * torch::rand({c.B, c.T, c.H, c.D}, f);
+  } else if (c.gate == "mixed") {
+    auto odd = (torch::arange(c.T, f).div(64, "floor").remainder(2) == 1).view({1, c.T, 1, 1});
+    in.g = torch::where(odd, strong, weak);
+  } else {
+    in.g = weak;
+  }
   in.h0 = torch::randn({c.B, c.H, c.D, c.D}, f);
   in.dout = torch::randn({c.B, c.T, c.H, c.D}, f);
   in.dht = torch::randn({c.B, c.H, c.D, c.D}, f);
@@ -149,6 +161,12 @@ std::vector<Case> cases() {
   out.push_back({2, 333, 3, 64, torch::kHalf, "weak", false, true, 1});            // one chunk per segment
   out.push_back({1, 1000, 2, 128, torch::kBFloat16, "weak", true, false, 3});      // last segment shorter
   out.push_back({3, 130, 2, 128, torch::kBFloat16, "strong", false, false, 100});  // B > 1, no split
+  // The tensor-core diagonal blocks at their largest factors, and chunks that take either path in one walk.
+  out.push_back({1, 1000, 2, 128, torch::kBFloat16, "medium", true, true, 0});
+  out.push_back({2, 333, 3, 64, torch::kBFloat16, "medium", false, true, 2});
+  out.push_back({1, 1000, 2, 64, torch::kBFloat16, "mixed", false, true, 0});
+  out.push_back({1, 1000, 2, 128, torch::kBFloat16, "mixed", true, true, 3});
+  out.push_back({1, 200, 2, 128, torch::kHalf, "mixed", true, false, 0});
   return out;
 }
 

@@ -10,6 +10,8 @@
 // underflow to zero and never overflow. Accumulator layouts as in linear_chunk_common.cuh.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels/common/convert.cuh"
 #include "kernels/gla_chunk/params.h"
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
@@ -24,12 +26,52 @@ using linear_chunk::unpack2;
 constexpr int kSub = kGlaSubChunk;  // 16 tokens per sub-chunk
 constexpr int kNSub = kC / kSub;    // 4 sub-chunks per chunk
 
+// The buffer holds one row of zeros, then the C rows of the tile: G's row -1 is the reference "before the
+// chunk" (r_0 = 0), so that every sub-chunk's reference is a row of the tile (gate_tile).
 template <int kD>
 struct GateTile {
   static constexpr int kGS = kD + 8;                  // floats per row
-  static constexpr int kBytes = kC * kGS * 4;         // the tile
+  static constexpr int kBytes = (kC + 1) * kGS * 4;   // the zero row and the tile
   static constexpr int kScratchBytes = kThreads * 4;  // gate_cumsum's part totals
 };
+
+// The tile's row 0 inside its buffer `buf` (GateTile::kBytes), with row -1 zeroed; all threads, before the
+// first __syncthreads that precedes a read.
+template <int kD>
+__device__ __forceinline__ float* gate_tile(unsigned char* buf, int tid) {
+  constexpr int kGS = GateTile<kD>::kGS;
+  float* G = reinterpret_cast<float*>(buf) + kGS;
+  for (int i = tid; i < kGS; i += kThreads) G[i - kGS] = 0.f;
+  return G;
+}
+
+// The diagonal sub-chunk blocks (a token's decays against the earlier tokens of its own sub-chunk) can go
+// through the tensor cores like the blocks below the diagonal, as (q exp2(G_t - r)) (k exp2(r - G_s)) with
+// r = G before the sub-chunk, when no factor leaves the 16-bit type's comfortable range: the exponents lie
+// in [-span, span] with span = r - G at the sub-chunk's last row (per key). Up to 2^64 either way in bf16
+// (8 exponent bits, as float32); 2^8 in fp16 (k 2^8 stays far below 65504, q 2^-8 far above the
+// subnormals). Past it (strong gates: -5 per step gives 2^115 over 16 steps) the blocks are formed
+// pairwise in float32 (diag_scores, diag_rows), where every exponent is <= 0.
+template <typename T>
+__device__ __forceinline__ constexpr float tame_span() {
+  return std::is_same_v<T, __half> ? 8.f : 64.f;
+}
+
+// Whether every sub-chunk of the chunk in G has a span within tame_span<T>() for every key: the same answer
+// in every warp (each reads the whole tile's sub-chunk ends); after the tile's cumsum is visible.
+template <int kD, typename T>
+__device__ __forceinline__ bool chunk_tame(const float* G, int lane) {
+  constexpr int kGS = GateTile<kD>::kGS;
+  float span = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNSub; ++i)
+#pragma unroll
+    for (int m = 0; m < kD / 32; ++m) {
+      const int c = lane + 32 * m;
+      span = fmaxf(span, G[(kSub * i - 1) * kGS + c] - G[(kSub * i + kSub - 1) * kGS + c]);
+    }
+  return __all_sync(0xffffffffu, span <= tame_span<T>());
+}
 
 // ---------------------------------------------------------------- conversions
 // (lo, hi) of a 16-bit pair times (a, b), repacked.
@@ -100,9 +142,10 @@ __device__ __forceinline__ float gate_cumsum(float* G, float* scratch, int tid) 
 }
 
 // ---------------------------------------------------------------- products with decayed operands
-// One 16 x 16 block of in-chunk scores below the diagonal, query sub-chunk rows t0.., key sub-chunk rows
-// s0.. (s0 + 16 <= t0): acc[t][s] = sum_c (q[t][c] exp2(G[t][c] - r[c])) (k[s][c] exp2(r[c] - G[s][c])),
-// r = G row `ri` (t0 - 1: between every key and every query, so both exponents are <= 0). The decays
+// One 16 x 16 block of in-chunk scores, query sub-chunk rows t0.., key sub-chunk rows s0..:
+// acc[t][s] = sum_c (q[t][c] exp2(G[t][c] - r[c])) (k[s][c] exp2(r[c] - G[s][c])), r = G row `ri` (t0 - 1).
+// Below the diagonal (s0 + 16 <= t0) r lies between every key and every query, so both exponents are <= 0;
+// on it (s0 == t0) the key factors are >= 1, which only a tame chunk (chunk_tame) may take. The decays
 // multiply the operand fragments after ldmatrix (A: rows t, columns c; B: rows s, columns c), in float32,
 // rounded once to 16 bits.
 template <int kD, typename T>

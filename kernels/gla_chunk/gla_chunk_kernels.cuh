@@ -7,14 +7,16 @@
 // Per chunk, with G the in-chunk cumulative gate per key (log2 units in the tile), r_i = G at the row
 // before query sub-chunk i (0 for i = 0) and R_j = G at the last row of key sub-chunk j:
 //   forward  A[t][s] = scale sum_c q_tc k_sc exp(G_tc - G_sc), s <= t (gated_scores_block below the
-//            diagonal, diag_scores on it); o = (scale q exp(G)) S_in + A v;
+//            diagonal, and on it when the chunk is tame; else diag_scores); o = (scale q exp(G)) S_in + A v;
 //            S_out = diag(exp(G_last)) S_in + (k exp(G_last - G))^T v.
 //   dq       X = (do S_in^T) scale exp(r_i); X += dA (k exp(r_i - G_s)) over the keys before sub-chunk i;
-//            X *= exp(G_t - r_i); X += the diagonal block pairwise. dA = scale do v^T (s <= t).
+//            X *= exp(G_t - r_i); the diagonal block in the product when tame, else pairwise after it.
+//            dA = scale do v^T (s <= t).
 //   dk       X = (v dS_out^T) exp(G_last - R_j); X += dA^T (q exp(G_t - R_j)) over the queries after
-//            sub-chunk j; X *= exp(R_j - G_s); X += the diagonal block pairwise.
+//            sub-chunk j; X *= exp(R_j - G_s); the diagonal block as for dq.
 //   dv       A^T do + (k exp(G_last - G)) dS_out;   dS_in = diag(exp(G_last)) dS_out + (scale q exp(G))^T do.
-// Every exponent is a later G minus an earlier one, so <= 0 (tests/test_gla_chunk_algorithm.cpp checks
+// Every exponent is a later G minus an earlier one, so <= 0, except on a tame chunk's diagonal blocks,
+// bounded there by tame_span (tests/test_gla_chunk_algorithm.cpp checks
 // these formulas against autograd in float64).
 #pragma once
 
@@ -52,24 +54,38 @@ __device__ __forceinline__ float begin_chunk(float* G, float* scratch, int tid) 
 }
 
 // The in-chunk scores (scale included) into the [C][C] tile sA: warps 0..5 one block below the diagonal
-// each, then all warps the diagonal blocks. The blocks above the diagonal stay as zero_tile_cc left
-// them.
+// each; the diagonal blocks by warps 6 and 7 (two each) through the tensor cores when the chunk is tame
+// (chunk_tame), else by all warps pairwise. The blocks above the diagonal stay as zero_tile_cc left them.
 template <int kD, typename T>
 __device__ __forceinline__ void chunk_scores(unsigned char* sA, uint32_t sQ, uint32_t sK,
                                              const unsigned char* q, const unsigned char* k, const float* G,
-                                             float scale, int warp, int lane) {
-  if (warp < 6) {
-    const int2 ij = offdiag_pair(warp);
+                                             float scale, bool tame, int warp, int lane) {
+  // Block (i, j): query sub-chunk i, key sub-chunk j <= i, reference r = G before sub-chunk i (row -1 of the
+  // tile for i = 0); on the diagonal, keys after the query are zeroed.
+  auto block = [&](int i, int j) {
     float acc[1][2][4];
     zero_acc(acc);
-    gated_scores_block<kD, T>(acc, sQ, sK, G, kSub * ij.x, kSub * ij.y, kSub * ij.x - 1, lane);
+    gated_scores_block<kD, T>(acc, sQ, sK, G, kSub * i, kSub * j, kSub * i - 1, lane);
 #pragma unroll
     for (int nj = 0; nj < 2; ++nj)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[0][nj][e] *= scale;
-    store_acc_smem<kC, T>(sA, acc, kSub * ij.x, kSub * ij.y, lane);
+      for (int e = 0; e < 4; ++e) {
+        const int t = (lane >> 2) + 8 * (e >> 1), s = nj * 8 + 2 * (lane & 3) + (e & 1);
+        acc[0][nj][e] = i == j && s > t ? 0.f : acc[0][nj][e] * scale;
+      }
+    store_acc_smem<kC, T>(sA, acc, kSub * i, kSub * j, lane);
+  };
+  if (warp < 6) {
+    const int2 ij = offdiag_pair(warp);
+    block(ij.x, ij.y);
   }
-  diag_scores<kD, T>(sA, q, k, G, scale, warp, lane);
+  if (!tame) {
+    diag_scores<kD, T>(sA, q, k, G, scale, warp, lane);
+  } else if (warp >= 6) {
+    const int i0 = 2 * (warp - 6);
+    block(i0, i0);
+    block(i0 + 1, i0 + 1);
+  }
 }
 
 // Zeros the [C][C] tile (the blocks above the diagonal are never written afterwards); before the first sync.
@@ -114,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_fwd_kernel(const GlaChunkPara
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
   const uint32_t s0 = smem_u32(smem);
-  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* G = gate_tile<kD>(smem + L::kG, tid);
   float* scratch = reinterpret_cast<float*>(smem + L::kScr);
   const float* Glast = G + (kC - 1) * kGS;
 
@@ -156,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_fwd_kernel(const GlaChunkPara
     seg_g += begin_chunk<kD>(G, scratch, tid);
     if constexpr (kOutput) {
       chunk_scores<kD, T>(smem + L::kA, sst + L::kQ, sst + L::kK, stage + L::kQ, stage + L::kK, G, p.scale,
-                          warp, lane);
+                          chunk_tame<kD, T>(G, lane), warp, lane);
       __syncthreads();  // raw q, k read
       scale_tile<kD, T>(stage + L::kQ, G, tid, [&](float g, int) { return p.scale * fast_exp2(g); });
     }
@@ -242,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
   const int c_begin = cr.x, c_end = cr.y;
   const int64_t bh = bh_index(b, h, p.H);
   const uint32_t s0 = smem_u32(smem);
-  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* G = gate_tile<kD>(smem + L::kG, tid);
   float* scratch = reinterpret_cast<float*>(smem + L::kScr);
   const float* Glast = G + (kC - 1) * kGS;
 
@@ -281,25 +297,27 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
     StateTile<kD, kD>::template store_packed<T>(
         static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
     begin_chunk<kD>(G, scratch, tid);
+    const bool tame = chunk_tame<kD, T>(G, lane);
     linear_chunk::decayed_scores<kD, T, false, false>(smem + L::kP, sst + L::kDo, sst + L::kV, G, p.scale,
                                                       warp, lane);
     __syncthreads();  // dA ready
     {
-      const float* r = i > 0 ? G + (m0 - 1) * kGS : nullptr;  // G before sub-chunk i (none: 0)
+      const float* r = G + (m0 - 1) * kGS;  // G before sub-chunk i (row -1: zeros)
       float X[1][kD / 16][4];
       zero_acc(X);
       warp_mma<1, kD / 16, kD / 16, false, false, kD, kD, T>(X, sst + L::kDo, m0, 0, s0 + L::kS, 0, n0, lane);
       scale_acc(X, m0, n0, lane, [&](int, int col) {
-        return r ? make_float2(p.scale * fast_exp2(r[col]), p.scale * fast_exp2(r[col + 1]))
-                 : make_float2(p.scale, p.scale);
+        return make_float2(p.scale * fast_exp2(r[col]), p.scale * fast_exp2(r[col + 1]));
       });
-      if (i > 0) gated_pv_mma<kD, T, false, true>(X, s0 + L::kP, m0, sst + L::kK, G, r, n0, 0, i, lane);
+      // The keys before sub-chunk i, and its own (dA is zero past the diagonal) when the chunk is tame.
+      const int ks_end = tame ? i + 1 : i;
+      if (ks_end > 0)
+        gated_pv_mma<kD, T, false, true>(X, s0 + L::kP, m0, sst + L::kK, G, r, n0, 0, ks_end, lane);
       scale_acc(X, m0, n0, lane, [&](int row, int col) {
         const float2 gt = *reinterpret_cast<const float2*>(G + row * kGS + col);
-        return r ? make_float2(fast_exp2(gt.x - r[col]), fast_exp2(gt.y - r[col + 1]))
-                 : make_float2(fast_exp2(gt.x), fast_exp2(gt.y));
+        return make_float2(fast_exp2(gt.x - r[col]), fast_exp2(gt.y - r[col + 1]));
       });
-      diag_rows<kD, T, false>(X, smem + L::kP, stage + L::kK, G, m0, n0, lane);
+      if (!tame) diag_rows<kD, T, false>(X, smem + L::kP, stage + L::kK, G, m0, n0, lane);
       T* dq = static_cast<T*>(p.dq) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
       store_acc_global<T>(dq, row_stride, X, m0, n0, p.T - t0, lane);
       // q dq (float32) into dg
@@ -368,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
   const int c_begin = cr.x, c_end = cr.y;
   const int64_t bh = bh_index(b, h, p.H);
   const uint32_t s0 = smem_u32(smem);
-  float* G = reinterpret_cast<float*>(smem + L::kG);
+  float* G = gate_tile<kD>(smem + L::kG, tid);
   float* scratch = reinterpret_cast<float*>(smem + L::kScr);
   const float* Glast = G + (kC - 1) * kGS;
 
@@ -418,12 +436,13 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
     unsigned char* stage = smem + (it & 1) * L::kStage;
     begin_chunk<kD>(G, scratch, tid);
     if constexpr (kDkv) {
+      const bool tame = chunk_tame<kD, T>(G, lane);
       // sum_v S_in[c][v] dS_out[c][v] per key c: the dq walk's chunk-entering state, dS_out (in registers)
       state_row_dots<kD, T>(rowdot,
                             static_cast<const uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), dS,
                             warp, lane, tid);
       chunk_scores<kD, T>(smem + L::kPA, sst + L::kQ, sst + L::kK, stage + L::kQ, stage + L::kK, G, p.scale,
-                          warp, lane);
+                          tame, warp, lane);
       linear_chunk::decayed_scores<kD, T, false, false>(smem + L::kPD, sst + L::kDo, sst + L::kV, G, p.scale,
                                                         warp, lane);
       __syncthreads();  // A, dA ready
@@ -452,13 +471,15 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
             Y[0][nj][2 * hh + 1] = kv.y * X[0][nj][2 * hh + 1] * fast_exp2(R[col + 1] - gs.y);
           }
         }
-        if (j < kNSub - 1)
-          gated_pv_mma<kD, T, true, false>(X, s0 + L::kPD, m0, sst + L::kQ, G, R, n0, j + 1, kNSub, lane);
+        // The queries after sub-chunk j, and its own (dA^T is zero before the diagonal) when tame.
+        const int ks_begin = tame ? j : j + 1;
+        if (ks_begin < kNSub)
+          gated_pv_mma<kD, T, true, false>(X, s0 + L::kPD, m0, sst + L::kQ, G, R, n0, ks_begin, kNSub, lane);
         scale_acc(X, m0, n0, lane, [&](int row, int col) {
           const float2 gs = *reinterpret_cast<const float2*>(G + row * kGS + col);
           return make_float2(fast_exp2(R[col] - gs.x), fast_exp2(R[col + 1] - gs.y));
         });
-        diag_rows<kD, T, true>(X, smem + L::kPD, stage + L::kQ, G, m0, n0, lane);
+        if (!tame) diag_rows<kD, T, true>(X, smem + L::kPD, stage + L::kQ, G, m0, n0, lane);
         store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, X, m0, n0, rows_valid, lane);
       }
       // ---- dg: d = q dq - k dk_in per (token, key), summed from the right, and k dk_st, summed from the

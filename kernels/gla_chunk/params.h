@@ -14,7 +14,8 @@
 // exp(G_tk - G_sk) need the decay inside the contraction, so the chunk is cut into four sub-chunks of 16:
 // a block of query sub-chunk i and key sub-chunk j < i is one product of (q exp(G_t - r)) and (k exp(r -
 // G_s)) with r = G at the row before sub-chunk i (both exponents <= 0), scaled in the operand fragments; the
-// four diagonal blocks are formed pairwise in float32. One thread block walks the chunks of one segment in
+// four diagonal blocks the same way when every sub-chunk's decay span fits the 16-bit type (the key factors
+// exp(r - G_s) >= 1 then stay bounded: gla_chunk_common.cuh, chunk_tame), else pairwise in float32. One thread block walks the chunks of one segment in
 // order with the K x V float32 state in registers; segments and a scan over them (per-key decays) give
 // parallelism when B * H is small, as in linear_chunk.
 //
