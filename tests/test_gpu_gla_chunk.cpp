@@ -199,8 +199,10 @@ TEST(GlaChunkKernel, PoisonedOutputsAreAllWritten) {
     auto o = torch::full({B, T, H, D}, nan, bf), ht = torch::full({B, H, D, D}, nan, f);
     auto seg_states = torch::full({B, H, n_seg, D, D}, nan, f),
          seg_gate = torch::full({B, H, n_seg, D}, nan, f);
+    auto scores = torch::full({B, H, nt, 64 * 64}, nan, bf);
     p.o = o.data_ptr(), p.ht = ht.data_ptr<float>();
     p.seg_states = seg_states.data_ptr<float>(), p.seg_gate = seg_gate.data_ptr<float>();
+    p.scores = scores.data_ptr();
     ASSERT_EQ(kn::gla_chunk_check(p, false), "");
     ASSERT_EQ(kn::launch_gla_chunk_fwd(p), cudaSuccess);
     auto dq = torch::full({B, T, H, D}, nan, bf), dk = torch::full({B, T, H, D}, nan, bf);

@@ -185,14 +185,18 @@ __device__ __forceinline__ void gated_scores_block(float (&acc)[1][2][4], uint32
 // acc[1][NT][4] (rows m0.., columns n0..) += sum over ks in [ks0, ks1) of P'[m][16 ks..] (B o E)[16 ks..][n],
 // with P' the [C][C] 16-bit tile sP read as rows (P'[m][u] = P[m][u]) or, kATrans, as columns (P'[m][u] =
 // P[u][m]); B the swizzled [C][kD] tile sB read as [u][n]; and the decay E[u][n] = exp2(ref[n] - G[u][n])
-// (kRefMinusG) or exp2(G[u][n] - ref[n]), applied to the B fragments after ldmatrix.
+// (kRefMinusG) or exp2(G[u][n] - ref[n]), applied to the B fragments after ldmatrix. In block ks_diag (the
+// one whose rows u are the rows m, if any) the diagonal P'[m][m] is left out: diag_self adds it in float32.
 template <int kD, typename T, bool kATrans, bool kRefMinusG, int NT>
 __device__ __forceinline__ void gated_pv_mma(float (&acc)[1][NT][4], uint32_t sP, int m0, uint32_t sB,
                                              const float* G, const float* ref, int n0, int ks0, int ks1,
-                                             int lane) {
+                                             int lane, int ks_diag = -1) {
   static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
   constexpr int kGS = GateTile<kD>::kGS;
   const int gq = lane >> 2, c = lane & 3;
+  // The diagonal's elements in the A fragments (a0: row gq, columns 2c and 2c + 1; a3: row gq + 8, columns
+  // 2c + 8 and 2c + 9): the 16-bit half to keep.
+  const uint32_t keep = gq == 2 * c ? 0xffff0000u : (gq == 2 * c + 1 ? 0x0000ffffu : 0xffffffffu);
   for (int ks = ks0; ks < ks1; ++ks) {
     uint32_t a[4];
     if constexpr (!kATrans)
@@ -200,6 +204,7 @@ __device__ __forceinline__ void gated_pv_mma(float (&acc)[1][NT][4], uint32_t sP
     else
       ldmatrix_x4_trans(a,
                         sP + swz<kC>(ks * 16 + (lane & 7) + ((lane >> 4) << 3), m0 / 8 + ((lane >> 3) & 1)));
+    if (ks == ks_diag) a[0] &= keep, a[3] &= keep;
     const int u0 = ks * 16 + 2 * c;  // B rows of b0 / b2: u0, u0 + 1; of b1 / b3: u0 + 8, u0 + 9
     const float* G0 = G + u0 * kGS;
 #pragma unroll
@@ -310,6 +315,27 @@ __device__ __forceinline__ void diag_rows(float (&acc)[1][NT][4], const unsigned
         acc[0][nj][2 * h] += pv * bv.x * fast_exp2(ex);
         acc[0][nj][2 * h + 1] += pv * bv.y * fast_exp2(ey);
       }
+    }
+  }
+}
+
+// The diagonal's own terms, in float32, in the accumulator layout (rows m0.., columns n0..): acc[row][n] +=
+// P[row][row] B[row][n] (the decay of a token against itself is 1). The tame path's products leave them out
+// (gated_pv_mma's ks_diag) because dg adds q dq and subtracts k dk, where a token's own term appears in both
+// and must cancel: through 16-bit operands scaled by up to 2^64 the two roundings differ, and under strong
+// decays dg is much smaller than those terms (the test's medium gates showed 0.17 relative error in dg).
+template <int kD, typename T, int NT>
+__device__ __forceinline__ void diag_self(float (&acc)[1][NT][4], const unsigned char* sP,
+                                          const unsigned char* sB, int m0, int n0, int lane) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = m0 + (lane >> 2) + 8 * h;
+    const float pv = tile_at<kC, T>(sP, row, row);
+#pragma unroll
+    for (int nj = 0; nj < NT; ++nj) {
+      const float2 bv = tile_pair<kD, T>(sB, row, n0 + nj * 8 + 2 * (lane & 3));
+      acc[0][nj][2 * h] += pv * bv.x;
+      acc[0][nj][2 * h + 1] += pv * bv.y;
     }
   }
 }

@@ -25,6 +25,7 @@ std::string gla_chunk_check(const GlaChunkParams& p, bool backward) {
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dv || !p.dg) return "dout, dq, dk, dv and dg must be set";
     if (!p.chunk_states) return "chunk_states must be set";
+    if (!p.scores) return "scores (the forward's in-chunk scores) must be set";
     if (n_seg > 1 && !p.dseg_states) return "dseg_states must be set when n_seg > 1";
   }
   return {};

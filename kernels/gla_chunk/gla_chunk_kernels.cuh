@@ -173,7 +173,13 @@ __global__ void __launch_bounds__(kThreads, 1) gla_fwd_kernel(const GlaChunkPara
     if constexpr (kOutput) {
       chunk_scores<kD, T>(smem + L::kA, sst + L::kQ, sst + L::kK, stage + L::kQ, stage + L::kK, G, p.scale,
                           chunk_tame<kD, T>(G, lane), warp, lane);
-      __syncthreads();  // raw q, k read
+      __syncthreads();  // raw q, k read; the scores ready
+      if (p.scores) {   // for the backward's dk / dv walk
+        uint4* dst = reinterpret_cast<uint4*>(static_cast<unsigned char*>(p.scores) +
+                                              (bh * gla_chunk_count(p.T) + c) * (kC * kC * 2));
+        for (int i2 = tid; i2 < kC * kC * 2 / 16; i2 += kThreads)
+          dst[i2] = reinterpret_cast<const uint4*>(smem + L::kA)[i2];
+      }
       scale_tile<kD, T>(stage + L::kQ, G, tid, [&](float g, int) { return p.scale * fast_exp2(g); });
     }
     scale_tile<kD, T>(stage + L::kK, G, tid, [&](float g, int col) { return fast_exp2(Glast[col] - g); });
@@ -217,15 +223,10 @@ __global__ void gla_scan_fwd_kernel(const GlaChunkParams p) {
   if (i >= kv) return;
   const int64_t bh = blockIdx.y;
   const int n_seg = gla_chunk_segments(p), row = i / kD;
-  float4 hs = p.h0 ? *reinterpret_cast<const float4*>(p.h0 + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s = 0; s < n_seg - 1; ++s) {
-    float4* ptr = reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + s) * kv + i);
-    const float4 loc = *ptr;
-    *ptr = hs;
-    const float d = __expf(p.seg_gate[(bh * n_seg + s) * kD + row]);
-    hs = make_float4(d * hs.x + loc.x, d * hs.y + loc.y, d * hs.z + loc.z, d * hs.w + loc.w);
-  }
-  *reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + n_seg - 1) * kv + i) = hs;
+  const float4 h0 =
+      p.h0 ? *reinterpret_cast<const float4*>(p.h0 + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  linear_chunk::segment_scan<false>(p.seg_states + bh * n_seg * kv + i, kv, n_seg, h0,
+                                    [&](int s) { return __expf(p.seg_gate[(bh * n_seg + s) * kD + row]); });
 }
 
 // ---------------------------------------------------------------- backward: dq
@@ -312,12 +313,16 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dq_kernel(const GlaChunkP
       // The keys before sub-chunk i, and its own (dA is zero past the diagonal) when the chunk is tame.
       const int ks_end = tame ? i + 1 : i;
       if (ks_end > 0)
-        gated_pv_mma<kD, T, false, true>(X, s0 + L::kP, m0, sst + L::kK, G, r, n0, 0, ks_end, lane);
+        gated_pv_mma<kD, T, false, true>(X, s0 + L::kP, m0, sst + L::kK, G, r, n0, 0, ks_end, lane,
+                                         tame ? i : -1);
       scale_acc(X, m0, n0, lane, [&](int row, int col) {
         const float2 gt = *reinterpret_cast<const float2*>(G + row * kGS + col);
         return make_float2(fast_exp2(gt.x - r[col]), fast_exp2(gt.y - r[col + 1]));
       });
-      if (!tame) diag_rows<kD, T, false>(X, smem + L::kP, stage + L::kK, G, m0, n0, lane);
+      if (tame)
+        diag_self<kD, T>(X, smem + L::kP, stage + L::kK, m0, n0, lane);
+      else
+        diag_rows<kD, T, false>(X, smem + L::kP, stage + L::kK, G, m0, n0, lane);
       T* dq = static_cast<T*>(p.dq) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
       store_acc_global<T>(dq, row_stride, X, m0, n0, p.T - t0, lane);
       // q dq (float32) into dg
@@ -390,10 +395,19 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
   float* scratch = reinterpret_cast<float*>(smem + L::kScr);
   const float* Glast = G + (kC - 1) * kGS;
 
-  // The walk goes backwards: step i handles chunk c_end - 1 - i.
+  // The walk goes backwards: step i handles chunk c_end - 1 - i. The forward's scores of the chunk come with
+  // its gates (both single-buffered: issued once the previous step is done with them).
   auto issue_gates = [&](int i) {
     const int c = c_end - 1 - i;
-    if (c >= c_begin) load_gate_tile<kD>(G, p.g, b, c * kC, h, p.T, p.H, tid);
+    if (c >= c_begin) {
+      load_gate_tile<kD>(G, p.g, b, c * kC, h, p.T, p.H, tid);
+      if constexpr (kDkv) {
+        const unsigned char* src =
+            static_cast<const unsigned char*>(p.scores) + (bh * nt + c) * (kC * kC * 2);
+        for (int i2 = tid; i2 < kC * kC * 2 / 16; i2 += kThreads)
+          cp_async_16(s0 + L::kPA + i2 * 16, src + i2 * 16, true);
+      }
+    }
     cp_async_commit();
   };
   auto issue = [&](int i) {
@@ -422,10 +436,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
   float* tot = reinterpret_cast<float*>(smem + L::kTot);
   float* tot_st = reinterpret_cast<float*>(smem + L::kTotSt);
   float* rowdot = reinterpret_cast<float*>(smem + L::kRowDot);
-  if constexpr (kDkv) {
-    store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
-    zero_tile_cc(smem + L::kPA, tid);
-  }
+  if constexpr (kDkv) store_acc_smem<kD, T>(smem + L::kS, dS, ST::m0(warp), ST::n0(warp), lane);
 
   const int j = warp % 4, m0 = 16 * j, n0 = (kD / 2) * (warp / 4);  // key sub-chunk, token rows, columns
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
@@ -441,8 +452,6 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
       state_row_dots<kD, T>(rowdot,
                             static_cast<const uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), dS,
                             warp, lane, tid);
-      chunk_scores<kD, T>(smem + L::kPA, sst + L::kQ, sst + L::kK, stage + L::kQ, stage + L::kK, G, p.scale,
-                          tame, warp, lane);
       linear_chunk::decayed_scores<kD, T, false, false>(smem + L::kPD, sst + L::kDo, sst + L::kV, G, p.scale,
                                                         warp, lane);
       __syncthreads();  // A, dA ready
@@ -474,12 +483,16 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
         // The queries after sub-chunk j, and its own (dA^T is zero before the diagonal) when tame.
         const int ks_begin = tame ? j : j + 1;
         if (ks_begin < kNSub)
-          gated_pv_mma<kD, T, true, false>(X, s0 + L::kPD, m0, sst + L::kQ, G, R, n0, ks_begin, kNSub, lane);
+          gated_pv_mma<kD, T, true, false>(X, s0 + L::kPD, m0, sst + L::kQ, G, R, n0, ks_begin, kNSub, lane,
+                                           tame ? j : -1);
         scale_acc(X, m0, n0, lane, [&](int row, int col) {
           const float2 gs = *reinterpret_cast<const float2*>(G + row * kGS + col);
           return make_float2(fast_exp2(R[col] - gs.x), fast_exp2(R[col + 1] - gs.y));
         });
-        if (!tame) diag_rows<kD, T, true>(X, smem + L::kPD, stage + L::kQ, G, m0, n0, lane);
+        if (tame)
+          diag_self<kD, T>(X, smem + L::kPD, stage + L::kQ, m0, n0, lane);
+        else
+          diag_rows<kD, T, true>(X, smem + L::kPD, stage + L::kQ, G, m0, n0, lane);
         store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, X, m0, n0, rows_valid, lane);
       }
       // ---- dg: d = q dq - k dk_in per (token, key), summed from the right, and k dk_st, summed from the
@@ -611,15 +624,10 @@ __global__ void gla_scan_bwd_kernel(const GlaChunkParams p) {
   if (i >= kv) return;
   const int64_t bh = blockIdx.y;
   const int n_seg = gla_chunk_segments(p), row = i / kD;
-  float4 d = p.dht ? *reinterpret_cast<const float4*>(p.dht + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s = n_seg - 1; s >= 1; --s) {
-    float4* ptr = reinterpret_cast<float4*>(p.dseg_states + (bh * n_seg + s) * kv + i);
-    const float4 loc = *ptr;
-    *ptr = d;
-    const float e = __expf(p.seg_gate[(bh * n_seg + s) * kD + row]);
-    d = make_float4(e * d.x + loc.x, e * d.y + loc.y, e * d.z + loc.z, e * d.w + loc.w);
-  }
-  *reinterpret_cast<float4*>(p.dseg_states + bh * n_seg * kv + i) = d;
+  const float4 dht =
+      p.dht ? *reinterpret_cast<const float4*>(p.dht + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  linear_chunk::segment_scan<true>(p.dseg_states + bh * n_seg * kv + i, kv, n_seg, dht,
+                                   [&](int s) { return __expf(p.seg_gate[(bh * n_seg + s) * kD + row]); });
 }
 
 }  // namespace attnlab::kernels::gla_chunk

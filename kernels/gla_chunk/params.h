@@ -74,6 +74,10 @@ struct GlaChunkParams {
   float* dg = nullptr;           // [B, T, H, K] (written; holds q dq between the two walks)
   float* dh0 = nullptr;          // [B, H, K, V] (written when not nullptr)
   float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end (n_seg > 1)
+  void* scores = nullptr;        // [B, H, ceil(T / 64), 64 * 64] 16-bit (q's dtype): every chunk's in-chunk
+                                 // scores A (the forward's [C][C] tile, swizzled as in shared memory), written
+                                 // by the forward when set and read by the dk/dv walk (required by the
+                                 // backward, which then does not recompute them, as FLA's saved A)
   void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit (q's dtype): the state
                                  // entering each chunk (dq walk -> dk walk), in the register order of the
                                  // state tile (linear_chunk_common.cuh, StateTile::store_packed)

@@ -151,15 +151,10 @@ __global__ void scan_fwd_kernel(const LinearChunkParams p) {
   if (i >= kv) return;
   const int64_t bh = blockIdx.y;
   const int n_seg = linear_chunk_segments(p);
-  float4 hs = p.h0 ? *reinterpret_cast<const float4*>(p.h0 + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s = 0; s < n_seg - 1; ++s) {
-    float4* ptr = reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + s) * kv + i);
-    const float4 loc = *ptr;
-    *ptr = hs;
-    const float d = kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f;
-    hs = make_float4(d * hs.x + loc.x, d * hs.y + loc.y, d * hs.z + loc.z, d * hs.w + loc.w);
-  }
-  *reinterpret_cast<float4*>(p.seg_states + (bh * n_seg + n_seg - 1) * kv + i) = hs;
+  const float4 h0 =
+      p.h0 ? *reinterpret_cast<const float4*>(p.h0 + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  segment_scan<false>(p.seg_states + bh * n_seg * kv + i, kv, n_seg, h0,
+                      [&](int s) { return kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f; });
 }
 
 // ---------------------------------------------------------------- backward
@@ -415,15 +410,10 @@ __global__ void scan_bwd_kernel(const LinearChunkParams p) {
   if (i >= kv) return;
   const int64_t bh = blockIdx.y;
   const int n_seg = linear_chunk_segments(p);
-  float4 d = p.dht ? *reinterpret_cast<const float4*>(p.dht + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s = n_seg - 1; s >= 1; --s) {
-    float4* ptr = reinterpret_cast<float4*>(p.dseg_states + (bh * n_seg + s) * kv + i);
-    const float4 loc = *ptr;
-    *ptr = d;
-    const float e = kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f;
-    d = make_float4(e * d.x + loc.x, e * d.y + loc.y, e * d.z + loc.z, e * d.w + loc.w);
-  }
-  *reinterpret_cast<float4*>(p.dseg_states + bh * n_seg * kv + i) = d;
+  const float4 dht =
+      p.dht ? *reinterpret_cast<const float4*>(p.dht + bh * kv + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+  segment_scan<true>(p.dseg_states + bh * n_seg * kv + i, kv, n_seg, dht,
+                     [&](int s) { return kGated ? __expf(p.seg_gate[bh * n_seg + s]) : 1.f; });
 }
 
 }  // namespace attnlab::kernels::linear_chunk

@@ -63,9 +63,17 @@ class GlaChunkFunction : public torch::autograd::Function<GlaChunkFunction> {
       seg_states = seg_gate = torch::empty({0}, f32opt);
     }
     p.o = o.data_ptr(), p.ht = f32(ht), p.seg_states = f32(seg_states), p.seg_gate = f32(seg_gate);
+    // The in-chunk scores, kept for the backward (B * H * T * 64 16-bit values: half of q at D = 128) when
+    // it can run: the inputs keep their requires_grad inside forward.
+    const bool grad = q.requires_grad() || k.requires_grad() || v.requires_grad() || g.requires_grad() ||
+                      h0.requires_grad();
+    const int64_t nt = kn::gla_chunk_count(p.T);
+    auto scores = grad ? torch::empty({B, H, nt, kn::kGlaChunk * kn::kGlaChunk}, q.options())
+                       : torch::empty({0}, q.options());
+    p.scores = grad ? scores.data_ptr() : nullptr;
     check_params(p, false);
     check_cuda(kn::launch_gla_chunk_fwd(p), kOp, "launch_gla_chunk_fwd");
-    ctx->save_for_backward({q, k, v, g, h0, seg_states, seg_gate});
+    ctx->save_for_backward({q, k, v, g, h0, seg_states, seg_gate, scores});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["seg_chunks"] = static_cast<int64_t>(p.seg_chunks);
     return {o, ht};
@@ -75,7 +83,8 @@ class GlaChunkFunction : public torch::autograd::Function<GlaChunkFunction> {
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &v = s[2], &g = s[3], &h0 = s[4];
-    const auto &seg_states = s[5], &seg_gate = s[6];
+    const auto &seg_states = s[5], &seg_gate = s[6], &scores = s[7];
+    ATTNLAB_CHECK(scores.numel() > 0, "{}: backward without the forward's scores (no input required grad)", kOp);
     DeviceScope device(q.device().index());
     auto p = make_params(q, k, v, g, h0, ctx->saved_data["scale"].toDouble(),
                          ctx->saved_data["seg_chunks"].toInt());
@@ -96,6 +105,7 @@ class GlaChunkFunction : public torch::autograd::Function<GlaChunkFunction> {
     p.dout = dout.data_ptr(), p.dht = f32(dht);
     p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
     p.dg = f32(dg), p.dh0 = f32(dh0), p.dseg_states = f32(dseg), p.chunk_states = chunk_states.data_ptr();
+    p.scores = scores.data_ptr();
     check_params(p, true);
     check_cuda(kn::launch_gla_chunk_bwd(p), kOp, "launch_gla_chunk_bwd");
     return {dq, dk, dv, dg, dh0, torch::Tensor(), torch::Tensor()};
