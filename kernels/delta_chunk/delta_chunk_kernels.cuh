@@ -165,7 +165,7 @@ struct OutSmem {
 };
 
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 2) delta_out_kernel(const DeltaChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(const DeltaChunkParams p) {
   using L = OutSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -553,7 +553,7 @@ struct BwdOutSmem {
 };
 
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 1) delta_bwd_out_kernel(const DeltaChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 1) delta_bwd_out_kernel(const DeltaChunkParams p) {
   using L = BwdOutSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;

@@ -56,8 +56,11 @@ __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t
   store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
 }
 
+// Three blocks per SM at D = 128 (80 registers, 3 x 71 KB), four at D = 64 (64 registers, 4 x 55 KB): ncu
+// found two (89 registers), 25% occupancy on a kernel of one chunk per block, where only the other blocks
+// of the SM hide its loads and barriers.
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 3) delta_wy_fwd_kernel(const DeltaWyParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kernel(const DeltaWyParams p) {
   using L = FwdSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -115,12 +118,6 @@ cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p) {
   using namespace delta_wy;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
     auto* kernel = p.g ? &delta_wy_fwd_kernel<kD, T, true> : &delta_wy_fwd_kernel<kD, T, false>;
-    // Three blocks per SM (80 registers, 3 x 71 KB at D = 128): ncu found two (89 registers, and the
-    // driver's carveout left room for two), 25% occupancy on a kernel of one chunk per block with nothing
-    // else to hide its loads and barriers.
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared);
-    if (err != cudaSuccess) return err;
     return launch_kernel(kernel, dim3(linear_chunk_count(p.T), p.H, p.B), FwdSmem<kD>::kBytes, p);
   });
 }
