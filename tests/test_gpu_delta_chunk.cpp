@@ -178,7 +178,8 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 // the one-pass form) gives the same bits as the one-pass one, with and without a gate, both head dims and
 // both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of
 // its float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the
-// same bits for dq, dk, dw, du, dh0, and dG up to float-sum order.
+// same bits for dq, dk, dw, du, dh0, and dG up to float-sum order, with either layout of its second kernel
+// (ATTNLAB_DELTA_BWD_OUT=lean|wide).
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(12);
@@ -193,9 +194,10 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
         auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
         auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
         auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
-        auto run = [&](const char* fwd, const char* bwd) {
+        auto run = [&](const char* fwd, const char* bwd, const char* bwd_out = "lean") {
           setenv("ATTNLAB_DELTA_FWD", fwd, 1);
           setenv("ATTNLAB_DELTA_BWD", bwd, 1);
+          setenv("ATTNLAB_DELTA_BWD_OUT", bwd_out, 1);
           auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
           auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
           auto lG = gated ? leaf(G) : G;
@@ -203,6 +205,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           ((out[0].to(torch::kFloat) * dout).sum() + out[1].sum()).backward();
           unsetenv("ATTNLAB_DELTA_FWD");
           unsetenv("ATTNLAB_DELTA_BWD");
+          unsetenv("ATTNLAB_DELTA_BWD_OUT");
           return std::vector<torch::Tensor>{
               out[0],    out[1],    lq.grad(), lk.grad(),
               lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
@@ -210,6 +213,9 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
         // the two-pass forward, then also the two-pass backward (its walk split over the value columns)
         auto one = run("one_pass", "one_pass"), two = run("two_pass", "one_pass");
         auto both = run("two_pass", "two_pass");
+        // the two-pass backward's second kernel in its older layout (every tile resident; D = 128 only
+        // differs): the same bits as the lean one
+        auto wide = run("two_pass", "two_pass", "wide");
         const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
         for (size_t i = 0; i < one.size(); ++i) {
           if (!one[i].defined()) continue;
@@ -219,9 +225,11 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           if (i == 7) {  // dG: shared-memory float atomics, so not the same bits even run to run
             EXPECT_LT(ops::rel_rms_error(two[i], one[i]), 1e-5) << what;
             EXPECT_LT(ops::rel_rms_error(both[i], one[i]), 1e-5) << what << " (two-pass backward)";
+            EXPECT_LT(ops::rel_rms_error(wide[i], both[i]), 1e-5) << what << " (wide second kernel)";
           } else {
             EXPECT_TRUE(torch::equal(one[i], two[i])) << what;
             EXPECT_TRUE(torch::equal(one[i], both[i])) << what << " (two-pass backward)";
+            EXPECT_TRUE(torch::equal(wide[i], both[i])) << what << " (wide second kernel)";
           }
         }
       }

@@ -106,8 +106,13 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
   cudaError_t err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated>, dim3(kD / kVb, p.H, p.B),
                                   BwdWalkSmem<kD, kVb>::kBytes, p);
   if (err != cudaSuccess) return err;
-  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                       BwdOutSmem<kD>::kBytes, p);
+  const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
+  // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless p.bwd_out_wide.
+  if constexpr (kD == 128) {
+    if (!p.bwd_out_wide)
+      return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, true>, grid, BwdOutSmem<kD, true>::kBytes, p);
+  }
+  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, false>, grid, BwdOutSmem<kD, false>::kBytes, p);
 }
 
 template <int kD, int kVb, typename T>

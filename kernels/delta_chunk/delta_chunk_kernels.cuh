@@ -263,11 +263,16 @@ __device__ __forceinline__ void bwd_state_step(float (&dS)[StateTile<kD, kVb>::M
 // dW = -dvn S_in^T, dq = scale exp(G_t) (do S_in^T)_t + Pg k, dk = w_s (vn dS^T)[s] + Pg^T q, written to
 // global at row offset roff; gated, their dG shares: q.dq - k.dk per row into dGs and sum_s k_s.(w_s (vn
 // dS^T)[s]) into sums[0] (shared-memory atomics). L: the kernel's shared-memory layout (its tiles kQ, kK,
-// kDo, kVn, kdVn, kSin, kdS, kPg at full width kD), at smem (address s0).
-template <int kD, typename L, typename T, bool kGated, typename Wf>
+// kDo, kVn, kdVn, kSin, kdS, kPg at full width kD), at smem (address s0). after_dw and after_dq run (in
+// every thread) after the dW and the dq products: a layout that refills tiles does it there.
+struct NoHook {
+  __device__ void operator()() const {}
+};
+template <int kD, typename L, typename T, bool kGated, typename Wf, typename H1 = NoHook, typename H2 = NoHook>
 __device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const unsigned char* smem,
                                                 uint32_t s0, int64_t roff, int rows, const float* G, Wf&& w,
-                                                float* dGs, float* sums, int m0, int n0o, int lane) {
+                                                float* dGs, float* sums, int m0, int n0o, int lane,
+                                                H1&& after_dw = H1{}, H2&& after_dq = H2{}) {
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   {  // dW = -dvn S_in^T
     float X[1][kD / 16][4];
@@ -277,6 +282,7 @@ __device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const
     scale_rows(X, m0, lane, [](int) { return -1.f; });
     store_acc_global<T>(static_cast<T*>(p.dw) + roff, row_stride, X, m0, n0o, rows, lane);
   }
+  after_dw();
   {  // dq = scale exp(G_t) (do S_in^T)_t + Pg k
     float X[1][kD / 16][4];
     zero_acc(X);
@@ -292,6 +298,7 @@ __device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const
       }
     }
   }
+  after_dq();
   {  // dk = w_s (vn dS^T)[s] + Pg^T q
     float X[1][kD / 16][4];
     zero_acc(X);
@@ -539,22 +546,31 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
 }
 
 // The second pass: one block per chunk, dW, dq, dk and dG as in delta_bwd_kernel from S_in, dS and dvn.
-template <int kD>
+// kLean: four tile slots and one state slot, refilled as the products go (W, then k; dvn, then q; S_in,
+// then dS): 105 KB at D = 128, two blocks per SM, where all tiles at once (172 KB) allowed one, and nothing
+// hid its copies (ncu, run l: 717 us at T = 32768, ~60% of the memory floor's rate). The refills wait in
+// the block; the SM's other block runs meanwhile.
+template <int kD, bool kLean>
 struct BwdOutSmem {
   static constexpr int kTile = kC * kD * 2;
-  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kVn = 3 * kTile, kDo = 4 * kTile, kdVn = 5 * kTile;
-  static constexpr int kSin = 6 * kTile;          // [kD][kD]
-  static constexpr int kdS = kSin + kD * kD * 2;  // [kD][kD]
-  static constexpr int kPg = kdS + kD * kD * 2;   // [C][C]
-  static constexpr int kG = kPg + kC * kC * 2;    // [C] floats
-  static constexpr int kdG = kG + kC * 4;         // [C] floats
-  static constexpr int kSums = kdG + kC * 4;      // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
+  static constexpr int kW = 0, kK = kLean ? 0 : kTile;
+  static constexpr int kVn = kLean ? kTile : 2 * kTile;
+  static constexpr int kDo = kLean ? 2 * kTile : 3 * kTile;
+  static constexpr int kdVn = kLean ? 3 * kTile : 4 * kTile;
+  static constexpr int kQ = kLean ? 3 * kTile : 5 * kTile;
+  static constexpr int kSin = kLean ? 4 * kTile : 6 * kTile;            // [kD][kD]
+  static constexpr int kdS = kLean ? kSin : kSin + kD * kD * 2;         // [kD][kD]
+  static constexpr int kPg = kdS + kD * kD * 2;                         // [C][C]
+  static constexpr int kG = kPg + kC * kC * 2;                          // [C] floats
+  static constexpr int kdG = kG + kC * 4;                               // [C] floats
+  static constexpr int kSums = kdG + kC * 4;  // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
   static constexpr int kBytes = kSums + 16;
 };
 
-template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 1) delta_bwd_out_kernel(const DeltaChunkParams p) {
-  using L = BwdOutSmem<kD>;
+template <int kD, typename T, bool kGated, bool kLean>
+__global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
+    delta_bwd_out_kernel(const DeltaChunkParams p) {
+  using L = BwdOutSmem<kD, kLean>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -566,18 +582,20 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 1) delta_bwd_out_kern
   float* sums = reinterpret_cast<float*>(smem + L::kSums);
   const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
   const int64_t st = (bh * nt + c) * kD * kD;
-  // Two copy groups (one block per SM: nothing else hides the copies): what vn = U - W S_in needs, then the
-  // rest, which lands while vn is formed.
+  // Two copy groups: what vn = U - W S_in needs, then the rest (kLean: only do and dvn), which lands while
+  // vn is formed.
   load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);  // U, then vn in place
   load_tile<kD, kD, kThreads, T>(s0 + L::kSin, static_cast<const T*>(p.hs) + st, kD, kD, tid);
   if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
   cp_async_commit();
-  load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  if constexpr (!kLean) {
+    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  }
   load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kdVn, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
-  load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
+  if constexpr (!kLean) load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
   cp_async_commit();
   if (tid < kC) dGs[tid] = 0.f;
   if (tid == 0) sums[0] = 0.f;
@@ -592,12 +610,40 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 1) delta_bwd_out_kern
   // vn = U - W S_in, in place (each element is read and written by the same thread)
   corrected_values<kD, T, kGated>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kSin, smem + L::kVn, G, g_last,
                                   warp, lane);
-  cp_async_wait<0>();
+  if constexpr (kLean) {
+    __syncthreads();  // W read: k into its slot, landing while Pg and dW are formed
+    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+    cp_async_commit();
+    cp_async_wait<1>();  // do, dvn
+  } else {
+    cp_async_wait<0>();
+  }
   __syncthreads();
   decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
   __syncthreads();
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
-  bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane);
+  if constexpr (kLean) {
+    auto refill = [&](uint32_t dst, auto&& load) {
+      __syncthreads();  // the slot's last reads are done
+      load(dst);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    };
+    bwd_chunk_grads<kD, L, T, kGated>(
+        p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane,
+        [&] {  // dvn read: q into its slot (k has landed too after this)
+          refill(s0 + L::kQ,
+                 [&](uint32_t dst) { load_chunk<kD>(dst, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid); });
+        },
+        [&] {  // S_in read: dS into its slot
+          refill(s0 + L::kdS, [&](uint32_t dst) {
+            load_tile<kD, kD, kThreads, T>(dst, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
+          });
+        });
+  } else {
+    bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane);
+  }
   if constexpr (kGated) {
     __syncthreads();
     if (tid < rows) {

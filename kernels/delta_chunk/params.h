@@ -43,6 +43,8 @@ struct DeltaChunkParams {
                               // (written by the forward, read by the backward)
   int v_split = 1;            // the walks' blocks per (b, h), each over V / v_split value columns: 1, 2,
                               // or 4 at V = 128 (delta_chunk_default_v_split picks it); the same results
+  bool bwd_out_wide = false;  // the two-pass backward's second kernel with every tile resident at D = 128
+                              // (one block per SM) instead of its lean layout (two); the same results
   void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two
                               // passes: the walk over the chunks stores the states (hs) and vn = U - W S
                               // only, then one block per chunk computes o from them (all chunks at once).

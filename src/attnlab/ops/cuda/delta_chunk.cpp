@@ -95,6 +95,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                                : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, sm_count(q.device().index()));
     if (two_pass) {
       p.v_split = static_cast<int>(ctx->saved_data["v_split"].toInt());
+      // ATTNLAB_DELTA_BWD_OUT=wide: the second kernel's older layout (every tile resident), for comparison.
+      const char* out_form = std::getenv("ATTNLAB_DELTA_BWD_OUT");
+      p.bwd_out_wide = out_form && std::string(out_form) == "wide";
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
       if (given(G))
         dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);
