@@ -107,7 +107,8 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
                                   BwdWalkSmem<kD, kVb>::kBytes, p);
   if (err != cudaSuccess) return err;
   const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
-  // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless p.bwd_out_wide.
+  // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless
+  // p.bwd_out_wide.
   if constexpr (kD == 128) {
     if (!p.bwd_out_wide)
       return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, true>, grid, BwdOutSmem<kD, true>::kBytes, p);

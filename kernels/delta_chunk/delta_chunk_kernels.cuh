@@ -268,7 +268,8 @@ __device__ __forceinline__ void bwd_state_step(float (&dS)[StateTile<kD, kVb>::M
 struct NoHook {
   __device__ void operator()() const {}
 };
-template <int kD, typename L, typename T, bool kGated, typename Wf, typename H1 = NoHook, typename H2 = NoHook>
+template <int kD, typename L, typename T, bool kGated, typename Wf, typename H1 = NoHook,
+          typename H2 = NoHook>
 __device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const unsigned char* smem,
                                                 uint32_t s0, int64_t roff, int rows, const float* G, Wf&& w,
                                                 float* dGs, float* sums, int m0, int n0o, int lane,
@@ -558,12 +559,12 @@ struct BwdOutSmem {
   static constexpr int kDo = kLean ? 2 * kTile : 3 * kTile;
   static constexpr int kdVn = kLean ? 3 * kTile : 4 * kTile;
   static constexpr int kQ = kLean ? 3 * kTile : 5 * kTile;
-  static constexpr int kSin = kLean ? 4 * kTile : 6 * kTile;            // [kD][kD]
-  static constexpr int kdS = kLean ? kSin : kSin + kD * kD * 2;         // [kD][kD]
-  static constexpr int kPg = kdS + kD * kD * 2;                         // [C][C]
-  static constexpr int kG = kPg + kC * kC * 2;                          // [C] floats
-  static constexpr int kdG = kG + kC * 4;                               // [C] floats
-  static constexpr int kSums = kdG + kC * 4;  // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
+  static constexpr int kSin = kLean ? 4 * kTile : 6 * kTile;     // [kD][kD]
+  static constexpr int kdS = kLean ? kSin : kSin + kD * kD * 2;  // [kD][kD]
+  static constexpr int kPg = kdS + kD * kD * 2;                  // [C][C]
+  static constexpr int kG = kPg + kC * kC * 2;                   // [C] floats
+  static constexpr int kdG = kG + kC * 4;                        // [C] floats
+  static constexpr int kSums = kdG + kC * 4;                     // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
   static constexpr int kBytes = kSums + 16;
 };
 
@@ -595,7 +596,8 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
   }
   load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kdVn, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
-  if constexpr (!kLean) load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
+  if constexpr (!kLean)
+    load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
   cp_async_commit();
   if (tid < kC) dGs[tid] = 0.f;
   if (tid == 0) sums[0] = 0.f;
@@ -633,8 +635,9 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
     bwd_chunk_grads<kD, L, T, kGated>(
         p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane,
         [&] {  // dvn read: q into its slot (k has landed too after this)
-          refill(s0 + L::kQ,
-                 [&](uint32_t dst) { load_chunk<kD>(dst, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid); });
+          refill(s0 + L::kQ, [&](uint32_t dst) {
+            load_chunk<kD>(dst, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+          });
         },
         [&] {  // S_in read: dS into its slot
           refill(s0 + L::kdS, [&](uint32_t dst) {

@@ -15,9 +15,9 @@
 // a block of query sub-chunk i and key sub-chunk j < i is one product of (q exp(G_t - r)) and (k exp(r -
 // G_s)) with r = G at the row before sub-chunk i (both exponents <= 0), scaled in the operand fragments; the
 // four diagonal blocks the same way when every sub-chunk's decay span fits the 16-bit type (the key factors
-// exp(r - G_s) >= 1 then stay bounded: gla_chunk_common.cuh, chunk_tame), else pairwise in float32. One thread block walks the chunks of one segment in
-// order with the K x V float32 state in registers; segments and a scan over them (per-key decays) give
-// parallelism when B * H is small, as in linear_chunk.
+// exp(r - G_s) >= 1 then stay bounded: gla_chunk_common.cuh, chunk_tame), else pairwise in float32. One
+// thread block walks the chunks of one segment in order with the K x V float32 state in registers; segments
+// and a scan over them (per-key decays) give parallelism when B * H is small, as in linear_chunk.
 //
 // Backward: dq in a forward walk (state recomputed from seg_states; it also writes the state at every chunk
 // end), dk and dv in a reverse walk with the state gradient in registers, and dg per key channel c from
@@ -75,9 +75,9 @@ struct GlaChunkParams {
   float* dh0 = nullptr;          // [B, H, K, V] (written when not nullptr)
   float* dseg_states = nullptr;  // workspace [B, H, n_seg, K, V]: dS at each segment's end (n_seg > 1)
   void* scores = nullptr;        // [B, H, ceil(T / 64), 64 * 64] 16-bit (q's dtype): every chunk's in-chunk
-                                 // scores A (the forward's [C][C] tile, swizzled as in shared memory), written
-                                 // by the forward when set and read by the dk/dv walk (required by the
-                                 // backward, which then does not recompute them, as FLA's saved A)
+                           // scores A (the forward's [C][C] tile, swizzled as in shared memory), written
+                           // by the forward when set and read by the dk/dv walk (required by the
+                           // backward, which then does not recompute them, as FLA's saved A)
   void* chunk_states = nullptr;  // workspace [B, H, ceil(T / 64), K * V] 16-bit (q's dtype): the state
                                  // entering each chunk (dq walk -> dk walk), in the register order of the
                                  // state tile (linear_chunk_common.cuh, StateTile::store_packed)

@@ -84,7 +84,8 @@ class GlaChunkFunction : public torch::autograd::Function<GlaChunkFunction> {
     auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &v = s[2], &g = s[3], &h0 = s[4];
     const auto &seg_states = s[5], &seg_gate = s[6], &scores = s[7];
-    ATTNLAB_CHECK(scores.numel() > 0, "{}: backward without the forward's scores (no input required grad)", kOp);
+    ATTNLAB_CHECK(scores.numel() > 0, "{}: backward without the forward's scores (no input required grad)",
+                  kOp);
     DeviceScope device(q.device().index());
     auto p = make_params(q, k, v, g, h0, ctx->saved_data["scale"].toDouble(),
                          ctx->saved_data["seg_chunks"].toInt());
