@@ -88,6 +88,11 @@ __device__ __forceinline__ void chunk_scores(unsigned char* sA, uint32_t sQ, uin
   }
 }
 
+// Chunk c's tile of p.scores (the forward's in-chunk scores, [C][C] 16-bit as in shared memory).
+__device__ __forceinline__ unsigned char* scores_tile(const GlaChunkParams& p, int64_t bh, int c) {
+  return static_cast<unsigned char*>(p.scores) + (bh * gla_chunk_count(p.T) + c) * (kC * kC * 2);
+}
+
 // Zeros the [C][C] tile (the blocks above the diagonal are never written afterwards); before the first sync.
 __device__ __forceinline__ void zero_tile_cc(unsigned char* s, int tid) {
   for (int i = tid; i < kC * kC * 2 / 16; i += kThreads)
@@ -175,8 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_fwd_kernel(const GlaChunkPara
                           chunk_tame<kD, T>(G, lane), warp, lane);
       __syncthreads();  // raw q, k read; the scores ready
       if (p.scores) {   // for the backward's dk / dv walk
-        uint4* dst = reinterpret_cast<uint4*>(static_cast<unsigned char*>(p.scores) +
-                                              (bh * gla_chunk_count(p.T) + c) * (kC * kC * 2));
+        uint4* dst = reinterpret_cast<uint4*>(scores_tile(p, bh, c));
         for (int i2 = tid; i2 < kC * kC * 2 / 16; i2 += kThreads)
           dst[i2] = reinterpret_cast<const uint4*>(smem + L::kA)[i2];
       }
@@ -402,8 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1) gla_bwd_dkv_kernel(const GlaChunk
     if (c >= c_begin) {
       load_gate_tile<kD>(G, p.g, b, c * kC, h, p.T, p.H, tid);
       if constexpr (kDkv) {
-        const unsigned char* src =
-            static_cast<const unsigned char*>(p.scores) + (bh * nt + c) * (kC * kC * 2);
+        const unsigned char* src = scores_tile(p, bh, c);
         for (int i2 = tid; i2 < kC * kC * 2 / 16; i2 += kThreads)
           cp_async_16(s0 + L::kPA + i2 * 16, src + i2 * 16, true);
       }

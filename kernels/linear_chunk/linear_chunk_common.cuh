@@ -342,13 +342,14 @@ __device__ __forceinline__ void decayed_scores(unsigned char* out, uint32_t sa, 
 // + the slot's old content (the segment's own contribution); the walk's last segment only receives (its
 // contribution is never needed). The contributions are read kBatch segments ahead of their use: read one by
 // one, each behind the previous store, the walk ran at one DRAM latency per segment (run l's ncu: 75 us for
-// 16 segments, a fifth of linear attention's forward).
+// 16 segments, a fifth of linear attention's forward). n_seg >= 1.
 template <bool kReverse, typename Decay>
 __device__ __forceinline__ void segment_scan(float* base, int64_t seg_stride, int n_seg, float4 carry,
                                              Decay&& decay) {
   constexpr int kBatch = 8;
+  auto seg = [&](int s) { return kReverse ? n_seg - 1 - s : s; };  // the s-th segment walked
   auto slot = [&](int s) {
-    return reinterpret_cast<float4*>(base + static_cast<int64_t>(kReverse ? n_seg - 1 - s : s) * seg_stride);
+    return reinterpret_cast<float4*>(base + static_cast<int64_t>(seg(s)) * seg_stride);
   };
   const int n = n_seg - 1;  // slots whose contribution is folded in
   for (int s0 = 0; s0 < n; s0 += kBatch) {
@@ -361,12 +362,12 @@ __device__ __forceinline__ void segment_scan(float* base, int64_t seg_stride, in
       const int s = s0 + j;
       if (s >= n) break;
       *slot(s) = carry;
-      const float d = decay(kReverse ? n_seg - 1 - s : s);
+      const float d = decay(seg(s));
       carry = make_float4(d * carry.x + loc[j].x, d * carry.y + loc[j].y, d * carry.z + loc[j].z,
                           d * carry.w + loc[j].w);
     }
   }
-  if (n >= 0) *slot(n) = carry;
+  *slot(n) = carry;
 }
 
 // Host: launches kernel(p) with kThreads threads and `smem` bytes of dynamic shared memory on p.stream (the
