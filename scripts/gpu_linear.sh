@@ -61,6 +61,17 @@ if [ "${DELTA_FORMS:-0}" = 1 ]; then
     el "bench (delta backward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_$form.log" | grep kernel
   done
 fi
+# DELTA_FWD_FORMS=1: the delta rule's forward forced to each form (ATTNLAB_DELTA_FWD), the rows that pick
+# delta_chunk_default_two_pass.
+if [ "${DELTA_FWD_FORMS:-0}" = 1 ]; then
+  for form in one_pass two_pass; do
+    stage 120 env ATTNLAB_DELTA_FWD=$form "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
+      --dtype bf16 --head-dims 128,64 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+      $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_fwd_$form.csv" \
+      > "$OUT/bench_delta_fwd_$form.log" 2>&1
+    el "bench (delta forward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_fwd_$form.log" | grep kernel
+  done
+fi
 # linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
 # timed the same way, for the comparison (MMA_FWD=0 skips it).
 [ "${MMA_FWD:-1}" = 1 ] && stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \

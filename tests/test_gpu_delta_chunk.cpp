@@ -235,6 +235,45 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
       }
 }
 
+// A forward that no backward can follow (grad mode off, or no input requiring grad) skips the saved
+// states in the one-pass form (the two-pass one still needs them for its second kernel): o and ht are the
+// same bits as with grad, in both forms, at both head dims, with and without a gate.
+TEST(DeltaChunkKernel, ForwardWithoutGradGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(13);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto fl = f.dtype(torch::kFloat);
+  for (int64_t D : {64, 128})
+    for (bool gated : {false, true}) {
+      const int64_t B = 2, T = 200, H = 3;
+      auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+      auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
+      auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
+      auto h0 = torch::randn({B, H, D, D}, fl);
+      for (const char* form : {"one_pass", "two_pass"}) {
+        setenv("ATTNLAB_DELTA_FWD", form, 1);
+        auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+        auto with_grad = ops::cuda::delta_chunk_recurrence(leaf(q), leaf(k), leaf(w), leaf(u),
+                                                           gated ? leaf(G) : G, leaf(h0), 0.1);
+        std::vector<torch::Tensor> no_grad;
+        {
+          torch::NoGradGuard guard;
+          no_grad = ops::cuda::delta_chunk_recurrence(leaf(q), leaf(k), leaf(w), leaf(u), gated ? leaf(G) : G,
+                                                      leaf(h0), 0.1);
+        }
+        auto plain = ops::cuda::delta_chunk_recurrence(q, k, w, u, G, h0, 0.1);  // nothing requires grad
+        unsetenv("ATTNLAB_DELTA_FWD");
+        for (int i = 0; i < 2; ++i) {
+          const std::string what = fmt::format("{} D {} gated {} {}", i == 0 ? "o" : "ht", D, gated, form);
+          EXPECT_TRUE(ops::all_finite(no_grad[i])) << what;
+          EXPECT_TRUE(torch::equal(with_grad[i], no_grad[i])) << what << " (grad mode off)";
+          EXPECT_TRUE(torch::equal(with_grad[i], plain[i])) << what << " (no input requires grad)";
+        }
+        EXPECT_FALSE(no_grad[0].requires_grad()) << form;
+      }
+    }
+}
+
 }  // namespace
 #else
 TEST(DeltaChunkKernel, NotBuilt) {

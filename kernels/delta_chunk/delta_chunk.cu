@@ -12,7 +12,8 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
            " not in the kernels (K = V = 64 or 128)";
   if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
     return "B and H must be in 1..65535, T >= 1";
-  if (!p.q || !p.k || !p.w || !p.u || !p.hs) return "q, k, w, u and hs must be set";
+  if (!p.q || !p.k || !p.w || !p.u) return "q, k, w and u must be set";
+  if (!p.hs && (backward || p.vn)) return "hs must be set for the backward and the two-pass forward";
   if (!(p.v_split == 1 || p.v_split == 2 || (p.v_split == 4 && p.V == 128)))
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);

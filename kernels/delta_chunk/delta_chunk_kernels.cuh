@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
   store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, output columns
-  T* hs = static_cast<T*>(p.hs) + bh * nt * kD * kD + v0;
+  T* hs = p.hs ? static_cast<T*>(p.hs) + bh * nt * kD * kD + v0 : nullptr;
   for (int c = 0; c < nt; ++c) {
     const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
     const uint32_t sst = s0 + st * L::kStage;
@@ -118,8 +118,10 @@ __global__ void __launch_bounds__(kThreads, 1) delta_fwd_kernel(const DeltaChunk
       __syncthreads();
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
-    // The entering state (this block's columns), saved for the backward (16-bit, as the products read it).
-    store_tile<kD, kVb, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
+    // The entering state (this block's columns), saved for the backward (16-bit, as the products read it),
+    // unless no backward follows a one-pass forward (p.hs null).
+    if (!kOut || p.hs)
+      store_tile<kD, kVb, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
     // vn = U - W S, stored as is and times exp(G_last - G_s)
     corrected_values<kD, T, kGated, kVb>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU,
                                          G, g_last, warp, lane);

@@ -40,7 +40,8 @@ struct DeltaChunkParams {
   void* o = nullptr;          // [B, T, H, V] (written by the forward; the backward does not read it)
   float* ht = nullptr;        // [B, H, K, V] (written when not nullptr)
   void* hs = nullptr;         // workspace [B, H, ceil(T / 64), K, V], 16-bit: the state entering each chunk
-                              // (written by the forward, read by the backward)
+                              // (written by the forward, read by the backward); nullptr: a one-pass forward
+                              // that no backward follows skips it
   int v_split = 1;            // the walks' blocks per (b, h), each over V / v_split value columns: 1, 2,
                               // or 4 at V = 128 (delta_chunk_default_v_split picks it); the same results
   bool bwd_out_wide = false;  // the two-pass backward's second kernel with every tile resident at D = 128

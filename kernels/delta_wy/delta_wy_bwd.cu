@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads, 2) delta_wy_bwd_kernel(const DeltaWy
   kk_decay<kD, T, kGated>(kd, KD, s0 + L::kK, G, warp, lane);
   __syncthreads();
   invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
-  split_lower<T>(mHi, mLo, M, tid, [](int) { return 1.f; });
+  split_lower<T>(mHi, mLo, M, tid, nullptr);
   __syncthreads();  // M (float32) is read no more
 
   {  // dM = (dW K^T) diag(beta e^G) + (dU V^T) diag(beta), into R
@@ -173,39 +173,46 @@ __global__ void __launch_bounds__(kThreads, 2) delta_wy_bwd_kernel(const DeltaWy
   store_split<T>(rHi, rLo, q, m0, n0, lane);
   __syncthreads();
 
-  const int mt = 16 * (warp % 4), nt = (kD / 2) * (warp / 4);  // this warp's piece of C x D tiles
+  // dk and dv of C x D tiles: row block m takes 4 - m key blocks of M^T (and, for dk, 9 - m in all), so
+  // each warp takes a quarter of the columns of two row blocks, {0, 3} or {1, 2}, as lower_times does.
+  constexpr int kNT = kD / 32;
+  const int nt = (kD / 4) * (warp % 4);
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
-  {  // dk = diag(beta e^G) M^T dW + Q K + Q^T K
-    float x[1][kD / 16][4];
-    zero_acc(x);
-    pair_mma<kD / 16, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdW, nt, warp % 4, kC / 16 - 1, lane);
-    const float2 d = row_dot<kD, T>(x, smem + L::kK, mt, nt, lane);  // k_t . dX_t over this warp's columns
-    if ((lane & 3) == 0) {
-      const float dd[2] = {d.x, d.y};
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = mt + (lane >> 2) + half * 8;
-        atomicAdd(dBs + r, eg(r) * dd[half]);
-        if constexpr (kGated) atomicAdd(dGs + r, beta[r] * eg(r) * dd[half]);
+  for (int pass = 0; pass < 2; ++pass) {
+    const int rb = pass == 0 ? warp / 4 : 3 - warp / 4, mt = 16 * rb;
+    {  // dk = diag(beta e^G) M^T dW + Q K + Q^T K
+      float x[1][kNT][4];
+      zero_acc(x);
+      pair_mma<kNT, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdW, nt, rb, kC / 16 - 1, lane);
+      const float2 d = row_dot<kD, T>(x, smem + L::kK, mt, nt, lane);  // k_t . dX_t over this warp's columns
+      if ((lane & 3) == 0) {
+        const float dd[2] = {d.x, d.y};
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = mt + (lane >> 2) + half * 8;
+          atomicAdd(dBs + r, eg(r) * dd[half]);
+          if constexpr (kGated) atomicAdd(dGs + r, beta[r] * eg(r) * dd[half]);
+        }
       }
+      scale_rows(x, mt, lane, [&](int r) { return beta[r] * eg(r); });
+      pair_mma<kNT, false, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, 0, rb, lane);
+      pair_mma<kNT, true, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, rb, kC / 16 - 1, lane);
+      store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, x, mt, nt, rows, lane);
     }
-    scale_rows(x, mt, lane, [&](int r) { return beta[r] * eg(r); });
-    pair_mma<kD / 16, false, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, 0, warp % 4, lane);
-    pair_mma<kD / 16, true, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, warp % 4, kC / 16 - 1, lane);
-    store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, x, mt, nt, rows, lane);
-  }
-  {  // dv = diag(beta) M^T dU
-    float x[1][kD / 16][4];
-    zero_acc(x);
-    pair_mma<kD / 16, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdU, nt, warp % 4, kC / 16 - 1, lane);
-    const float2 d = row_dot<kD, T>(x, smem + L::kV, mt, nt, lane);  // v_t . dY_t
-    if ((lane & 3) == 0) {
-      atomicAdd(dBs + mt + (lane >> 2), d.x);
-      atomicAdd(dBs + mt + (lane >> 2) + 8, d.y);
+    {  // dv = diag(beta) M^T dU
+      float x[1][kNT][4];
+      zero_acc(x);
+      pair_mma<kNT, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdU, nt, rb, kC / 16 - 1, lane);
+      const float2 d = row_dot<kD, T>(x, smem + L::kV, mt, nt, lane);  // v_t . dY_t
+      if ((lane & 3) == 0) {
+        atomicAdd(dBs + mt + (lane >> 2), d.x);
+        atomicAdd(dBs + mt + (lane >> 2) + 8, d.y);
+      }
+      scale_rows(x, mt, lane, [&](int r) { return beta[r]; });
+      store_acc_global<T>(static_cast<T*>(p.dv) + off, row_stride, x, mt, nt, rows, lane);
     }
-    scale_rows(x, mt, lane, [&](int r) { return beta[r]; });
-    store_acc_global<T>(static_cast<T*>(p.dv) + off, row_stride, x, mt, nt, rows, lane);
   }
   __syncthreads();  // every atomic into dBs, dGs is done
   store_vec(p.dbeta, dBs, b, t0, h, p.T, p.H, tid);

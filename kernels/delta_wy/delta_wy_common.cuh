@@ -65,48 +65,84 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
 // each, kept in registers), then the blocks below the diagonal one sub-diagonal at a time,
 // M_ij = -M_ii (sum_{j <= l < i} A_il M_lj) (the factor in Tmp, then the product). Entries above the
 // diagonal blocks are never written: readers of M take only c <= r.
+//
+// Shared-memory traffic, not arithmetic, bounds this (ncu, run m: a third of delta_wy's forward, mostly
+// LDS waits): rows are read as float4 and each thread of the block products owns a strip of four columns,
+// so one row element read serves four products. Every sum keeps the order of the scalar loops it replaced
+// (j, then (l, u) ascending), so M is the same bits.
 __device__ __forceinline__ void invert(float* M, const float* KD, const float* beta, float* Tmp, int tid) {
   if (tid < 4 * kBlk) {
     const int o = kBlk * (tid / kBlk), c = tid % kBlk;
-    float x[kBlk];
+    float bt[kBlk], x[kBlk];
+#pragma unroll
+    for (int j4 = 0; j4 < kBlk / 4; ++j4) {
+      const float4 b4 = *reinterpret_cast<const float4*>(beta + o + 4 * j4);
+      bt[4 * j4] = b4.x, bt[4 * j4 + 1] = b4.y, bt[4 * j4 + 2] = b4.z, bt[4 * j4 + 3] = b4.w;
+    }
 #pragma unroll
     for (int r = 0; r < kBlk; ++r) {
-      const float* a = KD + (o + r) * kF + o;
+      const float4* a4 = reinterpret_cast<const float4*>(KD + (o + r) * kF + o);
       float s = 0.f;
 #pragma unroll
-      for (int j = 0; j < r; ++j) s += a[j] * x[j];
-      x[r] = (r == c ? 1.f : 0.f) - beta[o + r] * s;
+      for (int j4 = 0; j4 < (r + 3) / 4; ++j4) {
+        const float4 v = a4[j4];
+        const float a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (4 * j4 + e < r) s += a[e] * x[4 * j4 + e];
+      }
+      x[r] = (r == c ? 1.f : 0.f) - bt[r] * s;
     }
 #pragma unroll
     for (int r = 0; r < kBlk; ++r) M[(o + r) * kF + o + c] = x[r];
   }
   __syncthreads();
+  constexpr int kStrips = kBlk * kBlk / 4;  // strips of four columns in a 16 x 16 block
 #pragma unroll
   for (int diag = 1; diag < kC / kBlk; ++diag) {
     const int pairs = kC / kBlk - diag;  // blocks (i, j) = (p + diag, p), p < pairs
-    for (int e = tid; e < pairs * kBlk * kBlk; e += kThreads) {
-      const int p = e / (kBlk * kBlk), r = (e / kBlk) % kBlk, c = e % kBlk;
+    for (int e = tid; e < pairs * kStrips; e += kThreads) {
+      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
       const int i = p + diag, j = p;
       const float* a = KD + (kBlk * i + r) * kF;
-      float s = 0.f;
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int q = 0; q < diag; ++q) {
         const int l = j + q;
 #pragma unroll
-        for (int u = 0; u < kBlk; ++u) s += a[kBlk * l + u] * M[(kBlk * l + u) * kF + kBlk * j + c];
+        for (int u4 = 0; u4 < kBlk / 4; ++u4) {
+          const float4 v = *reinterpret_cast<const float4*>(a + kBlk * l + 4 * u4);
+          const float av[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int uu = 0; uu < 4; ++uu) {
+            const float4 m =
+                *reinterpret_cast<const float4*>(M + (kBlk * l + 4 * u4 + uu) * kF + kBlk * j + c);
+            s[0] += av[uu] * m.x, s[1] += av[uu] * m.y, s[2] += av[uu] * m.z, s[3] += av[uu] * m.w;
+          }
+        }
       }
-      Tmp[e] = beta[kBlk * i + r] * s;
+      const float b = beta[kBlk * i + r];
+      *reinterpret_cast<float4*>(Tmp + p * kBlk * kBlk + r * kBlk + c) =
+          make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
     }
     __syncthreads();
-    for (int e = tid; e < pairs * kBlk * kBlk; e += kThreads) {
-      const int p = e / (kBlk * kBlk), r = (e / kBlk) % kBlk, c = e % kBlk;
+    for (int e = tid; e < pairs * kStrips; e += kThreads) {
+      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
       const int i = p + diag, j = p;
-      const float* mi = M + (kBlk * i + r) * kF + kBlk * i;
+      const float* mi = M + (kBlk * i + r) * kF + kBlk * i;  // mi[u] = 0 for u > r
       const float* t = Tmp + p * kBlk * kBlk + c;
-      float s = 0.f;
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int u = 0; u < kBlk; ++u) s += mi[u] * t[u * kBlk];  // mi[u] = 0 for u > r
-      M[(kBlk * i + r) * kF + kBlk * j + c] = -s;
+      for (int u4 = 0; u4 < kBlk / 4; ++u4) {
+        const float4 v = *reinterpret_cast<const float4*>(mi + 4 * u4);
+        const float mv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int uu = 0; uu < 4; ++uu) {
+          const float4 x = *reinterpret_cast<const float4*>(t + (4 * u4 + uu) * kBlk);
+          s[0] += mv[uu] * x.x, s[1] += mv[uu] * x.y, s[2] += mv[uu] * x.z, s[3] += mv[uu] * x.w;
+        }
+      }
+      *reinterpret_cast<float4*>(M + (kBlk * i + r) * kF + kBlk * j + c) = make_float4(-s[0], -s[1], -s[2], -s[3]);
     }
     __syncthreads();
   }
@@ -120,10 +156,11 @@ __device__ __forceinline__ void split2(uint32_t& hi, uint32_t& lo, float x0, flo
   lo = MmaType<T>::pack(x0 - h.x, x1 - h.y);
 }
 
-// hi + lo = M_rc * colscale(c) (zero above the diagonal) as two swizzled 16-bit [C][C] tiles; all threads.
-template <typename T, typename F>
+// hi + lo = M_rc * colscale[c] (zero above the diagonal; colscale nullptr: 1) as two swizzled 16-bit [C][C]
+// tiles; all threads. M's rows and the scales are read as float4 (the scales once per chunk, not per element).
+template <typename T>
 __device__ __forceinline__ void split_lower(unsigned char* hi, unsigned char* lo, const float* M, int tid,
-                                            F&& colscale) {
+                                            const float* colscale) {
   constexpr int kChunksPerRow = kC / 8;
 #pragma unroll
   for (int i = 0; i < kC * kChunksPerRow / kThreads; ++i) {
@@ -132,12 +169,18 @@ __device__ __forceinline__ void split_lower(unsigned char* hi, unsigned char* lo
     if (cc * 8 <= row) {
       uint32_t* hp = reinterpret_cast<uint32_t*>(&h);
       uint32_t* lp = reinterpret_cast<uint32_t*>(&l);
+      float x[8];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const float4 m = *reinterpret_cast<const float4*>(M + row * kF + cc * 8 + 4 * q);
+        const float4 f = colscale ? *reinterpret_cast<const float4*>(colscale + cc * 8 + 4 * q)
+                                  : make_float4(1.f, 1.f, 1.f, 1.f);
+        x[4 * q] = m.x * f.x, x[4 * q + 1] = m.y * f.y, x[4 * q + 2] = m.z * f.z, x[4 * q + 3] = m.w * f.w;
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int c = cc * 8 + 2 * j;
-        const float x0 = c <= row ? M[row * kF + c] * colscale(c) : 0.f;
-        const float x1 = c + 1 <= row ? M[row * kF + c + 1] * colscale(c + 1) : 0.f;
-        split2<T>(hp[j], lp[j], x0, x1);
+        split2<T>(hp[j], lp[j], c <= row ? x[2 * j] : 0.f, c + 1 <= row ? x[2 * j + 1] : 0.f);
       }
     }
     const uint32_t off = swz<kC>(row, cc);

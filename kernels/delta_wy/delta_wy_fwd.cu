@@ -37,23 +37,31 @@ struct FwdSmem {
   static constexpr int kTmp = kM + kF32Tile;      // the inverse's scratch
   static constexpr int kBeta = kTmp + kTmpBytes;  // [C] floats
   static constexpr int kG = kBeta + kC * 4;       // [C] floats
-  static constexpr int kBytes = kG + kC * 4;
+  static constexpr int kXs = kG + kC * 4;         // [C] floats: W's column scale beta e^G (gated)
+  static constexpr int kBytes = kXs + kC * 4;
   static_assert(2 * kH16Tile <= kF32Tile, "the hi/lo tiles must fit in KD's space");
 };
 
-// W or U of this warp's rows 16 (warp % 4) and columns (kD / 2)(warp / 4): (Mhi + Mlo) X over the key
-// blocks at or below the warp's rows (M is lower triangular), stored 16-bit to rows < rows_valid.
+// W or U: (Mhi + Mlo) X over the key blocks at or below each row block (M is lower triangular), stored
+// 16-bit to rows < rows_valid. Row block m takes m + 1 key blocks, so each warp takes a quarter of the
+// columns of two row blocks, {0, 3} or {1, 2}: five key blocks each (with one row block of half the columns
+// per warp, warps 3 and 7 took four and warps 0 and 4 one).
 template <int kD, typename T>
 __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t sMhi, uint32_t sMlo,
                                             uint32_t sX, int rows_valid, int warp, int lane) {
-  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
-  float acc[1][kD / 16][4];
-  zero_acc(acc);
-  for (int ks = 0; ks <= warp % 4; ++ks) {
-    warp_mma<1, kD / 16, 1, false, true, kC, kD, T>(acc, sMlo, m0, 16 * ks, sX, 16 * ks, n0, lane);
-    warp_mma<1, kD / 16, 1, false, true, kC, kD, T>(acc, sMhi, m0, 16 * ks, sX, 16 * ks, n0, lane);
+  constexpr int kNT = kD / 32;
+  const int n0 = (kD / 4) * (warp % 4);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int rb = half == 0 ? warp / 4 : 3 - warp / 4, m0 = 16 * rb;
+    float acc[1][kNT][4];
+    zero_acc(acc);
+    for (int ks = 0; ks <= rb; ++ks) {
+      warp_mma<1, kNT, 1, false, true, kC, kD, T>(acc, sMlo, m0, 16 * ks, sX, 16 * ks, n0, lane);
+      warp_mma<1, kNT, 1, false, true, kC, kD, T>(acc, sMhi, m0, 16 * ks, sX, 16 * ks, n0, lane);
+    }
+    store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
   }
-  store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
 }
 
 // Three blocks per SM at D = 128 (80 registers, 3 x 71 KB), four at D = 64 (64 registers, 4 x 55 KB): ncu
@@ -71,6 +79,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   float* G = reinterpret_cast<float*>(smem + L::kG);
   float* KD = reinterpret_cast<float*>(smem + L::kKD);
   float* M = reinterpret_cast<float*>(smem + L::kM);
+  float* xs = reinterpret_cast<float*>(smem + L::kXs);
 
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
   load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
@@ -83,6 +92,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
     gate_cumsum(G, warp, lane);  // padded rows (g = 0) repeat the last real row's G
     __syncthreads();
     store_vec(p.G, G, b, t0, h, p.T, p.H, tid);
+    if (tid < kC) xs[tid] = beta[tid] * expf(G[tid]);  // read after the inverse's barriers
   }
 
   {
@@ -97,14 +107,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   unsigned char* hi = smem + L::kKD;
   unsigned char* lo = smem + L::kKD + kH16Tile;
   // W = (M diag(beta e^G)) K
-  split_lower<T>(hi, lo, M, tid, [&](int c) { return kGated ? beta[c] * expf(G[c]) : beta[c]; });
+  split_lower<T>(hi, lo, M, tid, kGated ? xs : beta);
   __syncthreads();
   lower_times<kD, T>(static_cast<T*>(p.w) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,
                      s0 + L::kK, rows, warp, lane);
   // U = (M diag(beta)) V: without a gate the same scaled M
   if constexpr (kGated) {
     __syncthreads();
-    split_lower<T>(hi, lo, M, tid, [&](int c) { return beta[c]; });
+    split_lower<T>(hi, lo, M, tid, beta);
     __syncthreads();
   }
   lower_times<kD, T>(static_cast<T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,

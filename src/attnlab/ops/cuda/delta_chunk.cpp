@@ -26,7 +26,7 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(u.size(3));
   p.scale = static_cast<float>(scale);
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
-  p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.data_ptr();
+  p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
                           : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
@@ -43,26 +43,33 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor w, torch::Tensor u,
                                                 torch::Tensor G, torch::Tensor h0, double scale,
-                                                int64_t v_split) {
+                                                int64_t v_split, bool grad) {
     DeviceScope device(q.device().index());
     const int64_t nt = kn::linear_chunk_count(static_cast<int>(q.size(1)));
-    auto hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());  // 16-bit states
-    auto p = make_params(q, k, w, u, G, h0, hs, scale, v_split);
-    auto o = torch::empty(u.sizes(), q.options());
-    auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
-    p.o = o.data_ptr(), p.ht = f32(ht);
     // The two-pass forward (the walk stores vn, then o for all chunks at once) where it is the faster form
     // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass /
     // two_pass forces either (read per call: the bench and a test switch it). vn is a workspace: freed at
     // return, after the launches that use it were queued on the same stream.
-    torch::Tensor vn;
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
     const bool two_pass =
         form ? std::string(form) == "two_pass"
-             : kn::delta_chunk_default_two_pass(p.B, p.H, p.V, p.G != nullptr, sm_count(q.device().index()));
+             : kn::delta_chunk_default_two_pass(static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
+                                                static_cast<int>(u.size(3)), given(G),
+                                                sm_count(q.device().index()));
+    // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
+    // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
+    // at D = 128 it is twice the bytes of q.
+    torch::Tensor hs;
+    if (grad || two_pass) hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());
+    auto p = make_params(q, k, w, u, G, h0, hs, scale, v_split);
+    auto o = torch::empty(u.sizes(), q.options());
+    auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
+    p.o = o.data_ptr(), p.ht = f32(ht);
+    torch::Tensor vn;
     if (two_pass) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
     check_params(p, false);
     check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
+    if (!grad) hs = torch::empty({0}, q.options());  // no backward follows: nothing to keep
     ctx->save_for_backward({q, k, w, u, G, h0, hs});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["v_split"] = static_cast<int64_t>(p.v_split);  // the two-pass backward's walk takes it
@@ -73,6 +80,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &w = s[2], &u = s[3], &G = s[4], &h0 = s[5], &hs = s[6];
+    ATTNLAB_CHECK(hs.numel() > 0,
+                  "{}: backward of a forward that ran without grad (no state was saved); run the forward with "
+                  "grad mode on and an input that requires grad", kOp);
     DeviceScope device(q.device().index());
     auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble(), 1);  // (forward only)
     torch::Tensor dout =
@@ -104,7 +114,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     }
     check_params(p, true);
     check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
-    return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor()};
+    return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -127,10 +137,14 @@ std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const 
                                                   double scale, int64_t v_split) {
   auto none = torch::empty({0}, q.options().dtype(torch::kFloat));
   const auto dt = q.scalar_type();
+  // Whether a backward can follow, decided here: inside forward grad mode is off and inputs keep their flag.
+  bool grad = false;
+  if (torch::autograd::GradMode::is_enabled())
+    for (const auto* t : {&q, &k, &w, &u, &G, &h0}) grad = grad || (t->defined() && t->requires_grad());
   return DeltaChunkFunction::apply(q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(),
                                    u.to(dt).contiguous(),
                                    G.defined() ? G.to(torch::kFloat).contiguous() : none,
-                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split);
+                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split, grad);
 }
 
 }  // namespace attnlab::ops::cuda

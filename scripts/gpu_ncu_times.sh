@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time of the linear family, one shape at a time: Nsight Compute's gpu__time_duration only (one
+# pass per launch, clocks left alone), for each op:D:T of SPECS, summed per kernel by bench/ncu_summary.py
+# into ncu_times.txt. Which kernel of each forward and backward holds the time at that shape (the bench's
+# validation, warm-up and timed runs each launch every kernel once: medians over the three). Builds only the
+# CLI. Carry .deps.
+#   SPECS="gated_delta_rule:128:2048 delta_rule:64:512" bash scripts/gpu_ncu_times.sh
+source "$(dirname "$0")/gpu_common.sh"
+gpu_build_setup
+stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab > "$OUT/build.log" 2>&1
+el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+SPECS=${SPECS:-"gated_delta_rule:128:512 gated_delta_rule:128:2048 gated_delta_rule:128:8192 gated_delta_rule:64:2048 gated_delta_rule:64:8192 gated_delta_rule:64:32768 delta_rule:128:2048 delta_rule:128:32768"}
+: > "$RESULTS/ncu_times.txt"
+for spec in $SPECS; do
+  IFS=: read -r op d t <<< "$spec"
+  csv="$OUT/ncu_${op}_${d}_${t}.csv"
+  stage 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
+    -k "regex:${NCU_REGEX:-attnlab::kernels}" "$BUILD/attnlab" bench ops --ops "$op" --dtype bf16 --head-dims "$d" \
+    --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 > "$csv" 2> "$OUT/ncu_${op}_${d}_${t}.log"
+  el "ncu $spec rc $?"
+  { echo "==== $spec (B * T = 32768, H = 16, bf16)"; python3 bench/ncu_summary.py "$csv" --top 20; } >> "$RESULTS/ncu_times.txt"
+done
+cat "$RESULTS/ncu_times.txt"
