@@ -332,7 +332,11 @@ __device__ __forceinline__ void bwd_chunk_grads(const DeltaChunkParams& p, const
 //   dq  = scale exp(G_t) (do S_in^T)_t + Pg k    dk = Pg^T q + w_s (vn dS^T)[s]
 //   dG_t = q_t.dq_t - k_t.dk_t, and G_last also gets sum_s k_s.(w_s (vn dS^T)[s]) + exp(G_last) <dS, S_in>
 //   dS_in = exp(G_last) dS + (scale exp(G) q)^T do - W^T dvn
-// One stage of tiles (five C x D tiles, two states and five scratch tiles fill 214 KB at D = 128).
+// One stage of tiles (five C x D tiles, two states and five scratch tiles fill 214 KB at D = 128), so the
+// next chunk's tiles load into the slots as this chunk's last reads of them are done: w and u after the
+// dS step (which runs before the chunk's gradients: it needs only dvn, and they read the saved 16-bit dS),
+// S_in and do after dq, q and k after dk (the gates have two slots). Only the first chunk's copies wait
+// whole; the others overlap the products that follow their slot's last read.
 template <int kD>
 struct BwdSmem {
   static constexpr int kTile = kC * kD * 2;
@@ -344,14 +348,14 @@ struct BwdSmem {
   static constexpr int kQg = kdVn + kTile;        // [C][kD] q rows times scale exp(G_t)
   static constexpr int kP = kQg + kTile;          // [C][C]
   static constexpr int kPg = kP + kC * kC * 2;    // [C][C]
-  static constexpr int kG = kPg + kC * kC * 2;    // [C] floats
-  static constexpr int kdG = kG + kC * 4;         // [C] floats: dG of the chunk
+  static constexpr int kG = kPg + kC * kC * 2;    // [2][C] floats: the gates of this chunk and the next
+  static constexpr int kdG = kG + 2 * kC * 4;     // [C] floats: dG of the chunk
   static constexpr int kSums = kdG + kC * 4;      // 2 floats: the G_last terms
   static constexpr int kBytes = kSums + 16;
 };
 
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(const DeltaChunkParams p) {
   using L = BwdSmem<kD>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -360,7 +364,6 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
   const int nt = linear_chunk_count(p.T);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
-  float* G = reinterpret_cast<float*>(smem + L::kG);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);
   float* sums = reinterpret_cast<float*>(smem + L::kSums);
   const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD;
@@ -373,16 +376,29 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
 
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);  // token rows, output columns
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
-  for (int c = nt - 1; c >= 0; --c) {
-    const int t0 = c * kC, rows = min(kC, p.T - t0);
-    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
-    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
+  auto gates = [&](int c) { return reinterpret_cast<float*>(smem + L::kG) + (c & 1) * kC; };
+  // The copies of chunk c's tiles in three groups, each issued once its slots are free (c >= 0).
+  auto load_wu = [&](int c) {
+    const int t0 = c * kC;
     load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
     load_chunk<kD>(s0 + L::kU, static_cast<const T*>(p.u), b, t0, h, p.T, p.H, tid);
-    load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, t0, h, p.T, p.H, tid);
-    load_tile<kD, kD, kThreads, T>(s0 + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
-    if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
+    if constexpr (kGated) load_gates(gates(c), p.G, b, t0, h, p.T, p.H, tid);
     cp_async_commit();
+  };
+  auto load_sdo = [&](int c) {
+    load_chunk<kD>(s0 + L::kDo, static_cast<const T*>(p.dout), b, c * kC, h, p.T, p.H, tid);
+    load_tile<kD, kD, kThreads, T>(s0 + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
+    cp_async_commit();
+  };
+  auto load_qk = [&](int c) {
+    load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, c * kC, h, p.T, p.H, tid);
+    load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, c * kC, h, p.T, p.H, tid);
+    cp_async_commit();
+  };
+  load_wu(nt - 1), load_sdo(nt - 1), load_qk(nt - 1);
+  for (int c = nt - 1; c >= 0; --c) {
+    const int t0 = c * kC, rows = min(kC, p.T - t0);
+    float* G = gates(c);
     cp_async_wait<0>();
     __syncthreads();
     if (kGated && rows < kC) {
@@ -410,11 +426,18 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_kernel(const DeltaChunk
       if (lane == 0) atomicAdd(sums + 1, e);
     }
     __syncthreads();  // Pg, dvn ready
-    bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, row_offset(b, t0, h, p.T, p.H, kD), rows, G, w, dGs, sums,
-                                      m0, n0o, lane);
+    // dS_in into the registers (the gradients below read this chunk's dS from its 16-bit copy)
     bwd_state_step<kD, kD, T, kGated>(dS, s0 + L::kQg, s0 + L::kDo, s0 + L::kW, s0 + L::kdVn, g_last, warp,
                                       lane);
+    __syncthreads();  // w (and u) are read no more
+    if (c > 0) load_wu(c - 1);
+    bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, row_offset(b, t0, h, p.T, p.H, kD), rows, G, w, dGs, sums,
+                                      m0, n0o, lane, NoHook{}, [&] {
+                                        __syncthreads();  // S_in and do are read no more
+                                        if (c > 0) load_sdo(c - 1);
+                                      });
     __syncthreads();  // every read of the tiles, dS, dvn, and every atomic into dGs / sums is done
+    if (c > 0) load_qk(c - 1);
     if constexpr (kGated) {
       if (tid < rows) {
         float d = dGs[tid];

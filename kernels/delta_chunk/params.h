@@ -80,8 +80,8 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 
 // Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape, from the walk's
-// B * H * v_split blocks: gated, up to 4 per multiprocessor; without a gate, under one per two (measured on
-// an H200, bench/results/h200-2026-12-02h: docs/kernels.md, "delta_chunk").
+// B * H * v_split blocks: gated, up to 4 per multiprocessor, and always at V = 64; without a gate, under one
+// per two (measured on an H200, bench/results/h200-2026-12-02h and q: docs/kernels.md, "delta_chunk").
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 
 // Whether the two-pass backward (DeltaChunkParams::dhs) is the faster one for this shape: the one-pass

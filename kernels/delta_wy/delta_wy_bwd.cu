@@ -46,7 +46,7 @@ __device__ __forceinline__ void pair_mma(float (&acc)[1][NT][4], uint32_t sHi, u
 }
 
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 2) delta_wy_bwd_kernel(const DeltaWyParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kernel(const DeltaWyParams p) {
   using L = BwdSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
