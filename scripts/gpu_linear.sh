@@ -72,6 +72,16 @@ if [ "${DELTA_FWD_FORMS:-0}" = 1 ]; then
     el "bench (delta forward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_fwd_$form.log" | grep kernel
   done
 fi
+# DELTA_V_SPLITS="2 4": the delta ops with the walks' V-split forced (ATTNLAB_DELTA_V_SPLIT; 4 at D = 128 only),
+# the rows that pick delta_chunk_default_v_split.
+for vs in ${DELTA_V_SPLITS:-}; do
+  dims=128,64; [ "$vs" = 4 ] && dims=128
+  stage 120 env ATTNLAB_DELTA_V_SPLIT=$vs "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
+    --dtype bf16 --head-dims $dims --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+    $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_vsplit$vs.csv" \
+    > "$OUT/bench_delta_vsplit$vs.log" 2>&1
+  el "bench (delta V-split $vs) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_vsplit$vs.log" | grep kernel
+done
 # linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
 # timed the same way, for the comparison (MMA_FWD=0 skips it).
 [ "${MMA_FWD:-1}" = 1 ] && stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \

@@ -27,6 +27,9 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   p.scale = static_cast<float>(scale);
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
   p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
+  // v_split 0: ATTNLAB_DELTA_V_SPLIT when set (the bench compares the splits with it), else by the shape.
+  const char* forced = v_split > 0 ? nullptr : std::getenv("ATTNLAB_DELTA_V_SPLIT");
+  if (forced) v_split = std::atoi(forced);
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
                           : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
