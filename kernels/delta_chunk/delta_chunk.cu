@@ -47,8 +47,8 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   // 512 blocks), 0.87 (128 blocks), 0.59 (32 blocks); without a gate 1.04 at 128 blocks, 0.67 at 32. The
   // gated walk does more per chunk (the decay of the scores and rows), so moving o out of it pays off sooner.
   // (the walk's blocks with the 64-column split alone, as measured then)
-  // Gated at D = 64 (bench/results/h200-2026-12-02q, forward without grad): two-pass 0.91, 0.92, 0.83, 0.53 of
-  // the one-pass time at 1024, 256, 64, 16 heads; at D = 128, 1024 heads, 1.07.
+  // Gated at D = 64 (bench/results/h200-2026-12-02q, forward without grad): two-pass 0.91, 0.92, 0.83, 0.53
+  // of the one-pass time at 1024, 256, 64, 16 heads; at D = 128, 1024 heads, 1.07.
   const long long heads = static_cast<long long>(B) * H;
   const long long blocks = heads * split_64(heads, V, num_sms);
   return gated ? V == 64 || blocks <= 4LL * num_sms : 2 * blocks < num_sms;

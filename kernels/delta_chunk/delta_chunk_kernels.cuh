@@ -71,7 +71,8 @@ struct FwdSmem {
 // forward (p.vn set): the walk only stores the states and vn, and delta_out_kernel computes o afterwards,
 // every chunk at once (for few (batch, head) pairs, where the walk runs on a fraction of the SMs).
 template <int kD, int kVb, typename T, bool kGated, bool kOut = true>
-__global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1) delta_fwd_kernel(const DeltaChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
+    delta_fwd_kernel(const DeltaChunkParams p) {
   using L = FwdSmem<kD, kVb>;
   using ST = StateTile<kD, kVb>;
   extern __shared__ __align__(128) unsigned char smem[];

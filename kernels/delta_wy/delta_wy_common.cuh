@@ -142,7 +142,8 @@ __device__ __forceinline__ void invert(float* M, const float* KD, const float* b
           s[0] += mv[uu] * x.x, s[1] += mv[uu] * x.y, s[2] += mv[uu] * x.z, s[3] += mv[uu] * x.w;
         }
       }
-      *reinterpret_cast<float4*>(M + (kBlk * i + r) * kF + kBlk * j + c) = make_float4(-s[0], -s[1], -s[2], -s[3]);
+      *reinterpret_cast<float4*>(M + (kBlk * i + r) * kF + kBlk * j + c) =
+          make_float4(-s[0], -s[1], -s[2], -s[3]);
     }
     __syncthreads();
   }
@@ -157,7 +158,8 @@ __device__ __forceinline__ void split2(uint32_t& hi, uint32_t& lo, float x0, flo
 }
 
 // hi + lo = M_rc * colscale[c] (zero above the diagonal; colscale nullptr: 1) as two swizzled 16-bit [C][C]
-// tiles; all threads. M's rows and the scales are read as float4 (the scales once per chunk, not per element).
+// tiles; all threads. M's rows and the scales are read as float4 (the scales once per chunk, not per
+// element).
 template <typename T>
 __device__ __forceinline__ void split_lower(unsigned char* hi, unsigned char* lo, const float* M, int tid,
                                             const float* colscale) {

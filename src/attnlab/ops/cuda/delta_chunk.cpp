@@ -54,11 +54,10 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // two_pass forces either (read per call: the bench and a test switch it). vn is a workspace: freed at
     // return, after the launches that use it were queued on the same stream.
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
-    const bool two_pass =
-        form ? std::string(form) == "two_pass"
-             : kn::delta_chunk_default_two_pass(static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
-                                                static_cast<int>(u.size(3)), given(G),
-                                                sm_count(q.device().index()));
+    const bool two_pass = form ? std::string(form) == "two_pass"
+                               : kn::delta_chunk_default_two_pass(
+                                     static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
+                                     static_cast<int>(u.size(3)), given(G), sm_count(q.device().index()));
     // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
     // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
     // at D = 128 it is twice the bytes of q.
@@ -83,9 +82,11 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &w = s[2], &u = s[3], &G = s[4], &h0 = s[5], &hs = s[6];
-    ATTNLAB_CHECK(hs.numel() > 0,
-                  "{}: backward of a forward that ran without grad (no state was saved); run the forward with "
-                  "grad mode on and an input that requires grad", kOp);
+    ATTNLAB_CHECK(
+        hs.numel() > 0,
+        "{}: backward of a forward that ran without grad (no state was saved); run the forward with "
+        "grad mode on and an input that requires grad",
+        kOp);
     DeviceScope device(q.device().index());
     auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble(), 1);  // (forward only)
     torch::Tensor dout =
@@ -144,10 +145,10 @@ std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const 
   bool grad = false;
   if (torch::autograd::GradMode::is_enabled())
     for (const auto* t : {&q, &k, &w, &u, &G, &h0}) grad = grad || (t->defined() && t->requires_grad());
-  return DeltaChunkFunction::apply(q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(),
-                                   u.to(dt).contiguous(),
-                                   G.defined() ? G.to(torch::kFloat).contiguous() : none,
-                                   h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split, grad);
+  return DeltaChunkFunction::apply(
+      q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(), u.to(dt).contiguous(),
+      G.defined() ? G.to(torch::kFloat).contiguous() : none,
+      h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split, grad);
 }
 
 }  // namespace attnlab::ops::cuda
