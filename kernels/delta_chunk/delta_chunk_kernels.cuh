@@ -457,29 +457,29 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // ---------------------------------------------------------------- two-pass backward
 // With p.dhs set, the backward runs in two passes, as the forward can (the same split as FLA's
 // chunk_bwd_dhu + chunk_bwd_dqkwg). The walk over the chunks keeps only what the recurrence of dS needs:
-//   vn = U - W S_in, P, dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T
-//   dvn
-// and saves the dS each chunk used (16-bit, as the one-pass kernel's products read it) into dhs, and its
-// share of exp(G_last) <dS, S_in> into dsum. Every one of these is column-local in the value axis, so the
-// walk splits V over v_split blocks like the forward. Then delta_bwd_out_kernel, one block per chunk, forms
+//   P, dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T dvn
+// (vn is not among them: it enters dq, dk and dW only) and saves the dS each chunk used (16-bit, as the
+// one-pass kernel's products read it) into dhs, and, gated, its share of exp(G_last) <dS, S_in> into dsum
+// (the only read of S_in here). Every one of these is column-local in the value axis, so the walk splits V
+// over v_split blocks like the forward. Then delta_bwd_out_kernel, one block per chunk, forms
 // dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's products in
 // its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its float atomics.
-// The tiles read from global memory per chunk (q, k, w, the slice's u and do, the entering state slice,
-// the gates) form one stage; where two stages fit in the 227 KB a block may have (every V-split: 216 KB at
-// D = 128 with 64-column slices), the next chunk's stage loads while this one is computed, since the walk's
-// blocks are few and nothing else on the SM would hide the copies' latency.
+// The tiles read from global memory per chunk (q, k, w, the slice's do, the entering state slice when
+// gated, the gates) form one stage; where two stages fit in the 227 KB a block may have (every V-split:
+// 192.5 KB at D = 128 with 64-column slices), the next chunk's stage loads while this one is computed, since
+// the walk's blocks are few and nothing else on the SM would hide the copies' latency.
 template <int kD, int kVb>
 struct BwdWalkSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
-  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kDo = kU + kVTile;
-  static constexpr int kSin = kDo + kVTile;       // [kD][kVb] entering state slice (from hs)
+  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
+  static constexpr int kSin = kDo + kVTile;       // [kD][kVb] entering state slice (from hs; gated only)
   static constexpr int kG = kSin + kD * kVb * 2;  // [C] floats
   static constexpr int kStage = kG + kC * 4;      // one stage's bytes (a multiple of 128)
-  static constexpr int kRest = kTile + 2 * kVTile + kD * kVb * 2 + kC * kC * 2 + kWarps * 4;
+  static constexpr int kRest = kTile + kVTile + kD * kVb * 2 + kC * kC * 2 + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
   static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t)
-  static constexpr int kVn = kQg + kTile, kdVn = kVn + kVTile;
+  static constexpr int kdVn = kQg + kTile;
   static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
   static constexpr int kP = kdS + kD * kVb * 2;  // [C][C]
   static constexpr int kRed = kP + kC * kC * 2;  // [kWarps] floats: the warps' <dS, S_in> shares
@@ -509,13 +509,13 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       load_chunk<kD>(s0 + st + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(s0 + st + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(s0 + st + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
-      load_tile<kC, kVb, kThreads, T>(s0 + st + L::kU, static_cast<const T*>(p.u) + roff + v0, row_stride,
-                                      rows, tid);
       load_tile<kC, kVb, kThreads, T>(s0 + st + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride,
                                       rows, tid);
-      load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD, tid);
-      if constexpr (kGated)
+      if constexpr (kGated) {
+        load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD,
+                                        tid);
         load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+      }
     }
     cp_async_commit();
   };
@@ -545,12 +545,10 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
     auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
-    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, nullptr, sst + L::kW, sst + L::kSin, stage + L::kU, G,
-                                         g_last, warp, lane);
     decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
     scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
-    __syncthreads();  // vn, P, Qg ready; W is read no more before its negation below
+    __syncthreads();  // P, Qg ready
     scale_tile_rows<kD, T>(stage + L::kW, stage + L::kW, tid, [](int) { return -1.f; });
     bwd_dvn<kD, kVb, T, kGated>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
                                 static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
