@@ -107,13 +107,24 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, output columns
   T* hs = p.hs ? static_cast<T*>(p.hs) + bh * nt * kD * kD + v0 : nullptr;
+  // Barriers per chunk: the one-pass form has three (stage and state copy ready; vn, Vw, P ready; every read
+  // of the state copy done before it is rewritten, since o reads it after the second). The state pass has
+  // two: nothing reads the state copy after the second barrier, so each warp rewrites its piece at once, and
+  // the next stage's wait and its barrier close the chunk (the walk's blocks are few: each barrier is on the
+  // critical path of every chunk).
+  if constexpr (!kOut) {
+    cp_async_wait<1>();
+    __syncthreads();  // chunk 0's stage, the state copy
+  }
   for (int c = 0; c < nt; ++c) {
     const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    cp_async_wait<1>();
-    __syncthreads();
+    if constexpr (kOut) {
+      cp_async_wait<1>();
+      __syncthreads();
+    }
     if (kGated && rows < kC) {
       pad_gates(G, rows, tid);
       __syncthreads();
@@ -147,8 +158,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     if constexpr (kGated) ST::scale(S, __expf(g_last));
     warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(S, sst + L::kK, ST::m0(warp), 0, s0 + L::kVw, 0,
                                                               ST::n0(warp), lane);
-    __syncthreads();  // every read of this stage, the state copy, vn, Vw, P is done
-    store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    if constexpr (kOut) {
+      __syncthreads();  // every read of this stage, the state copy, vn, Vw, P is done
+      store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+    } else {
+      store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
+      cp_async_wait<0>();  // chunk c + 1's stage: the only copies in flight
+      __syncthreads();     // it and the state copy ready; every read of this stage, vn and Vw is done
+    }
     issue(c + 2);
   }
   cp_async_wait<0>();
@@ -564,7 +581,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     bwd_state_step<kD, kVb, T, kGated>(dS, s0 + L::kQg, sst + L::kDo, sst + L::kW, s0 + L::kdVn, g_last, warp,
                                        lane);
-    __syncthreads();  // every read of this stage and of dS's 16-bit copy is done
+    // dS's 16-bit copy is read no more in this chunk (its last readers, the dhs store and dvn, are behind the
+    // barrier above), so each warp rewrites its piece at once. One stage: the next chunk's copies go into
+    // this stage at the top of the loop, so every read of it must be done first. Two: the next chunk's first
+    // barrier orders the rest.
+    if constexpr (L::kStages == 1) __syncthreads();
     store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
   }
   if (p.dh0) ST::store(p.dh0 + bh * kD * kD + v0, dS, warp, lane, kD);
