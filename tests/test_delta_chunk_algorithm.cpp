@@ -9,6 +9,9 @@
 
 #include "attnlab/ops/delta_rule.h"
 #include "support/kernel_test.h"
+#ifdef ATTNLAB_WITH_CUDA
+#include "kernels/delta_chunk/params.h"
+#endif
 
 using namespace attnlab;
 
@@ -131,5 +134,37 @@ TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
       EXPECT_LT(attnlab::testing::rel_rms(got.dh0, h0.grad()), 1e-10);
     }
 }
+
+#ifdef ATTNLAB_WITH_CUDA
+// The kernels' form choices (host functions, no GPU needed) on the shapes they were measured at: an H200's
+// 132 SMs, B * T = 32768, H = 16 (docs/kernels.md, "delta_chunk"; bench/results/h200-2026-12-02j, q, s). A
+// change to a rule must come with the measurement that moves it.
+TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
+  namespace kn = attnlab::kernels;
+  constexpr int kSms = 132;
+  // V-split (run s: forcing 2 or 4 was slower at every shape where the default is another): 1 at 1024 heads,
+  // 2 at 256 and 64 (D = 128), 4 at 16; at D = 64, 2 only where 2 B H fit the SMs.
+  EXPECT_EQ(kn::delta_chunk_default_v_split(64, 16, 128, kSms), 1);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(16, 16, 128, kSms), 2);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(4, 16, 128, kSms), 2);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(1, 16, 128, kSms), 4);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(64, 16, 64, kSms), 1);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(4, 16, 64, kSms), 2);
+  EXPECT_EQ(kn::delta_chunk_default_v_split(1, 16, 64, kSms), 2);
+  // Two-pass forward (run q, forward only): gated D = 64 at every shape, gated D = 128 up to 4 walk blocks
+  // per SM (not at 1024 heads: 1.07x the one-pass time), ungated only under one walk block per two SMs.
+  for (int B : {64, 16, 4, 1}) EXPECT_TRUE(kn::delta_chunk_default_two_pass(B, 16, 64, true, kSms)) << B;
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass(64, 16, 128, true, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass(16, 16, 128, true, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 128, true, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass(64, 16, 128, false, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass(16, 16, 64, false, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 128, false, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 64, false, kSms));
+  // Two-pass backward (run j): where B * H <= SMs.
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass_bwd(8, 16, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass_bwd(16, 16, kSms));
+}
+#endif
 
 }  // namespace
