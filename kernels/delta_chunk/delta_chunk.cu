@@ -72,7 +72,7 @@ template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   const dim3 grid(kD / kVb, p.H, p.B);
   if (!p.vn)
-    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kBytes, p);
+    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
   // two passes: the walk (states and vn), then o for every chunk at once
   cudaError_t err =
       launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb>::kBytes, p);

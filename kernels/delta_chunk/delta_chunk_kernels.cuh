@@ -65,6 +65,11 @@ struct FwdSmem {
   static constexpr int kVw = kVn + kVTile;       // [C][kVb] vn rows times exp(G_last - G_s)
   static constexpr int kP = kVw + kVTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t
   static constexpr int kBytes = kP + kC * kC * 2;
+  // The one-pass kernel's second state copy where it fits (every shape but D = kVb = 128): chunk c reads
+  // copy c % 2 and writes copy (c + 1) % 2, which saves the barrier before the rewrite.
+  static constexpr int kS2 = kBytes;
+  static constexpr bool kTwoStates = kBytes + kD * kVb * 2 <= 227 * 1024;
+  static constexpr int kOutBytes = kTwoStates ? kBytes + kD * kVb * 2 : kBytes;  // the one-pass kernel's
 };
 
 // kOut = true: the one-pass forward (o computed in the walk). kOut = false: the state pass of the two-pass
@@ -98,8 +103,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     }
     cp_async_commit();
   };
+  constexpr bool kTwoS = kOut && L::kTwoStates;
+  auto s_copy = [](int c) { return kTwoS && (c & 1) ? L::kS2 : L::kS; };  // chunk c's entering state copy
   issue(0);
-  issue(1);
+  if constexpr (!kTwoS) issue(1);
 
   float S[ST::MT][ST::NT][4];
   ST::load(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, warp, lane, kD);
@@ -107,11 +114,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, output columns
   T* hs = p.hs ? static_cast<T*>(p.hs) + bh * nt * kD * kD + v0 : nullptr;
-  // Barriers per chunk: the one-pass form has three (stage and state copy ready; vn, Vw, P ready; every read
-  // of the state copy done before it is rewritten, since o reads it after the second). The state pass has
-  // two: nothing reads the state copy after the second barrier, so each warp rewrites its piece at once, and
-  // the next stage's wait and its barrier close the chunk (the walk's blocks are few: each barrier is on the
-  // critical path of every chunk).
+  // Barriers per chunk: two (stage and state copy ready; vn, Vw, P ready), each on the critical path of every
+  // chunk. The state pass reads the state copy only before its second barrier, so each warp rewrites its
+  // piece at once, and the next stage's wait and its barrier close the chunk. The one-pass form reads it
+  // after (o = q S), so it writes the other copy (kTwoS; the next chunk's first barrier orders both), or,
+  // at D = kVb = 128 where one copy fills the shared memory, takes a third barrier before the rewrite.
   if constexpr (!kOut) {
     cp_async_wait<1>();
     __syncthreads();  // chunk 0's stage, the state copy
@@ -121,7 +128,12 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
-    if constexpr (kOut) {
+    const int sc = s_copy(c);
+    if constexpr (kTwoS) {
+      cp_async_wait<0>();  // chunk c's stage: the only copies in flight
+      __syncthreads();     // it and state copy sc ready; every read of chunk c - 1's stage, vn, Vw, P done
+      issue(c + 1);        // into chunk c - 1's stage
+    } else if constexpr (kOut) {
       cp_async_wait<1>();
       __syncthreads();
     }
@@ -133,10 +145,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     // The entering state (this block's columns), saved for the backward (16-bit, as the products read it),
     // unless no backward follows a one-pass forward (p.hs null).
     if (!kOut || p.hs)
-      store_tile<kD, kVb, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
+      store_tile<kD, kVb, kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + sc, kD, tid);
     // vn = U - W S, stored as is and times exp(G_last - G_s)
-    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + L::kS, stage + L::kU,
-                                         G, g_last, warp, lane);
+    corrected_values<kD, T, kGated, kVb>(smem + L::kVn, smem + L::kVw, sst + L::kW, s0 + sc, stage + L::kU, G,
+                                         g_last, warp, lane);
     // P = scale (q k^T) exp(G_t - G_s), s <= t
     if constexpr (kOut)
       decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
@@ -147,8 +159,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     if constexpr (kOut) {
       float O[1][kVb / 16][4];
       zero_acc(O);
-      warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(O, sst + L::kQ, m0, 0, s0 + L::kS, 0, n0o,
-                                                              lane);
+      warp_mma<1, kVb / 16, kD / 16, false, true, kD, kVb, T>(O, sst + L::kQ, m0, 0, s0 + sc, 0, n0o, lane);
       scale_rows(O, m0, lane, [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
       warp_mma<1, kVb / 16, kC / 16, false, true, kC, kVb, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o,
                                                               lane);
@@ -158,7 +169,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     if constexpr (kGated) ST::scale(S, __expf(g_last));
     warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(S, sst + L::kK, ST::m0(warp), 0, s0 + L::kVw, 0,
                                                               ST::n0(warp), lane);
-    if constexpr (kOut) {
+    if constexpr (kTwoS) {
+      // copy (c + 1) % 2 was last read by chunk c - 1, whose reads are behind this chunk's first barrier
+      store_acc_smem<kVb, T>(smem + s_copy(c + 1), S, ST::m0(warp), ST::n0(warp), lane);
+    } else if constexpr (kOut) {
       __syncthreads();  // every read of this stage, the state copy, vn, Vw, P is done
       store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     } else {
@@ -166,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
       cp_async_wait<0>();  // chunk c + 1's stage: the only copies in flight
       __syncthreads();     // it and the state copy ready; every read of this stage, vn and Vw is done
     }
-    issue(c + 2);
+    if constexpr (!kTwoS) issue(c + 2);
   }
   cp_async_wait<0>();
   if (p.ht) ST::store(p.ht + bh * kD * kD + v0, S, warp, lane, kD);
