@@ -58,3 +58,10 @@ perf30m_stage() {
   el "torch eager baseline rc $?"; tail -n 1 "$OUT/torch_train.log"
   cp runs/gpu-perf30m/profiler/*_top_ops.csv "$OUT/perf30m/" 2>/dev/null
 }
+# The CLI alone (the profiling scripts need nothing else), then the GPU's name, clocks, power, temperature.
+gpu_build_cli() {
+  gpu_build_setup
+  stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab > "$OUT/build.log" 2>&1
+  el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+  nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+}

@@ -50,37 +50,28 @@ stage 300 "$BUILD/attnlab" bench ops --ops "$OPS" --dtype bf16 --head-dims 128,6
   --commit "${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" > "$OUT/bench_linear.log" 2>&1
 el "bench rc $?"
 grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n 60
-# DELTA_FORMS=1: the delta rule's backward forced to each form (ATTNLAB_DELTA_BWD), the rows that pick
-# delta_chunk_default_two_pass_bwd.
+# The delta ops benched again with one setting forced: delta_variant TAG DIMS VAR=VALUE writes
+# bench_delta_TAG.csv. These are the rows that pick a default form.
+delta_variant() {
+  local tag=$1 dims=$2 setting=$3
+  stage 120 env "$setting" "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule --dtype bf16 \
+    --head-dims "$dims" --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+    $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_$tag.csv" \
+    > "$OUT/bench_delta_$tag.log" 2>&1
+  el "bench (delta, $setting) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_$tag.log" | grep kernel
+}
+# DELTA_FORMS=1: the backward forced to each form (ATTNLAB_DELTA_BWD; delta_chunk_default_two_pass_bwd).
 if [ "${DELTA_FORMS:-0}" = 1 ]; then
-  for form in one_pass two_pass; do
-    stage 120 env ATTNLAB_DELTA_BWD=$form "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
-      --dtype bf16 --head-dims 128,64 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
-      $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_$form.csv" \
-      > "$OUT/bench_delta_$form.log" 2>&1
-    el "bench (delta backward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_$form.log" | grep kernel
-  done
+  for form in one_pass two_pass; do delta_variant "$form" 128,64 "ATTNLAB_DELTA_BWD=$form"; done
 fi
-# DELTA_FWD_FORMS=1: the delta rule's forward forced to each form (ATTNLAB_DELTA_FWD), the rows that pick
-# delta_chunk_default_two_pass.
+# DELTA_FWD_FORMS=1: the forward forced to each form (ATTNLAB_DELTA_FWD; delta_chunk_default_two_pass).
 if [ "${DELTA_FWD_FORMS:-0}" = 1 ]; then
-  for form in one_pass two_pass; do
-    stage 120 env ATTNLAB_DELTA_FWD=$form "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
-      --dtype bf16 --head-dims 128,64 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
-      $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_fwd_$form.csv" \
-      > "$OUT/bench_delta_fwd_$form.log" 2>&1
-    el "bench (delta forward $form) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_fwd_$form.log" | grep kernel
-  done
+  for form in one_pass two_pass; do delta_variant "fwd_$form" 128,64 "ATTNLAB_DELTA_FWD=$form"; done
 fi
-# DELTA_V_SPLITS="2 4": the delta ops with the walks' V-split forced (ATTNLAB_DELTA_V_SPLIT; 4 at D = 128 only),
-# the rows that pick delta_chunk_default_v_split.
+# DELTA_V_SPLITS="2 4": the walks' V-split forced (ATTNLAB_DELTA_V_SPLIT, 4 at D = 128 only;
+# delta_chunk_default_v_split).
 for vs in ${DELTA_V_SPLITS:-}; do
-  dims=128,64; [ "$vs" = 4 ] && dims=128
-  stage 120 env ATTNLAB_DELTA_V_SPLIT=$vs "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule \
-    --dtype bf16 --head-dims $dims --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
-    $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_vsplit$vs.csv" \
-    > "$OUT/bench_delta_vsplit$vs.log" 2>&1
-  el "bench (delta V-split $vs) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_vsplit$vs.log" | grep kernel
+  delta_variant "vsplit$vs" "$([ "$vs" = 4 ] && echo 128 || echo 128,64)" "ATTNLAB_DELTA_V_SPLIT=$vs"
 done
 # linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
 # timed the same way, for the comparison (MMA_FWD=0 skips it).

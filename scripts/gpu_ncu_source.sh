@@ -7,10 +7,7 @@
 #   bash scripts/gpu_ncu_source.sh           # the default list below
 #   SPECS="gla:128:8192:gla_fwd_kernel" bash scripts/gpu_ncu_source.sh
 source "$(dirname "$0")/gpu_common.sh"
-gpu_build_setup
-stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab > "$OUT/build.log" 2>&1
-el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
-nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+gpu_build_cli
 # op:D:T:kernel-regex (each regex profiles its first LAUNCHES matching launches: the bench's validation run)
 SPECS=${SPECS:-"gla:128:8192:gla_(fwd|bwd_dq|bwd_dkv)_kernel gated_delta_rule:128:32768:delta_ gated_delta_rule:64:32768:delta_bwd_walk"}
 SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \

@@ -6,10 +6,7 @@
 # CLI. Carry .deps.
 #   SPECS="gated_delta_rule:128:2048 delta_rule:64:512" bash scripts/gpu_ncu_times.sh
 source "$(dirname "$0")/gpu_common.sh"
-gpu_build_setup
-stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab > "$OUT/build.log" 2>&1
-el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
-nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+gpu_build_cli
 SPECS=${SPECS:-"gated_delta_rule:128:512 gated_delta_rule:128:2048 gated_delta_rule:128:8192 gated_delta_rule:64:2048 gated_delta_rule:64:8192 gated_delta_rule:64:32768 delta_rule:128:2048 delta_rule:128:32768"}
 : > "$RESULTS/ncu_times.txt"
 for spec in $SPECS; do

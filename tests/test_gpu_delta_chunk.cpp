@@ -127,6 +127,22 @@ TEST(DeltaChunkKernel, AutomaticRunsTheKernels) {
   EXPECT_TRUE(torch::equal(automatic, kernel));
 }
 
+// Random inputs of the recurrence alone (delta_chunk_recurrence): q; k and w scaled by D^-1/2; u; a weak
+// gate G when gated; h0; the output gradient dout (float32).
+struct RecurrenceInputs {
+  torch::Tensor q, k, w, u, G, h0, dout;
+};
+RecurrenceInputs recurrence_inputs(int64_t B, int64_t T, int64_t H, int64_t D, bool gated) {
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto fl = f.dtype(torch::kFloat);
+  RecurrenceInputs in;
+  in.q = torch::randn({B, T, H, D}, f), in.k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+  in.w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), in.u = torch::randn({B, T, H, D}, f);
+  in.G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
+  in.h0 = torch::randn({B, H, D, D}, fl), in.dout = torch::randn({B, T, H, D}, fl);
+  return in;
+}
+
 // The V-split (v_split blocks per (b, h) over the value columns: 64- or 32-column slices, chosen for small
 // B * H) computes every column exactly as one block does, in the forward's walk and in the two-pass
 // backward's (the default at these B * H): o, ht and every gradient are the same bits (dG up to the order
@@ -134,15 +150,10 @@ TEST(DeltaChunkKernel, AutomaticRunsTheKernels) {
 TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(11);
-  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  auto fl = f.dtype(torch::kFloat);
   for (int64_t D : {128, 64})
     for (bool gated : {true, false}) {
-      const int64_t B = 1, T = 333, H = 2;
-      auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
-      auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
-      auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
-      auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
+      const auto in = recurrence_inputs(1, 333, 2, D, gated);
+      const auto &q = in.q, &k = in.k, &w = in.w, &u = in.u, &G = in.G, &h0 = in.h0, &dout = in.dout;
       auto run = [&](int64_t v_split) {
         auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
         auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
@@ -183,17 +194,12 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(12);
-  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  auto fl = f.dtype(torch::kFloat);
   for (int64_t D : {64, 128})
     for (bool gated : {false, true})
       for (int64_t v_split : {int64_t(1), int64_t(2)}) {
         if (v_split == 2 && D != 128) continue;
-        const int64_t B = 2, T = 333, H = 3;
-        auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
-        auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
-        auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
-        auto h0 = torch::randn({B, H, D, D}, fl), dout = torch::randn({B, T, H, D}, fl);
+        const auto in = recurrence_inputs(2, 333, 3, D, gated);
+        const auto &q = in.q, &k = in.k, &w = in.w, &u = in.u, &G = in.G, &h0 = in.h0, &dout = in.dout;
         auto run = [&](const char* fwd, const char* bwd, const char* bwd_out = "lean") {
           setenv("ATTNLAB_DELTA_FWD", fwd, 1);
           setenv("ATTNLAB_DELTA_BWD", bwd, 1);
@@ -241,15 +247,10 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
 TEST(DeltaChunkKernel, ForwardWithoutGradGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(13);
-  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  auto fl = f.dtype(torch::kFloat);
   for (int64_t D : {64, 128})
     for (bool gated : {false, true}) {
-      const int64_t B = 2, T = 200, H = 3;
-      auto q = torch::randn({B, T, H, D}, f), k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
-      auto w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), u = torch::randn({B, T, H, D}, f);
-      auto G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
-      auto h0 = torch::randn({B, H, D, D}, fl);
+      const auto in = recurrence_inputs(2, 200, 3, D, gated);
+      const auto &q = in.q, &k = in.k, &w = in.w, &u = in.u, &G = in.G, &h0 = in.h0;
       for (const char* form : {"one_pass", "two_pass"}) {
         setenv("ATTNLAB_DELTA_FWD", form, 1);
         auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
