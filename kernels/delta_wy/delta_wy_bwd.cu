@@ -174,14 +174,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   __syncthreads();
 
   // dk and dv of C x D tiles: row block m takes 4 - m key blocks of M^T (and, for dk, 9 - m in all), so
-  // each warp takes a quarter of the columns of two row blocks, {0, 3} or {1, 2}, as lower_times does.
+  // each warp takes two row blocks (paired_row_block), as lower_times does.
   constexpr int kNT = kD / 32;
   const int nt = (kD / 4) * (warp % 4);
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
 #pragma unroll
   for (int pass = 0; pass < 2; ++pass) {
-    const int rb = pass == 0 ? warp / 4 : 3 - warp / 4, mt = 16 * rb;
+    const int rb = paired_row_block(warp, pass), mt = 16 * rb;
     {  // dk = diag(beta e^G) M^T dW + Q K + Q^T K
       float x[1][kNT][4];
       zero_acc(x);

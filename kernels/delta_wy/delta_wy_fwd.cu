@@ -43,9 +43,8 @@ struct FwdSmem {
 };
 
 // W or U: (Mhi + Mlo) X over the key blocks at or below each row block (M is lower triangular), stored
-// 16-bit to rows < rows_valid. Row block m takes m + 1 key blocks, so each warp takes a quarter of the
-// columns of two row blocks, {0, 3} or {1, 2}: five key blocks each (with one row block of half the columns
-// per warp, warps 3 and 7 took four and warps 0 and 4 one).
+// 16-bit to rows < rows_valid; two row blocks per warp (paired_row_block: five key blocks each, where one
+// row block of half the columns per warp gave warps 3 and 7 four and warps 0 and 4 one).
 template <int kD, typename T>
 __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t sMhi, uint32_t sMlo,
                                             uint32_t sX, int rows_valid, int warp, int lane) {
@@ -53,7 +52,7 @@ __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t
   const int n0 = (kD / 4) * (warp % 4);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int rb = half == 0 ? warp / 4 : 3 - warp / 4, m0 = 16 * rb;
+    const int rb = paired_row_block(warp, half), m0 = 16 * rb;
     float acc[1][kNT][4];
     zero_acc(acc);
     for (int ks = 0; ks <= rb; ++ks) {

@@ -29,7 +29,12 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
   // v_split 0: ATTNLAB_DELTA_V_SPLIT when set (the bench compares the splits with it), else by the shape.
   const char* forced = v_split > 0 ? nullptr : std::getenv("ATTNLAB_DELTA_V_SPLIT");
-  if (forced) v_split = std::atoi(forced);
+  if (forced) {
+    const std::string f = forced;
+    ATTNLAB_CHECK(f == "1" || f == "2" || f == "4", "{}: ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4, got '{}'",
+                  kOp, f);
+    v_split = std::stoi(f);
+  }
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
                           : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
