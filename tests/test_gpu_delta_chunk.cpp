@@ -99,6 +99,22 @@ std::vector<Case> cases() {
 INSTANTIATE_TEST_SUITE_P(Cases, DeltaChunkKernel, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return name(info.param); });
 
+// Random inputs of the recurrence alone (delta_chunk_recurrence): q; k and w scaled by D^-1/2; u; a weak
+// gate G when gated; h0; the output gradient dout (float32).
+struct RecurrenceInputs {
+  torch::Tensor q, k, w, u, G, h0, dout;
+};
+RecurrenceInputs recurrence_inputs(int64_t B, int64_t T, int64_t H, int64_t D, bool gated) {
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto fl = f.dtype(torch::kFloat);
+  RecurrenceInputs in;
+  in.q = torch::randn({B, T, H, D}, f), in.k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
+  in.w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), in.u = torch::randn({B, T, H, D}, f);
+  in.G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
+  in.h0 = torch::randn({B, H, D, D}, fl), in.dout = torch::randn({B, T, H, D}, fl);
+  return in;
+}
+
 TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
   SKIP_WITHOUT_CUDA();
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
@@ -107,6 +123,14 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
   a.v = torch::randn({1, 10, 2, 96}, f), a.beta = torch::rand({1, 10, 2}, f.dtype(torch::kFloat));
   EXPECT_ERROR_WITH(ops::delta_rule(a, ops::Impl::kernel), "delta_rule", "96", "64 or 128");
   EXPECT_EQ(ops::delta_rule(a, ops::Impl::automatic).o.sizes(), a.v.sizes());  // falls back to chunk
+  // A forced V-split that the walks do not have names the variable and what came.
+  const auto in = recurrence_inputs(1, 70, 2, 64, false);
+  for (const char* bad : {"3", "two"}) {
+    setenv("ATTNLAB_DELTA_V_SPLIT", bad, 1);
+    EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1),
+                      "ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4", bad);
+    unsetenv("ATTNLAB_DELTA_V_SPLIT");
+  }
 }
 
 // On CUDA, automatic runs the kernels (the fused WY preparation, then the recurrence): the same bits as
@@ -125,22 +149,6 @@ TEST(DeltaChunkKernel, AutomaticRunsTheKernels) {
   auto kernel = ops::gated_delta_rule(a, ops::Impl::kernel).o;
   EXPECT_EQ(automatic.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(torch::equal(automatic, kernel));
-}
-
-// Random inputs of the recurrence alone (delta_chunk_recurrence): q; k and w scaled by D^-1/2; u; a weak
-// gate G when gated; h0; the output gradient dout (float32).
-struct RecurrenceInputs {
-  torch::Tensor q, k, w, u, G, h0, dout;
-};
-RecurrenceInputs recurrence_inputs(int64_t B, int64_t T, int64_t H, int64_t D, bool gated) {
-  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
-  auto fl = f.dtype(torch::kFloat);
-  RecurrenceInputs in;
-  in.q = torch::randn({B, T, H, D}, f), in.k = torch::randn({B, T, H, D}, f) / std::sqrt(double(D));
-  in.w = torch::randn({B, T, H, D}, f) / std::sqrt(double(D)), in.u = torch::randn({B, T, H, D}, f);
-  in.G = gated ? torch::log_sigmoid(torch::randn({B, T, H}, fl)) * 0.1 : torch::Tensor();
-  in.h0 = torch::randn({B, H, D, D}, fl), in.dout = torch::randn({B, T, H, D}, fl);
-  return in;
 }
 
 // The V-split (v_split blocks per (b, h) over the value columns: 64- or 32-column slices, chosen for small
