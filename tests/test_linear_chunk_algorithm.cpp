@@ -11,6 +11,10 @@
 #include "attnlab/ops/simple_gla.h"
 #include "support/kernel_test.h"
 
+#ifdef ATTNLAB_WITH_CUDA
+#include "kernels/linear_chunk/params.h"
+#endif
+
 using namespace attnlab;
 
 namespace {
@@ -209,5 +213,30 @@ TEST(LinearChunkAlgorithm, DgDoesNotAmplifyTheSixteenBitStates) {
       EXPECT_LT(attnlab::testing::rel_rms(rounded.dg, exact.dg), 4e-3) << "T " << T << " strong " << strong;
     }
 }
+
+#ifdef ATTNLAB_WITH_CUDA
+// The segment split (a host function, no GPU needed) on the shapes it was measured at: an H200's 132 SMs,
+// B * T = 32768, H = 16 (docs/kernels.md, "linear_chunk"; bench/results/h200-2026-12-02u). A change to the
+// rule must come with the measurement that moves it.
+TEST(LinearChunkSegments, DefaultsFollowTheMeasurements) {
+  namespace kn = attnlab::kernels;
+  constexpr int kSms = 132;
+  // D = 128 (one block per SM): no split once B * H fills the SMs (T = 2048: 256 heads, 2 waves of 32
+  // chunks, where 2 segments of 16 gave 4 waves plus a state pass), whole waves below that.
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(64, 512, 16, kSms, 1), 8);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(16, 2048, 16, kSms, 1), 32);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(8, 4096, 16, kSms, 1), 64);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(4, 8192, 16, kSms, 1), 32);   // 4 segments: 256 blocks
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 32768, 16, kSms, 1), 32);  // 16 segments
+  // D = 64 (two blocks per SM): about two blocks per SM over the launch.
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(64, 512, 16, kSms, 2), 8);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(16, 2048, 16, kSms, 2), 16);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(4, 8192, 16, kSms, 2), 26);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 32768, 16, kSms, 2), 31);
+  // Never segments under 4 chunks, and one chunk is one segment.
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 1024, 1, kSms, 1), 4);
+  EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 64, 1, kSms, 1), 1);
+}
+#endif
 
 }  // namespace

@@ -267,10 +267,10 @@ __device__ __forceinline__ void load_gates(float* s, const float* g, int b, int 
   }
 }
 
-// G[i] = g[0] + ... + g[i] (in place, C = 64 values), by warp 0; the caller syncs afterwards.
-__device__ __forceinline__ void gate_cumsum(float* G, int warp, int lane) {
-  if (warp != 0) return;
-  const float a = G[2 * lane], b = G[2 * lane + 1];
+// G[i] = g[0] + ... + g[i] for C = 64 values, by one warp (G may be g); the warp's lanes see G after
+// its __syncwarp, other warps after a block sync.
+__device__ __forceinline__ void gate_cumsum_warp(const float* g, float* G, int lane) {
+  const float a = g[2 * lane], b = g[2 * lane + 1];
   float s = a + b;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
@@ -280,6 +280,12 @@ __device__ __forceinline__ void gate_cumsum(float* G, int warp, int lane) {
   const float before = s - (a + b);
   G[2 * lane] = before + a;
   G[2 * lane + 1] = s;
+  __syncwarp();
+}
+
+// The same in place, by warp 0; the caller syncs afterwards.
+__device__ __forceinline__ void gate_cumsum(float* G, int warp, int lane) {
+  if (warp == 0) gate_cumsum_warp(G, G, lane);
 }
 
 // dst[r][:] = src[r][:] * w(r) for a swizzled [C][kD] tile (dst may be src); all threads.

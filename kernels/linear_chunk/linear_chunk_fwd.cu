@@ -9,16 +9,34 @@
 
 namespace attnlab::kernels {
 
-int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms) {
+int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks_per_sm) {
   const int nt = linear_chunk_count(T);
   if (nt <= 1) return 1;
-  const long long heads = static_cast<long long>(B) * H;
-  const long long target = 2LL * std::max(num_sms, 1);  // two blocks per SM over the launch
-  if (heads >= target) return nt;
+  const long long heads = static_cast<long long>(B) * H, sms = std::max(num_sms, 1);
   // Segments shorter than 4 chunks make the segment-state pass (which reads k and v once more) cost more
   // than the parallelism gains.
-  const long long n_seg = std::min<long long>((target + heads - 1) / heads, std::max(1, nt / 4));
-  return static_cast<int>((nt + n_seg - 1) / n_seg);
+  const int max_seg = std::max(1, nt / 4);
+  if (blocks_per_sm >= 2) {
+    const long long target = 2LL * sms;  // two blocks per SM over the launch
+    if (heads >= target) return nt;
+    const long long n_seg = std::min<long long>((target + heads - 1) / heads, max_seg);
+    return static_cast<int>((nt + n_seg - 1) / n_seg);
+  }
+  if (heads >= sms) return nt;
+  // One block per SM: time ~ (waves of the state pass * 0.9 + waves of the output pass) * segment length.
+  // The 0.9 is the state pass's cost per chunk against the output pass's, two of its blocks per SM (ncu
+  // times, H200 run t). Ties go to fewer segments (less scan, fewer saved states).
+  auto waves = [&](long long blocks, long long per_wave) { return (blocks + per_wave - 1) / per_wave; };
+  int best = nt;
+  double best_cost = static_cast<double>(nt);  // one segment: one wave of the whole sequence
+  for (int n = 2; n <= max_seg; ++n) {
+    const int len = (nt + n - 1) / n, n_eff = (nt + len - 1) / len;
+    if (n_eff != n) continue;  // the same split as a smaller n
+    const double cost =
+        (0.9 * waves(heads * (n - 1), 2 * sms) + waves(heads * n, sms)) * len * (1.0 + 1e-3 * n);
+    if (cost < best_cost) best_cost = cost, best = len;
+  }
+  return best;
 }
 
 bool linear_chunk_has_wgmma() {

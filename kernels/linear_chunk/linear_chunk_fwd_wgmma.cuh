@@ -14,6 +14,16 @@
 // columns (S += k^T Vw, m64n128 with k^T read M-major). Tiles are 64-column panels with the 128-byte swizzle
 // (swz<64>): q, k, v, Vw as two [64][64] panels, P as one, the 16-bit state copy as two MN-major [128][64]
 // panels (value columns 0-63 and 64-127).
+//
+// Pipeline (2026-12-02, run u; before it, each chunk ran its four products one after another, with three barriers,
+// and a chunk took ~3.4 us of SM time at T = 512 against ~1 us of tensor work and ~1.8 us of its fair share
+// of HBM): three stages, so a chunk's copies are issued two chunks ahead, right after the barrier that
+// retires the stage they reuse; P = q k^T and q S go out as one batch (two commit groups), and the gates'
+// in-chunk sums and the decayed V run under them (each warp keeps its own copy of the cumulative gates, so
+// no barrier waits on one warp's scan); P V and the state update go out as a second batch, the output is
+// stored while the update runs, and the new state copy is written as soon as it is done: every read of the
+// old copy (q S) finished before the middle barrier. Two barriers per chunk. The output leaves through the
+// warp's rows of the q panel (dead after the middle barrier) as whole 128-byte rows.
 #pragma once
 
 #include "kernels/common/wgmma.cuh"
@@ -22,14 +32,16 @@
 namespace attnlab::kernels::linear_chunk {
 
 struct WgFwdSmem {
+  static constexpr int kStages = 3;
   static constexpr int kPanel = kC * 64 * 2;  // [64 rows][64 columns] 16-bit: 8 KB
   static constexpr int kQ = 0, kK = 2 * kPanel, kV = 4 * kPanel, kG = 6 * kPanel;
   static constexpr int kStage = 6 * kPanel + 1024;  // + the gates, padded to keep every panel 1024-aligned
   static constexpr int kSPanel = 128 * 64 * 2;      // [128 K rows][64 value columns]: 16 KB
-  static constexpr int kS = 2 * kStage;
+  static constexpr int kS = kStages * kStage;
   static constexpr int kVw = kS + 2 * kSPanel;
   static constexpr int kP = kVw + 2 * kPanel;
-  static constexpr int kBytes = kP + kPanel;
+  static constexpr int kGw = kP + kPanel;  // each warp's cumulative gates, [kWarps][kC] floats
+  static constexpr int kBytes = kGw + kWarps * kC * 4;
 };
 
 // The 16-bit state copy: warpgroup g's accumulators (rows 64 g + 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane
@@ -66,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
 
   auto issue = [&](int c) {
     if (c < c_end) {
-      const int st = (c - c_begin) & 1, t0 = c * kC;
+      const int st = (c - c_begin) % L::kStages, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
       const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
 #pragma unroll
@@ -103,19 +115,41 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
   }
   store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
   float seg_g = 0.f;
+  float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;  // this warp's cumulative gates
 
   for (int c = c_begin; c < c_end; ++c) {
-    const int st = (c - c_begin) & 1, t0 = c * kC;
+    const int st = (c - c_begin) % L::kStages, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
-    float* G = reinterpret_cast<float*>(stage + L::kG);
     cp_async_wait<1>();
     wgmma::fence_proxy_async();  // this chunk's copies and the state copy, before the tensor cores read them
-    __syncthreads();
+    __syncthreads();             // ... and every read of chunk c - 1's stage is done: it takes chunk c + 2
+    issue(c + 2);
+
+    // P = q k^T over K = 128 (two panels, four k16 steps each) and O[:, 64 wg ..] = q S, one batch.
+    // No zero fill: the first k16 step of each product does not read its accumulators (scale-d 0). A zero
+    // fill shared one register among P, O and the copies the compiler made of it, and ptxas then waited on
+    // the first batch before the second could go out.
+    float P[32], O[32];
+    wgmma::fence();
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      const uint32_t k_off = (s / 4) * L::kPanel + (s % 4) * 32;
+      wgmma::Mma<64, T, 0>::run(P, wgmma::make_desc(sst + L::kQ + k_off, 16, 1024),
+                                wgmma::make_desc(sst + L::kK + k_off, 16, 1024), s > 0);
+    }
+    wgmma::commit();
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+      wgmma::Mma<64, T, 1>::run(O,
+                                wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
+                                wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), s > 0);
+    wgmma::commit();
+
+    // Under the products: the in-chunk gate sums (this warp's copy) and Vw = V exp(G_last - G_s).
     float g_last = 0.f;
     if constexpr (kGated) {
-      gate_cumsum(G, warp, lane);
-      __syncthreads();
+      gate_cumsum_warp(reinterpret_cast<const float*>(stage + L::kG), G, lane);
       g_last = G[kC - 1];
 #pragma unroll
       for (int pn = 0; pn < 2; ++pn)
@@ -123,50 +157,21 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
                                [&](int r) { return __expf(g_last - G[r]); });
     }
 
-    // P = q k^T over K = 128 (two panels, four k16 steps each), masked and decayed; warpgroup 0 stores it.
-    {
-      float P[32];
+    wgmma::wait<1>();  // P
+    // Both warpgroups hold the whole P (the same bits); each stores every other 8-column block, so the
+    // masked, decayed store (an exp per kept element when gated) is split evenly under the causal mask.
 #pragma unroll
-      for (int i = 0; i < 32; ++i) P[i] = 0.f;
-      wgmma::fence();
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        const uint32_t k_off = (s / 4) * L::kPanel + (s % 4) * 32;
-        wgmma::Mma<64, T, 0>::run(P, wgmma::make_desc(sst + L::kQ + k_off, 16, 1024),
-                                  wgmma::make_desc(sst + L::kK + k_off, 16, 1024), 1);
+      for (int half = 0; half < 2; ++half) {
+        if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
+        const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+        float x0 = 0.f, x1 = 0.f;
+        if (col <= r) x0 = P[4 * j + 2 * half] * p.scale * (kGated ? __expf(G[r] - G[col]) : 1.f);
+        if (col + 1 <= r) x1 = P[4 * j + 2 * half + 1] * p.scale * (kGated ? __expf(G[r] - G[col + 1]) : 1.f);
+        *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
       }
-      wgmma::commit();
-      wgmma::wait<0>();
-      // Both warpgroups hold the whole P (the same bits); each stores every other 8-column block, so the
-      // masked, decayed store (an exp per kept element when gated) is split evenly under the causal mask.
-      {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
-            const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-            float x0 = 0.f, x1 = 0.f;
-            if (col <= r) x0 = P[4 * j + 2 * half] * p.scale * (kGated ? __expf(G[r] - G[col]) : 1.f);
-            if (col + 1 <= r)
-              x1 = P[4 * j + 2 * half + 1] * p.scale * (kGated ? __expf(G[r] - G[col + 1]) : 1.f);
-            *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
-          }
-      }
-    }
-
-    // O[:, 64 wg ..] = scale exp(G_t) q S + P V
-    float O[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) O[i] = 0.f;
-    wgmma::fence();
-#pragma unroll
-    for (int s = 0; s < 8; ++s)
-      wgmma::Mma<64, T, 1>::run(O,
-                                wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
-                                wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), 1);
-    wgmma::commit();
-    wgmma::wait<0>();
+    wgmma::wait<0>();  // q S
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -175,46 +180,46 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
         O[4 * j + e] *= kGated ? p.scale * __expf(G[r]) : p.scale;
       }
     wgmma::fence_proxy_async();  // P and Vw
-    __syncthreads();
+    __syncthreads();             // P and Vw are whole; every read of q and of the old state copy is done
+
+    // O += P V, and S = exp(G_last) S + k^T Vw (A = k^T: rows 64 wg .. of K, k's panel wg read M-major; B =
+    // Vw, MN-major): a second batch.
+    if constexpr (kGated) {
+      const float d = __expf(g_last);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) S[i] *= d;
+    }
+    const uint32_t vw = kGated ? s0 + L::kVw : sst + L::kV;
     wgmma::fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s)
       wgmma::Mma<64, T, 1>::run(O, wgmma::make_desc(s0 + L::kP + s * 32, 16, 1024),
                                 wgmma::make_desc_mn(sst + L::kV + wg * L::kPanel + s * 2048, L::kPanel), 1);
     wgmma::commit();
-    wgmma::wait<0>();
-    {
-      T* o = static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = 16 * wr + (lane >> 2) + 8 * half;
-        if (t0 + r >= p.T) continue;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          *reinterpret_cast<uint32_t*>(o + r * row_stride + 8 * j + 2 * (lane & 3)) =
-              MmaType<T>::pack(O[4 * j + 2 * half], O[4 * j + 2 * half + 1]);
-      }
-    }
-
-    // S = exp(G_last) S + k^T Vw: A = k^T (rows 64 wg .. of K: k's panel wg read M-major), B = Vw (MN-major).
-    if constexpr (kGated) {
-      const float d = __expf(g_last);
-#pragma unroll
-      for (int i = 0; i < 64; ++i) S[i] *= d;
-    }
-    wgmma::fence();
-    const uint32_t vw = kGated ? s0 + L::kVw : sst + L::kV;
 #pragma unroll
     for (int s = 0; s < 4; ++s)
       wgmma::Mma<128, T, 1, 1>::run(S,
                                     wgmma::make_desc_mn(sst + L::kK + wg * L::kPanel + s * 2048, L::kPanel),
                                     wgmma::make_desc_mn(vw + s * 2048, L::kPanel), 1);
     wgmma::commit();
-    wgmma::wait<0>();
-    seg_g += g_last;
-    __syncthreads();  // every read of this stage, the state copy, Vw and P is done
+    wgmma::wait<1>();  // O
+    {
+      // The warp's 16 x 64 block of o through its own rows of the q panel wg (no warp reads q any more),
+      // then out as whole rows.
+      unsigned char* q_rows = stage + L::kQ + wg * L::kPanel + 16 * wr * 128;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          *reinterpret_cast<uint32_t*>(q_rows + panel_off((lane >> 2) + 8 * half, 8 * j + 2 * (lane & 3))) =
+              MmaType<T>::pack(O[4 * j + 2 * half], O[4 * j + 2 * half + 1]);
+      __syncwarp();
+      T* o = static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0 + 16 * wr) * p.H + h) * kD + 64 * wg;
+      store_tile<16, 64, 32, T>(o, row_stride, q_rows, p.T - t0 - 16 * wr, lane);
+    }
+    wgmma::wait<0>();  // S
     store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
-    issue(c + 2);
+    seg_g += g_last;
   }
   cp_async_wait<0>();
 

@@ -94,9 +94,13 @@ ATTNLAB_LINEAR_HD inline int linear_chunk_segments(const LinearChunkParams& p) {
   return nt == 0 ? 0 : (nt + p.seg_chunks - 1) / p.seg_chunks;
 }
 
-// Chunks per segment so that B * H * n_seg thread blocks fill `num_sms` multiprocessors about twice over;
-// the whole sequence (no split) when B * H already does.
-int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms);
+// Chunks per segment. `blocks_per_sm` is how many blocks of the output pass (and of the backward's walks)
+// one multiprocessor runs at once. At 2 (D = 64): B * H * n_seg blocks fill `num_sms` multiprocessors about
+// twice over, the whole sequence (no split) when B * H already does. At 1 (D = 128: 152-192 KB of shared
+// memory per block) the blocks run in whole waves, so the split minimises a wave count: the state pass's
+// (B * H * (n_seg - 1) blocks, two per SM) plus the output pass's, each wave as long as a segment; no split
+// once B * H fills the SMs (docs/kernels.md, "linear_chunk").
+int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks_per_sm = 2);
 
 // Whether this build has the wgmma forward (compiled for sm_90a: CMAKE_CUDA_ARCHITECTURES holds 90a).
 bool linear_chunk_has_wgmma();
