@@ -41,7 +41,7 @@ struct WgFwdSmem {
   static constexpr int kVw = kS + 2 * kSPanel;
   static constexpr int kP = kVw + 2 * kPanel;
   static constexpr int kGw = kP + kPanel;  // each warp's cumulative gates, [kWarps][kC] floats
-  static constexpr int kBytes = kGw + kWarps * kC * 4;
+  static constexpr int kBytes = kGw + kWarpGateBytes;
 };
 
 // The 16-bit state copy: warpgroup g's accumulators (rows 64 g + 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane
@@ -166,9 +166,12 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
       for (int half = 0; half < 2; ++half) {
         if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
         const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-        float x0 = 0.f, x1 = 0.f;
-        if (col <= r) x0 = P[4 * j + 2 * half] * p.scale * (kGated ? __expf(G[r] - G[col]) : 1.f);
-        if (col + 1 <= r) x1 = P[4 * j + 2 * half + 1] * p.scale * (kGated ? __expf(G[r] - G[col + 1]) : 1.f);
+        // Selects, not branches: the exp is taken for every element (clamped at 0, where the mask drops it
+        // anyway), which keeps the warp converged through the store.
+        const float d0 = kGated ? __expf(fminf(G[r] - G[col], 0.f)) : 1.f;
+        const float d1 = kGated ? __expf(fminf(G[r] - G[col + 1], 0.f)) : 1.f;
+        const float x0 = col <= r ? P[4 * j + 2 * half] * p.scale * d0 : 0.f;
+        const float x1 = col + 1 <= r ? P[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
         *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
       }
     wgmma::wait<0>();  // q S

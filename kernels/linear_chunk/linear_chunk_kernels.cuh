@@ -13,18 +13,21 @@ __device__ __forceinline__ int64_t bh_index(int b, int h, int H) {
 }
 
 // The start of every chunk step: waits for the chunk's copies (the next chunk's may still be in flight),
-// then (with a gate) turns its gates into the in-chunk cumsum G in place. Returns G_last (0 without gate).
+// then (with a gate) turns the chunk's gates g into the in-chunk cumsum G, this warp's own copy: no warp
+// waits on another's scan. Returns G_last (0 without gate).
 template <bool kGated>
-__device__ __forceinline__ float begin_chunk(float* G, int warp, int lane) {
+__device__ __forceinline__ float begin_chunk(const float* g, float* G, int lane) {
   cp_async_wait<1>();
   __syncthreads();
   if constexpr (kGated) {
-    gate_cumsum(G, warp, lane);
-    __syncthreads();
+    gate_cumsum_warp(g, G, lane);
     return G[kC - 1];
   }
   return 0.f;
 }
+
+// Each warp's cumulative gates (begin_chunk), [kWarps][kC] floats at the end of every kernel's shared memory.
+constexpr int kWarpGateBytes = kWarps * kC * 4;
 
 // S = exp(G_last) S + K^T Vw for the state tile in registers (Vw: V rows times exp(G_last - G_s), or V).
 template <int kD, typename T, bool kGated, int MT, int NT>
@@ -49,7 +52,8 @@ struct FwdSmem {
   static constexpr int kS = 2 * kStage;                         // [kD][kD] state, 16-bit
   static constexpr int kVw = kS + (kOutput ? kD * kD * 2 : 0);  // [C][kD] V rows times exp(G_last - G_s)
   static constexpr int kP = kVw + kTile;                        // [C][C] decayed masked scores
-  static constexpr int kBytes = kP + (kOutput ? kC * kC * 2 : 0);
+  static constexpr int kGw = kP + (kOutput ? kC * kC * 2 : 0);
+  static constexpr int kBytes = kGw + kWarpGateBytes;
 };
 
 // kOutput = false: the state contribution of segment blockIdx.x (from a zero state) and its gate sum, into
@@ -99,8 +103,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParam
   for (int c = c_begin; c < c_end; ++c) {
     const int st = (c - c_begin) & 1, t0 = c * kC;
     unsigned char* stage = smem + st * L::kStage;
-    float* G = reinterpret_cast<float*>(stage + L::kG);
-    const float g_last = begin_chunk<kGated>(G, warp, lane);
+    const float* g_chunk = reinterpret_cast<const float*>(stage + L::kG);
+    float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;
+    const float g_last = begin_chunk<kGated>(g_chunk, G, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
     if constexpr (kOutput) {
@@ -178,7 +183,8 @@ struct DqSmem {
   static constexpr int kS = 2 * kStage;
   static constexpr int kVw = kS + kD * kD * 2;
   static constexpr int kP = kVw + kTile;
-  static constexpr int kBytes = kP + kC * kC * 2;
+  static constexpr int kGw = kP + kC * kC * 2;
+  static constexpr int kBytes = kGw + kWarpGateBytes;
 };
 
 template <int kD, typename T, bool kGated>
@@ -221,12 +227,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkPa
     const int st = (c - c_begin) & 1, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
-    float* G = reinterpret_cast<float*>(stage + L::kG);
+    const float* g_chunk = reinterpret_cast<const float*>(stage + L::kG);
+    float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;
     // The state entering the chunk, for dg's state term in the dkv walk (linear_chunk_bwd.cu).
     if constexpr (kGated)
       ST::template store_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
                                    tid);
-    const float g_last = begin_chunk<kGated>(G, warp, lane);
+    const float g_last = begin_chunk<kGated>(g_chunk, G, lane);
     if constexpr (kGated)
       scale_tile_rows<kD, T>(smem + L::kVw, stage + L::kV, tid, [&](int r) { return __expf(g_last - G[r]); });
     decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kDo, sst + L::kV, G, p.scale, warp, lane);
@@ -273,7 +280,8 @@ struct DkvSmem {
   static constexpr int kS = kQw + kTile;         // [kD][kD] 16-bit dS (dkv only)
   static constexpr int kP1 = kS + kD * kD * 2;   // [C][C] Pk
   static constexpr int kP2 = kP1 + kC * kC * 2;  // [C][C] Pv
-  static constexpr int kBytes = kDkv ? kP2 + kC * kC * 2 : kS;
+  static constexpr int kGw = kDkv ? kP2 + kC * kC * 2 : kS;
+  static constexpr int kBytes = kGw + kWarpGateBytes;
 };
 
 template <int kD, typename T, bool kGated, bool kDkv>
@@ -323,7 +331,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
     const int c = c_end - 1 - i, st = i & 1, t0 = c * kC;
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
-    float* G = reinterpret_cast<float*>(stage + L::kG);
+    const float* g_chunk = reinterpret_cast<const float*>(stage + L::kG);
+    float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;
     if constexpr (kDkv && kGated) {
       // dS is the gradient of the state at this chunk's end: dg's state term exp(G_last) <S_in, dS>
       // (linear_chunk_bwd.cu).
@@ -333,7 +342,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkP
       for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
       if (lane == 0) chunk_end_dot[st][warp] = d;
     }
-    const float g_last = begin_chunk<kGated>(G, warp, lane);
+    const float g_last = begin_chunk<kGated>(g_chunk, G, lane);
     scale_tile_rows<kD, T>(smem + L::kQw, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     if constexpr (kDkv) {
