@@ -146,11 +146,27 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
                                 wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), s > 0);
     wgmma::commit();
 
-    // Under the products: the in-chunk gate sums (this warp's copy) and Vw = V exp(G_last - G_s).
+    // Under the products: the in-chunk gate sums (this warp's copy), Vw = V exp(G_last - G_s), and every decay
+    // this thread's P and O need, in registers: the waits below clobber memory, so a G read after them waited
+    // a shared-memory round trip on the critical path (run v's stalls). dec[jj][half][i] is exp(G_r - G_col)
+    // for the P element of column block j = 2 jj + wg (the blocks this warpgroup stores), clamped at 0 where
+    // the mask drops it anyway; orow[half] is scale exp(G_r).
     float g_last = 0.f;
+    float dec[4][2][2], orow[2];
     if constexpr (kGated) {
       gate_cumsum_warp(reinterpret_cast<const float*>(stage + L::kG), G, lane);
       g_last = G[kC - 1];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float gr = G[16 * wr + (lane >> 2) + 8 * half];
+        orow[half] = p.scale * __expf(gr);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int col = 8 * (2 * jj + wg) + 2 * (lane & 3);
+          dec[jj][half][0] = __expf(fminf(gr - G[col], 0.f));
+          dec[jj][half][1] = __expf(fminf(gr - G[col + 1], 0.f));
+        }
+      }
 #pragma unroll
       for (int pn = 0; pn < 2; ++pn)
         scale_tile_rows<64, T>(smem + L::kVw + pn * L::kPanel, stage + L::kV + pn * L::kPanel, tid,
@@ -166,10 +182,8 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
       for (int half = 0; half < 2; ++half) {
         if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
         const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-        // Selects, not branches: the exp is taken for every element (clamped at 0, where the mask drops it
-        // anyway), which keeps the warp converged through the store.
-        const float d0 = kGated ? __expf(fminf(G[r] - G[col], 0.f)) : 1.f;
-        const float d1 = kGated ? __expf(fminf(G[r] - G[col + 1], 0.f)) : 1.f;
+        // Selects, not branches: the warp stays converged through the store.
+        const float d0 = kGated ? dec[j / 2][half][0] : 1.f, d1 = kGated ? dec[j / 2][half][1] : 1.f;
         const float x0 = col <= r ? P[4 * j + 2 * half] * p.scale * d0 : 0.f;
         const float x1 = col + 1 <= r ? P[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
         *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
@@ -178,10 +192,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = 16 * wr + (lane >> 2) + (e >= 2 ? 8 : 0);
-        O[4 * j + e] *= kGated ? p.scale * __expf(G[r]) : p.scale;
-      }
+      for (int e = 0; e < 4; ++e) O[4 * j + e] *= kGated ? orow[e / 2] : p.scale;
     wgmma::fence_proxy_async();  // P and Vw
     __syncthreads();             // P and Vw are whole; every read of q and of the old state copy is done
 

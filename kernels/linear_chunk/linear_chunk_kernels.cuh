@@ -59,8 +59,12 @@ struct FwdSmem {
 // kOutput = false: the state contribution of segment blockIdx.x (from a zero state) and its gate sum, into
 // seg_states / seg_gate. kOutput = true: o for segment blockIdx.x from the state entering it (seg_states
 // after the scan, or h0), and ht from the last segment.
+// Two blocks per SM (<= 128 registers) wherever two fit in shared memory: the state pass (kOutput = false;
+// at D = 128 it took 146-160 registers, one block per SM, and ran its (n_seg - 1) B H blocks in two waves
+// where one fits in 80 KB per block), and the output pass at D = 64 (126-140 registers: the gated one ran
+// one block per SM, against the two per SM linear_chunk_default_seg_chunks assumes there).
 template <int kD, typename T, bool kGated, bool kOutput>
-__global__ void __launch_bounds__(kThreads, 1) fwd_kernel(const LinearChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kOutput && kD == 128 ? 1 : 2) fwd_kernel(const LinearChunkParams p) {
   using L = FwdSmem<kD, kOutput>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -188,7 +192,7 @@ struct DqSmem {
 };
 
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, 1) bwd_dq_kernel(const LinearChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 2) bwd_dq_kernel(const LinearChunkParams p) {
   using L = DqSmem<kD>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -285,7 +289,7 @@ struct DkvSmem {
 };
 
 template <int kD, typename T, bool kGated, bool kDkv>
-__global__ void __launch_bounds__(kThreads, 1) bwd_dkv_kernel(const LinearChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kDkv && kD == 128 ? 1 : 2) bwd_dkv_kernel(const LinearChunkParams p) {
   using L = DkvSmem<kD, kDkv>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];
