@@ -15,15 +15,15 @@
 // (swz<64>): q, k, v, Vw as two [64][64] panels, P as one, the 16-bit state copy as two MN-major [128][64]
 // panels (value columns 0-63 and 64-127).
 //
-// Pipeline (2026-12-02, run u; before it, each chunk ran its four products one after another, with three barriers,
-// and a chunk took ~3.4 us of SM time at T = 512 against ~1 us of tensor work and ~1.8 us of its fair share
-// of HBM): three stages, so a chunk's copies are issued two chunks ahead, right after the barrier that
-// retires the stage they reuse; P = q k^T and q S go out as one batch (two commit groups), and the gates'
-// in-chunk sums and the decayed V run under them (each warp keeps its own copy of the cumulative gates, so
-// no barrier waits on one warp's scan); P V and the state update go out as a second batch, the output is
-// stored while the update runs, and the new state copy is written as soon as it is done: every read of the
-// old copy (q S) finished before the middle barrier. Two barriers per chunk. The output leaves through the
-// warp's rows of the q panel (dead after the middle barrier) as whole 128-byte rows.
+// Pipeline (2026-12-02, run u; before it, each chunk ran its four products one after another, with three
+// barriers, and a chunk took ~3.4 us of SM time at T = 512 against ~1 us of tensor work and ~1.8 us of its
+// fair share of HBM): three stages, so a chunk's copies are issued two chunks ahead, right after the barrier
+// that retires the stage they reuse; P = q k^T and q S go out as one batch (two commit groups), and the
+// gates' in-chunk sums and the decayed V run under them (each warp keeps its own copy of the cumulative
+// gates, so no barrier waits on one warp's scan); P V and the state update go out as a second batch, the
+// output is stored while the update runs, and the new state copy is written as soon as it is done: every read
+// of the old copy (q S) finished before the middle barrier. Two barriers per chunk. The output leaves through
+// the warp's rows of the q panel (dead after the middle barrier) as whole 128-byte rows.
 #pragma once
 
 #include "kernels/common/wgmma.cuh"
@@ -141,16 +141,16 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
     wgmma::commit();
 #pragma unroll
     for (int s = 0; s < 8; ++s)
-      wgmma::Mma<64, T, 1>::run(O,
-                                wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
-                                wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), s > 0);
+      wgmma::Mma<64, T, 1>::run(
+          O, wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
+          wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), s > 0);
     wgmma::commit();
 
-    // Under the products: the in-chunk gate sums (this warp's copy), Vw = V exp(G_last - G_s), and every decay
-    // this thread's P and O need, in registers: the waits below clobber memory, so a G read after them waited
-    // a shared-memory round trip on the critical path (run v's stalls). dec[jj][half][i] is exp(G_r - G_col)
-    // for the P element of column block j = 2 jj + wg (the blocks this warpgroup stores), clamped at 0 where
-    // the mask drops it anyway; orow[half] is scale exp(G_r).
+    // Under the products: the in-chunk gate sums (this warp's copy), Vw = V exp(G_last - G_s), and every
+    // decay this thread's P and O need, in registers: the waits below clobber memory, so a G read after them
+    // waited a shared-memory round trip on the critical path (run v's stalls). dec[jj][half][i] is exp(G_r -
+    // G_col) for the P element of column block j = 2 jj + wg (the blocks this warpgroup stores), clamped at 0
+    // where the mask drops it anyway; orow[half] is scale exp(G_r).
     float g_last = 0.f;
     float dec[4][2][2], orow[2];
     if constexpr (kGated) {

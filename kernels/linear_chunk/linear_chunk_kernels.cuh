@@ -64,7 +64,8 @@ struct FwdSmem {
 // where one fits in 80 KB per block), and the output pass at D = 64 (126-140 registers: the gated one ran
 // one block per SM, against the two per SM linear_chunk_default_seg_chunks assumes there).
 template <int kD, typename T, bool kGated, bool kOutput>
-__global__ void __launch_bounds__(kThreads, kOutput && kD == 128 ? 1 : 2) fwd_kernel(const LinearChunkParams p) {
+__global__ void __launch_bounds__(kThreads, (kOutput && kD == 128) ? 1 : 2)
+    fwd_kernel(const LinearChunkParams p) {
   using L = FwdSmem<kD, kOutput>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -289,7 +290,8 @@ struct DkvSmem {
 };
 
 template <int kD, typename T, bool kGated, bool kDkv>
-__global__ void __launch_bounds__(kThreads, kDkv && kD == 128 ? 1 : 2) bwd_dkv_kernel(const LinearChunkParams p) {
+__global__ void __launch_bounds__(kThreads, (kDkv && kD == 128) ? 1 : 2)
+    bwd_dkv_kernel(const LinearChunkParams p) {
   using L = DkvSmem<kD, kDkv>;
   using ST = StateTile<kD, kD>;
   extern __shared__ __align__(128) unsigned char smem[];

@@ -31,10 +31,9 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
   p.g = f32(g);
   p.h0 = f32(h0);
-  p.seg_chunks = seg_chunks > 0
-                     ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
-                     : kn::linear_chunk_default_seg_chunks(p.B, p.T, p.H, sm_count(q.device().index()),
-                                                           p.K == 128 ? 1 : 2);
+  p.seg_chunks = seg_chunks > 0 ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
+                                : kn::linear_chunk_default_seg_chunks(
+                                      p.B, p.T, p.H, sm_count(q.device().index()), p.K == 128 ? 1 : 2);
   // The forward's output pass runs on wgmma at K = V = 128 on an sm_90a build (checked against the mma.sync
   // kernel and the chunk form on the H200, bench/results/h200-2026-12-02b); ATTNLAB_LINEAR_FWD=mma forces
   // the mma.sync kernels (read per call: a test and the bench switch it).
