@@ -211,6 +211,59 @@ TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
     }
 }
 
+// The wgmma backward walks (the default on sm_90a builds at D = 128) against the mma.sync ones
+// (ATTNLAB_LINEAR_BWD=mma): every gradient, with and without a gate (weak and strong), segments, h0 and
+// dht, bf16 and fp16; then forward + backward of both timed (printed, not asserted: speed is the bench's).
+TEST(LinearChunkKernel, WgmmaBackwardMatchesMmaSync) {
+  SKIP_WITHOUT_CUDA();
+  if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
+  std::vector<Case> shapes{{2, 64, 3, 128, torch::kBFloat16, "none", true, 1},
+                           {2, 333, 3, 128, torch::kBFloat16, "weak", true, 2},
+                           {2, 333, 3, 128, torch::kHalf, "strong", false, 0},
+                           {1, 4096, 4, 128, torch::kBFloat16, "none", false, 0},
+                           {1, 4096, 4, 128, torch::kBFloat16, "strong", true, 0}};
+  for (const auto& c : shapes) {
+    torch::manual_seed(77 + c.T);
+    auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+    std::vector<torch::Tensor> in{torch::randn({c.B, c.T, c.H, c.D}, f),
+                                  torch::randn({c.B, c.T, c.H, c.D}, f) / std::sqrt(double(c.D)),
+                                  torch::randn({c.B, c.T, c.H, c.D}, f),
+                                  c.gate == "strong" ? torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) * 2 - 1) * 2
+                                                     : torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) + 2) / 16,
+                                  torch::randn({c.B, c.H, c.D, c.D}, f),
+                                  torch::randn({c.B, c.T, c.H, c.D}, f),
+                                  torch::randn({c.B, c.H, c.D, c.D}, f)};
+    auto timed = [&] {
+      for (int i = 0; i < 3; ++i) run(c, in, c.dtype, ops::Impl::kernel);
+      torch::cuda::synchronize();
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 10; ++i) run(c, in, c.dtype, ops::Impl::kernel);
+      torch::cuda::synchronize();
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 10;
+    };
+    setenv("ATTNLAB_LINEAR_BWD", "mma", 1);
+    auto ref = run(c, in, c.dtype, ops::Impl::kernel);
+    const double ms_mma = timed();
+    unsetenv("ATTNLAB_LINEAR_BWD");
+    auto got = run(c, in, c.dtype, ops::Impl::kernel);
+    const double ms_wg = timed();
+    const double tol = c.dtype == torch::kHalf ? 1e-3 : 5e-3;
+    std::vector<std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>>> grads{
+        {"dq", {got.dq, ref.dq}}, {"dk", {got.dk, ref.dk}}, {"dv", {got.dv, ref.dv}}};
+    if (c.gate != "none") grads.push_back({"dg", {got.dg, ref.dg}});
+    if (c.h0) grads.push_back({"dh0", {got.dh0, ref.dh0}});
+    for (const auto& [what, xy] : grads) {
+      ASSERT_TRUE(xy.first.defined()) << name(c) << " " << what;
+      EXPECT_FALSE(torch::isnan(xy.first).any().item<bool>()) << name(c) << ": NaN in " << what;
+      const double e = attnlab::testing::rel_rms(xy.first, xy.second);
+      EXPECT_LT(e, std::string(what) == "dg" ? 4 * tol : tol) << name(c) << ": " << what << " rel RMS " << e;
+      std::printf("  wgmma backward %-40s %-4s %.2e\n", name(c).c_str(), what, e);
+    }
+    std::printf("  wgmma backward %-40s forward + backward %.3f ms (mma.sync walks %.3f ms)\n", name(c).c_str(),
+                ms_wg, ms_mma);
+  }
+}
+
 // The normalised variant: numerator through the kernels, normaliser from a cumulative sum of k.
 TEST(LinearChunkKernel, NormalizedMatchesChunkForm) {
   SKIP_WITHOUT_CUDA();

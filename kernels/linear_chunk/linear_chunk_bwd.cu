@@ -24,6 +24,7 @@
 // every term of the result's size. The dq walk writes S_in for every chunk (chunk_states, 16-bit) and adds
 // q.dq into dg_work; the dkv walk has dS_e in registers and writes exp(G_last) <S_in, dS_e> (chunk_dg),
 // subtracts k.dk_in from dg_work and adds k.dk_st into its second half; dg_kernel takes the in-chunk sums.
+#include "kernels/linear_chunk/linear_chunk_bwd_wgmma.cuh"
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
 #include "kernels/linear_chunk/linear_chunk_kernels.cuh"
 
@@ -64,8 +65,16 @@ cudaError_t run_bwd(const LinearChunkParams& p) {
     err = cudaMemsetAsync(p.dg_work, 0, sizeof(float) * 2 * static_cast<size_t>(p.B) * p.H * p.T, p.stream);
     if (err != cudaSuccess) return err;
   }
-  if ((err = launch_kernel(&bwd_dq_kernel<kD, T, kGated>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes, p)))
+  bool wgmma = false;
+  if constexpr (kD == 128) wgmma = p.bwd_wgmma != 0;
+  if (wgmma) {
+    if ((err = launch_kernel(&bwd_dq_wgmma_kernel<T, kGated>, dim3(n_seg, p.H, p.B), WgDqSmem<kGated>::kBytes,
+                             p)))
+      return err;
+  } else if ((err = launch_kernel(&bwd_dq_kernel<kD, T, kGated>, dim3(n_seg, p.H, p.B), DqSmem<kD>::kBytes,
+                                  p))) {
     return err;
+  }
   if (n_seg > 1) {
     if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
                              DkvSmem<kD, false>::kBytes, p)))
@@ -74,9 +83,13 @@ cudaError_t run_bwd(const LinearChunkParams& p) {
     scan_bwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
   }
-  if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B),
-                           DkvSmem<kD, true>::kBytes, p)))
+  if (wgmma) {
+    if ((err = launch_kernel(&bwd_dkv_wgmma_kernel<T, kGated>, dim3(n_seg, p.H, p.B), WgDkvSmem::kBytes, p)))
+      return err;
+  } else if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B),
+                                  DkvSmem<kD, true>::kBytes, p))) {
     return err;
+  }
   if constexpr (kGated) {
     const int nt = linear_chunk_count(p.T);
     dg_kernel<<<dim3(p.B * p.H, (nt + 127) / 128), 128, 0, p.stream>>>(p);

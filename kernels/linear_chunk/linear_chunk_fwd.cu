@@ -48,10 +48,13 @@ bool linear_chunk_has_wgmma() {
 }
 
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
-  if (p.fwd_wgmma && !backward) {
+  if (backward ? p.bwd_wgmma : p.fwd_wgmma) {
+    const char* what = backward ? "bwd_wgmma" : "fwd_wgmma";
     if (!linear_chunk_has_wgmma())
-      return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
-    if (p.K != 128) return "fwd_wgmma takes K = V = 128, got " + std::to_string(p.K);
+      return std::string(what) + ": this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+    if (p.K != 128 || p.V != 128)
+      return std::string(what) + " takes K = V = 128, got K = " + std::to_string(p.K) + ", V = " +
+             std::to_string(p.V);
   }
   if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
   if (p.K != p.V || (p.K != 64 && p.K != 128))

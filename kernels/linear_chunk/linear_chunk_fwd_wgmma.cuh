@@ -26,17 +26,15 @@
 // the warp's rows of the q panel (dead after the middle barrier) as whole 128-byte rows.
 #pragma once
 
-#include "kernels/common/wgmma.cuh"
-#include "kernels/linear_chunk/linear_chunk_kernels.cuh"
+#include "kernels/linear_chunk/linear_chunk_wgmma.cuh"
 
 namespace attnlab::kernels::linear_chunk {
 
 struct WgFwdSmem {
   static constexpr int kStages = 3;
-  static constexpr int kPanel = kC * 64 * 2;  // [64 rows][64 columns] 16-bit: 8 KB
+  static constexpr int kPanel = wgt::kPanel, kSPanel = wgt::kSPanel;
   static constexpr int kQ = 0, kK = 2 * kPanel, kV = 4 * kPanel, kG = 6 * kPanel;
   static constexpr int kStage = 6 * kPanel + 1024;  // + the gates, padded to keep every panel 1024-aligned
-  static constexpr int kSPanel = 128 * 64 * 2;      // [128 K rows][64 value columns]: 16 KB
   static constexpr int kS = kStages * kStage;
   static constexpr int kVw = kS + 2 * kSPanel;
   static constexpr int kP = kVw + 2 * kPanel;
@@ -44,24 +42,9 @@ struct WgFwdSmem {
   static constexpr int kBytes = kGw + kWarpGateBytes;
 };
 
-// The 16-bit state copy: warpgroup g's accumulators (rows 64 g + 16 w + lane / 4 (+ 8), columns 8 j + 2 (lane
-// % 4) (+ 1)) into the two MN-major panels at s.
-template <typename T>
-__device__ __forceinline__ void store_state_panels(unsigned char* s, const float (&S)[64], int wg, int wr,
-                                                   int lane) {
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-      *reinterpret_cast<uint32_t*>(s + (col / 64) * WgFwdSmem::kSPanel + panel_off(row, col % 64)) =
-          MmaType<T>::pack(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
-    }
-}
-
 template <typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChunkParams p) {
-  constexpr int kD = 128;
+  constexpr int kD = wgt::kD;
   using L = WgFwdSmem;
   // Dynamic shared memory only (no static), so its base is the window's, 1024-aligned as the 128-byte
   // swizzle of wgmma's operands needs; its own name, since fwd_kernel declares it 128-aligned.
@@ -81,15 +64,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
       const int st = (c - c_begin) % L::kStages, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
       const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
-#pragma unroll
-      for (int pn = 0; pn < 2; ++pn) {
-        load_tile<kC, 64, kThreads, T>(base + L::kQ + pn * L::kPanel,
-                                       static_cast<const T*>(p.q) + off + 64 * pn, row_stride, p.T - t0, tid);
-        load_tile<kC, 64, kThreads, T>(base + L::kK + pn * L::kPanel,
-                                       static_cast<const T*>(p.k) + off + 64 * pn, row_stride, p.T - t0, tid);
-        load_tile<kC, 64, kThreads, T>(base + L::kV + pn * L::kPanel,
-                                       static_cast<const T*>(p.v) + off + 64 * pn, row_stride, p.T - t0, tid);
-      }
+      wgt::load_panels(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels(base + L::kV, static_cast<const T*>(p.v) + off, row_stride, p.T - t0, tid);
       if constexpr (kGated)
         load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
     }
@@ -100,20 +77,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
 
   // State rows 64 wg .. + 64, all 128 columns, in the m64n128 accumulator layout.
   float S[64];
-  {
-    const float* init =
-        n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr);
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-        const float2 x =
-            init ? *reinterpret_cast<const float2*>(init + row * kD + col) : make_float2(0.f, 0.f);
-        S[4 * j + 2 * half] = x.x, S[4 * j + 2 * half + 1] = x.y;
-      }
-  }
-  store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+  wgt::load_state(S, n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr),
+                 wg, wr, lane);
+  wgt::store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
   float seg_g = 0.f;
   float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;  // this warp's cumulative gates
 
@@ -132,27 +98,18 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
     // the first batch before the second could go out.
     float P[32], O[32];
     wgmma::fence();
-#pragma unroll
-    for (int s = 0; s < 8; ++s) {
-      const uint32_t k_off = (s / 4) * L::kPanel + (s % 4) * 32;
-      wgmma::Mma<64, T, 0>::run(P, wgmma::make_desc(sst + L::kQ + k_off, 16, 1024),
-                                wgmma::make_desc(sst + L::kK + k_off, 16, 1024), s > 0);
-    }
+    wgt::scores<T>(P, sst + L::kQ, sst + L::kK);
     wgmma::commit();
-#pragma unroll
-    for (int s = 0; s < 8; ++s)
-      wgmma::Mma<64, T, 1>::run(
-          O, wgmma::make_desc(sst + L::kQ + (s / 4) * L::kPanel + (s % 4) * 32, 16, 1024),
-          wgmma::make_desc_mn(s0 + L::kS + wg * L::kSPanel + s * 2048, L::kSPanel), s > 0);
+    wgt::times_state<T>(O, sst + L::kQ, s0 + L::kS, wg);
     wgmma::commit();
 
     // Under the products: the in-chunk gate sums (this warp's copy), Vw = V exp(G_last - G_s), and every
     // decay this thread's P and O need, in registers: the waits below clobber memory, so a G read after them
     // waited a shared-memory round trip on the critical path (run v's stalls). dec[jj][half][i] is exp(G_r -
-    // G_col) for the P element of column block j = 2 jj + wg (the blocks this warpgroup stores), clamped at 0
-    // where the mask drops it anyway; orow[half] is scale exp(G_r).
+    // G_col) for the P element of column block j = 2 jj + wg (the blocks this warpgroup stores); the mask's
+    // select drops it (even an overflow to inf) where col > r. orow[half] is scale exp(G_r).
     float g_last = 0.f;
-    float dec[4][2][2], orow[2];
+    float dec[4][2][2], orow[2] = {p.scale, p.scale};
     if constexpr (kGated) {
       gate_cumsum_warp(reinterpret_cast<const float*>(stage + L::kG), G, lane);
       g_last = G[kC - 1];
@@ -162,9 +119,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
         orow[half] = p.scale * __expf(gr);
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
-          const int col = 8 * (2 * jj + wg) + 2 * (lane & 3);
-          dec[jj][half][0] = __expf(fminf(gr - G[col], 0.f));
-          dec[jj][half][1] = __expf(fminf(gr - G[col + 1], 0.f));
+          const int col = wgt::acc_col(2 * jj + wg, lane);
+          dec[jj][half][0] = __expf(gr - G[col]);
+          dec[jj][half][1] = __expf(gr - G[col + 1]);
         }
       }
 #pragma unroll
@@ -181,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test: P stays in registers
-        const int r = 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
+        const int r = 16 * wr + (lane >> 2) + 8 * half, col = wgt::acc_col(j, lane);
         // Selects, not branches: the warp stays converged through the store.
         const float d0 = kGated ? dec[j / 2][half][0] : 1.f, d1 = kGated ? dec[j / 2][half][1] : 1.f;
         const float x0 = col <= r ? P[4 * j + 2 * half] * p.scale * d0 : 0.f;
@@ -189,10 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
         *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
       }
     wgmma::wait<0>();  // q S
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) O[4 * j + e] *= kGated ? orow[e / 2] : p.scale;
+    wgt::scale_acc(O, orow);
     wgmma::fence_proxy_async();  // P and Vw
     __syncthreads();             // P and Vw are whole; every read of q and of the old state copy is done
 
@@ -203,50 +157,22 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_wgmma_kernel(const LinearChun
 #pragma unroll
       for (int i = 0; i < 64; ++i) S[i] *= d;
     }
-    const uint32_t vw = kGated ? s0 + L::kVw : sst + L::kV;
     wgmma::fence();
-#pragma unroll
-    for (int s = 0; s < 4; ++s)
-      wgmma::Mma<64, T, 1>::run(O, wgmma::make_desc(s0 + L::kP + s * 32, 16, 1024),
-                                wgmma::make_desc_mn(sst + L::kV + wg * L::kPanel + s * 2048, L::kPanel), 1);
+    wgt::scores_times<T>(O, s0 + L::kP, sst + L::kV, wg);
     wgmma::commit();
-#pragma unroll
-    for (int s = 0; s < 4; ++s)
-      wgmma::Mma<128, T, 1, 1>::run(S,
-                                    wgmma::make_desc_mn(sst + L::kK + wg * L::kPanel + s * 2048, L::kPanel),
-                                    wgmma::make_desc_mn(vw + s * 2048, L::kPanel), 1);
+    wgt::outer_update<T>(S, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, wg);
     wgmma::commit();
     wgmma::wait<1>();  // O
-    {
-      // The warp's 16 x 64 block of o through its own rows of the q panel wg (no warp reads q any more),
-      // then out as whole rows.
-      unsigned char* q_rows = stage + L::kQ + wg * L::kPanel + 16 * wr * 128;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          *reinterpret_cast<uint32_t*>(q_rows + panel_off((lane >> 2) + 8 * half, 8 * j + 2 * (lane & 3))) =
-              MmaType<T>::pack(O[4 * j + 2 * half], O[4 * j + 2 * half + 1]);
-      __syncwarp();
-      T* o = static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0 + 16 * wr) * p.H + h) * kD + 64 * wg;
-      store_tile<16, 64, 32, T>(o, row_stride, q_rows, p.T - t0 - 16 * wr, lane);
-    }
+    // o through the warp's own rows of the q panel wg (no warp reads q any more).
+    wgt::store_acc_rows<T>(static_cast<T*>(p.o) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg,
+                          row_stride, O, stage + L::kQ + wg * L::kPanel, p.T - t0, wr, lane);
     wgmma::wait<0>();  // S
-    store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+    wgt::store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
     seg_g += g_last;
   }
   cp_async_wait<0>();
 
-  if (seg == n_seg - 1 && p.ht) {
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = 64 * wg + 16 * wr + (lane >> 2) + 8 * half, col = 8 * j + 2 * (lane & 3);
-        *reinterpret_cast<float2*>(p.ht + bh * kD * kD + row * kD + col) =
-            make_float2(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
-      }
-  }
+  if (seg == n_seg - 1 && p.ht) wgt::store_state(p.ht + bh * kD * kD, S, wg, wr, lane);
   // As fwd_kernel: the last segment's gate sum is for the backward's reverse scan.
   if (seg == n_seg - 1 && n_seg > 1 && tid == 0) p.seg_gate[bh * n_seg + seg] = seg_g;
 }

@@ -82,6 +82,9 @@ struct LinearChunkParams {
   // 1: the forward's output pass on Hopper's wgmma (linear_chunk_fwd_wgmma.cuh; K = V = 128, and only where
   // linear_chunk_has_wgmma()); 0: the mma.sync kernels. The binding sets 1 wherever it can.
   int fwd_wgmma = 0;
+  // 1: the backward's dq and dk/dv walks on wgmma (linear_chunk_bwd_wgmma.cuh; same conditions); 0: mma.sync.
+  // Both walks take the same form (chunk_states is in the form's thread order).
+  int bwd_wgmma = 0;
 
   cudaStream_t stream = nullptr;
 };

@@ -35,11 +35,16 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
                                 : kn::linear_chunk_default_seg_chunks(
                                       p.B, p.T, p.H, sm_count(q.device().index()), p.K == 128 ? 1 : 2);
   // The forward's output pass runs on wgmma at K = V = 128 on an sm_90a build (checked against the mma.sync
-  // kernel and the chunk form on the H200, bench/results/h200-2026-12-02b); ATTNLAB_LINEAR_FWD=mma forces
-  // the mma.sync kernels (read per call: a test and the bench switch it).
-  const char* variant = std::getenv("ATTNLAB_LINEAR_FWD");
-  const bool force_mma = variant && std::string(variant) == "mma";
-  p.fwd_wgmma = !force_mma && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma() ? 1 : 0;
+  // kernel and the chunk form on the H200, bench/results/h200-2026-12-02b), and so do the backward's dq and
+  // dk/dv walks. ATTNLAB_LINEAR_FWD=mma / ATTNLAB_LINEAR_BWD=mma force the mma.sync kernels (read per call: a
+  // test and the bench switch them).
+  auto forced_mma = [](const char* name) {
+    const char* variant = std::getenv(name);
+    return variant && std::string(variant) == "mma";
+  };
+  const bool wgmma = p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
+  p.fwd_wgmma = wgmma && !forced_mma("ATTNLAB_LINEAR_FWD") ? 1 : 0;
+  p.bwd_wgmma = wgmma && !forced_mma("ATTNLAB_LINEAR_BWD") ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
