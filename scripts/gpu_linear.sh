@@ -77,14 +77,14 @@ fi
 for vs in ${DELTA_V_SPLITS:-}; do
   delta_variant "vsplit$vs" "$([ "$vs" = 4 ] && echo 128 || echo 128,64)" "ATTNLAB_DELTA_V_SPLIT=$vs"
 done
-# linear_chunk's mma.sync forward (D = 128; the default there is the wgmma one on sm_90a), validated and
-# timed the same way, for the comparison (MMA_FWD=0 skips it).
+# linear_chunk's mma.sync forward (the default is the wgmma one on sm_90a; MMA_DIMS, default 128,64), validated
+# and timed the same way, for the comparison (MMA_FWD=0 skips it).
 [ "${MMA_FWD:-1}" = 1 ] && stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \
-  --head-dims 128 --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
+  --head-dims "${MMA_DIMS:-128,64}" --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
   $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_linear_mma.csv" \
   > "$OUT/bench_linear_mma.log" 2>&1
 [ "${MMA_FWD:-1}" = 1 ] && { el "bench (mma.sync forward) rc $?"
-  grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 10; }
+  grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 16; }
 # NCU=1: per-kernel GPU time of one shape per op (T = 8192 and 32768, D = 128), from Nsight Compute with the
 # clocks left alone: which kernel of each forward and backward to work on (bench/ncu_summary.py).
 if [ "${NCU:-0}" = 1 ]; then

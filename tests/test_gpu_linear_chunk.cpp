@@ -168,7 +168,7 @@ TEST(LinearChunkKernel, AutomaticUsesTheKernelOnCuda) {
   EXPECT_TRUE(torch::equal(viakernel, ops::simple_gla(a, ops::Impl::kernel).o));
 }
 
-// The wgmma forward (the default on sm_90a builds at D = 128) against the mma.sync one
+// The wgmma forward (the default on sm_90a builds, D = 64 and 128) against the mma.sync one
 // (ATTNLAB_LINEAR_FWD=mma): o and ht, with and without a gate, segments and h0; then both timed (printed, not
 // asserted: speed is the bench's).
 TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
@@ -176,39 +176,41 @@ TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   torch::NoGradGuard ng;
-  for (bool gated : {false, true})
-    for (int64_t T : {64, 333, 4096}) {
-      torch::manual_seed(21 + T);
-      ops::RecurrentArgs a;
-      a.q = torch::randn({2, T, 3, 128}, f), a.k = torch::randn({2, T, 3, 128}, f) / std::sqrt(128.0);
-      a.v = torch::randn({2, T, 3, 128}, f);
-      a.h0 = torch::randn({2, 3, 128, 128}, f.dtype(torch::kFloat));
-      if (gated) a.g = torch::log_sigmoid(torch::randn({2, T, 3}, f.dtype(torch::kFloat)) + 1);
-      a.output_final_state = true;
-      a.kernel_seg_chunks = T == 333 ? 2 : 0;
-      auto run = [&] { return ops::cuda::linear_chunk(a, gated); };
-      auto timed = [&] {
-        for (int i = 0; i < 3; ++i) run();
-        torch::cuda::synchronize();
-        auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < 20; ++i) run();
-        torch::cuda::synchronize();
-        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
-      };
-      setenv("ATTNLAB_LINEAR_FWD", "mma", 1);
-      auto ref = run();
-      const double ms_mma = timed();
-      unsetenv("ATTNLAB_LINEAR_FWD");
-      auto got = run();
-      const double ms_wg = timed();
-      const auto label = fmt::format("{} T {}", gated ? "gated" : "ungated", T);
-      EXPECT_FALSE(torch::isnan(got.o).any().item<bool>()) << label;
-      EXPECT_LT(attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)), 5e-3) << label;
-      EXPECT_LT(attnlab::testing::rel_rms(got.ht, ref.ht), 1e-3) << label;
-      std::printf("  wgmma forward %-16s o %.2e ht %.2e; %.3f ms (mma.sync %.3f ms)\n", label.c_str(),
-                  attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)),
-                  attnlab::testing::rel_rms(got.ht, ref.ht), ms_wg, ms_mma);
-    }
+  for (int64_t D : {128, 64})
+    for (bool gated : {false, true})
+      for (int64_t T : {64, 333, 4096}) {
+        torch::manual_seed(21 + T);
+        ops::RecurrentArgs a;
+        a.q = torch::randn({2, T, 3, D}, f), a.k = torch::randn({2, T, 3, D}, f) / std::sqrt(double(D));
+        a.v = torch::randn({2, T, 3, D}, f);
+        a.h0 = torch::randn({2, 3, D, D}, f.dtype(torch::kFloat));
+        if (gated) a.g = torch::log_sigmoid(torch::randn({2, T, 3}, f.dtype(torch::kFloat)) + 1);
+        a.output_final_state = true;
+        a.kernel_seg_chunks = T == 333 ? 2 : 0;
+        auto run = [&] { return ops::cuda::linear_chunk(a, gated); };
+        auto timed = [&] {
+          for (int i = 0; i < 3; ++i) run();
+          torch::cuda::synchronize();
+          auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < 20; ++i) run();
+          torch::cuda::synchronize();
+          return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+                 20;
+        };
+        setenv("ATTNLAB_LINEAR_FWD", "mma", 1);
+        auto ref = run();
+        const double ms_mma = timed();
+        unsetenv("ATTNLAB_LINEAR_FWD");
+        auto got = run();
+        const double ms_wg = timed();
+        const auto label = fmt::format("D {} {} T {}", D, gated ? "gated" : "ungated", T);
+        EXPECT_FALSE(torch::isnan(got.o).any().item<bool>()) << label;
+        EXPECT_LT(attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)), 5e-3) << label;
+        EXPECT_LT(attnlab::testing::rel_rms(got.ht, ref.ht), 1e-3) << label;
+        std::printf("  wgmma forward %-16s o %.2e ht %.2e; %.3f ms (mma.sync %.3f ms)\n", label.c_str(),
+                    attnlab::testing::rel_rms(got.o.to(torch::kFloat), ref.o.to(torch::kFloat)),
+                    attnlab::testing::rel_rms(got.ht, ref.ht), ms_wg, ms_mma);
+      }
 }
 
 // The wgmma backward walks (the default on sm_90a builds at D = 128) against the mma.sync ones
@@ -228,8 +230,9 @@ TEST(LinearChunkKernel, WgmmaBackwardMatchesMmaSync) {
     std::vector<torch::Tensor> in{torch::randn({c.B, c.T, c.H, c.D}, f),
                                   torch::randn({c.B, c.T, c.H, c.D}, f) / std::sqrt(double(c.D)),
                                   torch::randn({c.B, c.T, c.H, c.D}, f),
-                                  c.gate == "strong" ? torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) * 2 - 1) * 2
-                                                     : torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) + 2) / 16,
+                                  c.gate == "strong"
+                                      ? torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) * 2 - 1) * 2
+                                      : torch::log_sigmoid(torch::randn({c.B, c.T, c.H}, f) + 2) / 16,
                                   torch::randn({c.B, c.H, c.D, c.D}, f),
                                   torch::randn({c.B, c.T, c.H, c.D}, f),
                                   torch::randn({c.B, c.H, c.D, c.D}, f)};
@@ -259,8 +262,8 @@ TEST(LinearChunkKernel, WgmmaBackwardMatchesMmaSync) {
       EXPECT_LT(e, std::string(what) == "dg" ? 4 * tol : tol) << name(c) << ": " << what << " rel RMS " << e;
       std::printf("  wgmma backward %-40s %-4s %.2e\n", name(c).c_str(), what, e);
     }
-    std::printf("  wgmma backward %-40s forward + backward %.3f ms (mma.sync walks %.3f ms)\n", name(c).c_str(),
-                ms_wg, ms_mma);
+    std::printf("  wgmma backward %-40s forward + backward %.3f ms (mma.sync walks %.3f ms)\n",
+                name(c).c_str(), ms_wg, ms_mma);
   }
 }
 

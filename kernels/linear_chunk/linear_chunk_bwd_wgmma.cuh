@@ -36,7 +36,7 @@ namespace attnlab::kernels::linear_chunk {
 template <bool kGated>
 struct WgDqSmem {
   static constexpr int kStages = kGated ? 2 : 3;
-  static constexpr int kPanel = wgt::kPanel, kSPanel = wgt::kSPanel;
+  static constexpr int kPanel = wgt::kPanel, kSPanel = wgt::kSPanel<128>;
   static constexpr int kDo = 0, kV = 2 * kPanel, kK = 4 * kPanel, kQ = 6 * kPanel;  // q only when gated
   static constexpr int kG = (kGated ? 8 : 6) * kPanel;
   static constexpr int kStage = kG + 1024;  // + the gates, padded to keep every panel 1024-aligned
@@ -49,7 +49,7 @@ struct WgDqSmem {
 
 template <typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearChunkParams p) {
-  constexpr int kD = wgt::kD;
+  constexpr int kD = 128;
   using L = WgDqSmem<kGated>;
   extern __shared__ __align__(1024) unsigned char wg_smem[];
   unsigned char* smem = wg_smem;
@@ -67,11 +67,11 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
       const int st = (c - c_begin) % L::kStages, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
       const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
-      wgt::load_panels(base + L::kDo, static_cast<const T*>(p.dout) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels(base + L::kV, static_cast<const T*>(p.v) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kDo, static_cast<const T*>(p.dout) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kV, static_cast<const T*>(p.v) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
       if constexpr (kGated) {
-        wgt::load_panels(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
+        wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
         load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
       }
     }
@@ -81,10 +81,10 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
   for (int i = 0; i < L::kStages - 1; ++i) issue(c_begin + i);
 
   float S[64];
-  wgt::load_state(S,
-                  n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr),
-                  wg, wr, lane);
-  wgt::store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+  wgt::load_state<kD>(
+      S, n_seg > 1 ? p.seg_states + (bh * n_seg + seg) * kD * kD : (p.h0 ? p.h0 + bh * kD * kD : nullptr), wg,
+      wr, lane);
+  wgt::store_state_panels<kD, T>(smem + L::kS, S, wg, wr, lane);
   float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;
 
   for (int c = c_begin; c < c_end; ++c) {
@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
     unsigned char* stage = smem + st * L::kStage;
     // The state entering the chunk, for dg's state term in the dk/dv walk (linear_chunk_bwd.cu).
     if constexpr (kGated)
-      wgt::store_state_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S, tid);
+      wgt::store_state_packed<T>(static_cast<uint32_t*>(p.chunk_states) + (bh * nt + c) * (kD * kD / 2), S,
+                                 tid);
     cp_async_wait<L::kStages - 2>();
     wgmma::fence_proxy_async();
     __syncthreads();  // this chunk's copies are in; every read of chunk c - 1's stage is done
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
 
     float P[32], DQ[32];
     wgmma::fence();
-    wgt::scores<T>(P, sst + L::kDo, sst + L::kV);  // P' = do v^T
+    wgt::scores<kD, T>(P, sst + L::kDo, sst + L::kV);  // P' = do v^T
     wgmma::commit();
     wgt::times_state_t<T>(DQ, sst + L::kDo, s0 + L::kS, wg);  // do S^T
     wgmma::commit();
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
     wgmma::fence();
     wgt::scores_times<T>(DQ, s0 + L::kP, sst + L::kK, wg);  // DQ += P' k
     wgmma::commit();
-    wgt::outer_update<T>(S, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, wg);
+    wgt::outer_update<kD, T>(S, sst + L::kK, kGated ? s0 + L::kVw : sst + L::kV, wg);
     wgmma::commit();
     wgmma::wait<1>();  // DQ
     if constexpr (kGated) {
@@ -164,28 +165,29 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_wgmma_kernel(const LinearC
         if (r + 8 < p.T) atomicAdd(p.dg_work + bh * 2 * p.T + r + 8, d.y);
       }
     }
-    wgt::store_acc_rows<T>(static_cast<T*>(p.dq) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg,
-                           row_stride, DQ, stage + L::kDo + wg * L::kPanel, p.T - t0, wr, lane);
+    wgt::store_acc_rows<T>(
+        static_cast<T*>(p.dq) + ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg, row_stride,
+        DQ, stage + L::kDo + wg * L::kPanel, p.T - t0, wr, lane);
     wgmma::wait<0>();  // S
-    wgt::store_state_panels<T>(smem + L::kS, S, wg, wr, lane);
+    wgt::store_state_panels<kD, T>(smem + L::kS, S, wg, wr, lane);
   }
   cp_async_wait<0>();
 }
 
 struct WgDkvSmem {
-  static constexpr int kPanel = wgt::kPanel, kSPanel = wgt::kSPanel;
+  static constexpr int kPanel = wgt::kPanel, kSPanel = wgt::kSPanel<128>;
   static constexpr int kQ = 0, kDo = 2 * kPanel, kK = 4 * kPanel, kV = 6 * kPanel, kG = 8 * kPanel;
   static constexpr int kStage = kG + 1024;
-  static constexpr int kS = 2 * kStage;          // the 16-bit dS copy
-  static constexpr int kQw = kS + 2 * kSPanel;   // q rows times scale exp(G_t)
-  static constexpr int kP = kQw + 2 * kPanel;    // Pk (warpgroup 0's) then Pv (warpgroup 1's)
+  static constexpr int kS = 2 * kStage;         // the 16-bit dS copy
+  static constexpr int kQw = kS + 2 * kSPanel;  // q rows times scale exp(G_t)
+  static constexpr int kP = kQw + 2 * kPanel;   // Pk (warpgroup 0's) then Pv (warpgroup 1's)
   static constexpr int kGw = kP + 2 * kPanel;
   static constexpr int kBytes = kGw + kWarpGateBytes + 2 * kWarps * 4;  // + chunk_end_dot
 };
 
 template <typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const LinearChunkParams p) {
-  constexpr int kD = wgt::kD;
+  constexpr int kD = 128;
   using L = WgDkvSmem;
   extern __shared__ __align__(1024) unsigned char wg_smem[];
   unsigned char* smem = wg_smem;
@@ -205,22 +207,23 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const Linear
       const uint32_t base = s0 + (i & 1) * L::kStage;
       const int t0 = c * kC;
       const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD;
-      wgt::load_panels(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels(base + L::kDo, static_cast<const T*>(p.dout) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels(base + L::kV, static_cast<const T*>(p.v) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kDo, static_cast<const T*>(p.dout) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kV, static_cast<const T*>(p.v) + off, row_stride, p.T - t0, tid);
       if constexpr (kGated)
-        load_gates(reinterpret_cast<float*>(smem + (i & 1) * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H, tid);
+        load_gates(reinterpret_cast<float*>(smem + (i & 1) * L::kStage + L::kG), p.g, b, t0, h, p.T, p.H,
+                   tid);
     }
     cp_async_commit();
   };
   issue(0);
 
   float dS[64];
-  wgt::load_state(dS,
-                  n_seg > 1 ? p.dseg_states + (bh * n_seg + seg) * kD * kD : (p.dht ? p.dht + bh * kD * kD : nullptr),
-                  wg, wr, lane);
-  wgt::store_state_panels<T>(smem + L::kS, dS, wg, wr, lane);
+  wgt::load_state<kD>(
+      dS, n_seg > 1 ? p.dseg_states + (bh * n_seg + seg) * kD * kD : (p.dht ? p.dht + bh * kD * kD : nullptr),
+      wg, wr, lane);
+  wgt::store_state_panels<kD, T>(smem + L::kS, dS, wg, wr, lane);
   float* G = reinterpret_cast<float*>(smem + L::kGw) + warp * kC;
   float* chunk_end_dot = reinterpret_cast<float*>(smem + L::kGw + kWarpGateBytes);  // [2][kWarps]
 
@@ -245,9 +248,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const Linear
     // Warpgroup 0: Pk = k q^T; warpgroup 1: Pv = v do^T (rows s, columns t).
     float P[32], X[32], Y[32];
     wgmma::fence();
-    wgt::scores<T>(P, sst + (wg ? L::kV : L::kK), sst + (wg ? L::kDo : L::kQ));
+    wgt::scores<kD, T>(P, sst + (wg ? L::kV : L::kK), sst + (wg ? L::kDo : L::kQ));
     wgmma::commit();
-    wgt::times_state<T>(X, sst + L::kK, s0 + L::kS, wg);  // k dS
+    wgt::times_state<kD, T>(X, sst + L::kK, s0 + L::kS, wg);  // k dS
     wgmma::commit();
     wgt::times_state_t<T>(Y, sst + L::kV, s0 + L::kS, wg);  // v dS^T
     wgmma::commit();
@@ -286,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const Linear
       }
     wgmma::wait<1>();  // X
     if constexpr (kGated) wgt::scale_acc(X, wrow);
-    wgmma::wait<0>();  // Y
+    wgmma::wait<0>();                    // Y
     float2 dst = make_float2(0.f, 0.f);  // k.dk_st: the part of k.dk through the chunk-end state
     if constexpr (kGated) {
       wgt::scale_acc(Y, wrow);
@@ -310,13 +313,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const Linear
     wgmma::commit();
     wgt::scores_times<T>(Y, s0 + L::kP + L::kPanel, sst + L::kQ, wg);  // dk = Y + Pv q
     wgmma::commit();
-    wgt::outer_update<T>(dS, s0 + L::kQw, sst + L::kDo, wg);  // dS += Qw^T do
+    wgt::outer_update<kD, T>(dS, s0 + L::kQw, sst + L::kDo, wg);  // dS += Qw^T do
     wgmma::commit();
 
     const int64_t off = ((static_cast<int64_t>(b) * p.T + t0) * p.H + h) * kD + 64 * wg;
     wgmma::wait<2>();  // dv
-    wgt::store_acc_rows<T>(static_cast<T*>(p.dv) + off, row_stride, X, stage + L::kV + wg * L::kPanel, p.T - t0,
-                           wr, lane);
+    wgt::store_acc_rows<T>(static_cast<T*>(p.dv) + off, row_stride, X, stage + L::kV + wg * L::kPanel,
+                           p.T - t0, wr, lane);
     wgmma::wait<1>();  // dk
     if constexpr (kGated) {
       // dg_work: -k.dk_in = -(k.dk - k.dk_st) (float32: no 16-bit rounding between the two), and k.dk_st
@@ -330,13 +333,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkv_wgmma_kernel(const Linear
       }
     }
     // The k panel wg's rows 16 wr .. are read after the middle barrier only by this warp's row dots.
-    wgt::store_acc_rows<T>(static_cast<T*>(p.dk) + off, row_stride, Y, stage + L::kK + wg * L::kPanel, p.T - t0,
-                           wr, lane);
+    wgt::store_acc_rows<T>(static_cast<T*>(p.dk) + off, row_stride, Y, stage + L::kK + wg * L::kPanel,
+                           p.T - t0, wr, lane);
     wgmma::wait<0>();  // dS
-    wgt::store_state_panels<T>(smem + L::kS, dS, wg, wr, lane);
+    wgt::store_state_panels<kD, T>(smem + L::kS, dS, wg, wr, lane);
   }
   cp_async_wait<0>();
-  if (seg == 0 && p.dh0) wgt::store_state(p.dh0 + bh * kD * kD, dS, wg, wr, lane);
+  if (seg == 0 && p.dh0) wgt::store_state<kD>(p.dh0 + bh * kD * kD, dS, wg, wr, lane);
 }
 
 }  // namespace attnlab::kernels::linear_chunk

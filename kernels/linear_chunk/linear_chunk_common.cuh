@@ -288,14 +288,15 @@ __device__ __forceinline__ void gate_cumsum(float* G, int warp, int lane) {
   if (warp == 0) gate_cumsum_warp(G, G, lane);
 }
 
-// dst[r][:] = src[r][:] * w(r) for a swizzled [C][kD] tile (dst may be src); all threads.
-template <int kD, typename T, typename W>
+// dst[r][:] = src[r][:] * w(r) for a swizzled [C][kD] tile (dst may be src); all kN threads of the block.
+template <int kD, typename T, int kN = kThreads, typename W>
 __device__ __forceinline__ void scale_tile_rows(unsigned char* dst, const unsigned char* src, int tid,
                                                 W&& w) {
   constexpr int kChunksPerRow = kD / 8;
+  static_assert(kC * kChunksPerRow % kN == 0, "tile must split evenly over the threads");
 #pragma unroll
-  for (int i = 0; i < kC * kChunksPerRow / kThreads; ++i) {
-    const int c = tid + i * kThreads;
+  for (int i = 0; i < kC * kChunksPerRow / kN; ++i) {
+    const int c = tid + i * kN;
     const int row = c / kChunksPerRow, ch = c % kChunksPerRow;
     const uint32_t off = swz<kD>(row, ch);
     uint4 x = *reinterpret_cast<const uint4*>(src + off);
@@ -380,7 +381,7 @@ __device__ __forceinline__ void segment_scan(float* base, int64_t seg_stride, in
 // limit raised past the 48 KB default first); returns the first CUDA error. Every chunk kernel family
 // (linear_chunk, gla_chunk, delta_chunk, delta_wy) launches through it.
 template <typename Kernel, typename Params>
-cudaError_t launch_kernel(Kernel* kernel, dim3 grid, int smem, const Params& p) {
+cudaError_t launch_kernel(Kernel* kernel, dim3 grid, int smem, const Params& p, int threads = kThreads) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   // The whole unified L1 / shared memory as shared: the kernels stage through cp.async (L2 only), and the
@@ -389,7 +390,7 @@ cudaError_t launch_kernel(Kernel* kernel, dim3 grid, int smem, const Params& p) 
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, smem, p.stream>>>(p);
+  kernel<<<grid, threads, smem, p.stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -52,9 +52,10 @@ std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
     const char* what = backward ? "bwd_wgmma" : "fwd_wgmma";
     if (!linear_chunk_has_wgmma())
       return std::string(what) + ": this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
-    if (p.K != 128 || p.V != 128)
-      return std::string(what) + " takes K = V = 128, got K = " + std::to_string(p.K) + ", V = " +
-             std::to_string(p.V);
+    // The forward's output pass on wgmma takes D = 64 and 128, the backward's walks D = 128.
+    if (p.K != p.V || (backward ? p.K != 128 : (p.K != 64 && p.K != 128)))
+      return std::string(what) + " takes K = V = " + (backward ? "128" : "64 or 128") +
+             ", got K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V);
   }
   if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
   if (p.K != p.V || (p.K != 64 && p.K != 128))
@@ -105,10 +106,9 @@ cudaError_t run_fwd(const LinearChunkParams& p) {
     scan_fwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;
   }
-  if constexpr (kD == 128) {
-    if (p.fwd_wgmma)
-      return launch_kernel(&fwd_wgmma_kernel<T, kGated>, dim3(n_seg, p.H, p.B), WgFwdSmem::kBytes, p);
-  }
+  if (p.fwd_wgmma)
+    return launch_kernel(&fwd_wgmma_kernel<kD, T, kGated>, dim3(n_seg, p.H, p.B), WgFwdSmem<kD>::kBytes, p,
+                         WgFwdSmem<kD>::kThreads);
   return launch_kernel(&fwd_kernel<kD, T, kGated, true>, dim3(n_seg, p.H, p.B), FwdSmem<kD, true>::kBytes, p);
 }
 

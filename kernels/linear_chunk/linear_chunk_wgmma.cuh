@@ -1,13 +1,15 @@
-// Building blocks of the linear_chunk kernels on Hopper's warpgroup MMA (D = 128, sm_90a): the forward's
-// output pass (linear_chunk_fwd_wgmma.cuh) and the backward's two walks (linear_chunk_bwd_wgmma.cuh).
+// Building blocks of the linear_chunk kernels on Hopper's warpgroup MMA (sm_90a): the forward's output pass
+// (linear_chunk_fwd_wgmma.cuh, D = 64 and 128) and the backward's two walks (linear_chunk_bwd_wgmma.cuh,
+// D = 128).
 //
-// Layout shared by all three. 256 threads = two warpgroups; warp wr (0-3) of warpgroup wg holds, in an m64nN
-// accumulator, rows 16 wr + lane / 4 (+ 8) and columns 8 j + 2 (lane % 4) (+ 1) (kernels/common/wgmma.cuh).
-// Token tiles [64][128] sit in shared memory as two swizzled [64][64] panels (swz<64>, 8 KB each). The K x V
-// state (or its gradient) is split by rows: warpgroup wg holds rows 64 wg .. + 64 over all 128 columns in an
-// m64n128 accumulator (64 floats per thread), and its 16-bit copy sits in two [128][64] panels (value
-// columns 0-63 and 64-127, 16 KB each). That one copy serves both ways: read MN-major it is S as a B operand
-// [K][V] (q S, k dS), read K-major (rows 64 wg .., 16-column steps) it is S^T as a B operand (do S^T, v dS^T).
+// Layout shared by all of them, for D = K = V = 64 n: n warpgroups (128 n threads); warp wr (0-3) of
+// warpgroup wg holds, in an m64nN accumulator, rows 16 wr + lane / 4 (+ 8) and columns 8 j + 2 (lane % 4)
+// (+ 1) (kernels/common/wgmma.cuh). Token tiles [64][D] sit in shared memory as n swizzled [64][64] panels
+// (swz<64>, 8 KB each). The K x V state (or its gradient) is split by rows: warpgroup wg holds rows 64 wg ..
+// + 64 over all D columns in an m64nD accumulator (D / 2 floats per thread), and its 16-bit copy sits in n
+// [D][64] panels (value columns 0-63, 64-127). That one copy serves both ways: read MN-major it is S as a B
+// operand [K][V] (q S, k dS), read K-major (rows 64 wg .., 16-column steps) it is S^T as a B operand (do S^T,
+// v dS^T).
 // Namespace wgt ("warpgroup tiles"): the local name wg stays free for the warpgroup index.
 #pragma once
 
@@ -16,19 +18,22 @@
 
 namespace attnlab::kernels::linear_chunk::wgt {
 
-constexpr int kD = 128;
-constexpr int kPanel = kC * 64 * 2;    // [64 rows][64 columns] 16-bit: 8 KB
-constexpr int kSPanel = 128 * 64 * 2;  // [128 K rows][64 value columns]: 16 KB
+constexpr int kPanel = kC * 64 * 2;  // [64 rows][64 columns] 16-bit: 8 KB
+template <int kD>
+constexpr int kSPanel = kD * 64 * 2;  // [kD K rows][64 value columns]: 16 KB at D = 128
 
 __device__ __forceinline__ int acc_row(int wg, int wr, int lane, int half) {
   return 64 * wg + 16 * wr + (lane >> 2) + 8 * half;
 }
-__device__ __forceinline__ int acc_col(int j, int lane) { return 8 * j + 2 * (lane & 3); }
+__device__ __forceinline__ int acc_col(int j, int lane) {
+  return 8 * j + 2 * (lane & 3);
+}
 
-// The state from float32 [128][128] (zeros when src is null) into warpgroup wg's m64n128 accumulator.
-__device__ __forceinline__ void load_state(float (&S)[64], const float* src, int wg, int wr, int lane) {
+// The state from float32 [kD][kD] (zeros when src is null) into warpgroup wg's m64nD accumulator.
+template <int kD>
+__device__ __forceinline__ void load_state(float (&S)[kD / 2], const float* src, int wg, int wr, int lane) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < kD / 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = acc_row(wg, wr, lane, half), col = acc_col(j, lane);
@@ -36,26 +41,28 @@ __device__ __forceinline__ void load_state(float (&S)[64], const float* src, int
       S[4 * j + 2 * half] = x.x, S[4 * j + 2 * half + 1] = x.y;
     }
 }
-__device__ __forceinline__ void store_state(float* dst, const float (&S)[64], int wg, int wr, int lane) {
+template <int kD>
+__device__ __forceinline__ void store_state(float* dst, const float (&S)[kD / 2], int wg, int wr, int lane) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < kD / 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = acc_row(wg, wr, lane, half), col = acc_col(j, lane);
-      *reinterpret_cast<float2*>(dst + row * kD + col) = make_float2(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
+      *reinterpret_cast<float2*>(dst + row * kD + col) =
+          make_float2(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
     }
 }
 
-// The 16-bit state copy: the accumulators into the two [128][64] panels at s.
-template <typename T>
-__device__ __forceinline__ void store_state_panels(unsigned char* s, const float (&S)[64], int wg, int wr,
+// The 16-bit state copy: the accumulators into the [kD][64] panels at s.
+template <int kD, typename T>
+__device__ __forceinline__ void store_state_panels(unsigned char* s, const float (&S)[kD / 2], int wg, int wr,
                                                    int lane) {
 #pragma unroll
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < kD / 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = acc_row(wg, wr, lane, half), col = acc_col(j, lane);
-      *reinterpret_cast<uint32_t*>(s + (col / 64) * kSPanel + panel_off(row, col % 64)) =
+      *reinterpret_cast<uint32_t*>(s + (col / 64) * kSPanel<kD> + panel_off(row, col % 64)) =
           MmaType<T>::pack(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
     }
 }
@@ -64,7 +71,7 @@ __device__ __forceinline__ void store_state_panels(unsigned char* s, const float
 // in thread order: word i * 256 + tid holds (S[2 i], S[2 i + 1]). Both walks hold the state in this same
 // accumulator layout, so the dk/dv walk reads back exactly its own elements (coalesced both ways).
 template <typename T>
-__device__ __forceinline__ void store_state_packed(uint32_t* dst, const float (&S)[64], int tid) {
+__device__ __forceinline__ void store_state_packed(uint32_t* dst, const float (&S)[64], int tid) {  // D = 128
 #pragma unroll
   for (int i = 0; i < 32; ++i) dst[i * kThreads + tid] = MmaType<T>::pack(S[2 * i], S[2 * i + 1]);
 }
@@ -105,47 +112,47 @@ __device__ __forceinline__ void store_acc_rows(T* dst, int64_t row_stride, const
   store_tile<16, 64, 32, T>(dst + 16 * wr * row_stride, row_stride, rows, rows_valid - 16 * wr, lane);
 }
 
-// Loads a [64][128] token tile at x (row stride row_stride) into two panels at s.
-template <typename T>
+// Loads a [64][kD] token tile at x (row stride row_stride) into kD / 64 panels at s, by 2 kD threads.
+template <int kD, typename T>
 __device__ __forceinline__ void load_panels(uint32_t s, const T* x, int64_t row_stride, int rows_valid,
                                             int tid) {
 #pragma unroll
-  for (int pn = 0; pn < 2; ++pn)
-    load_tile<kC, 64, kThreads, T>(s + pn * kPanel, x + 64 * pn, row_stride, rows_valid, tid);
+  for (int pn = 0; pn < kD / 64; ++pn)
+    load_tile<kC, 64, 2 * kD, T>(s + pn * kPanel, x + 64 * pn, row_stride, rows_valid, tid);
 }
 
-// C += A B^T over K = 128 with A and B [64][128] token tiles (two K-major panels each), m64n64: P = q k^T and
-// its kin. The first k16 step overwrites C (scale-d 0), so no zero fill is needed.
-template <typename T>
+// C = A B^T over K = kD with A and B [64][kD] token tiles (K-major panels), m64n64: P = q k^T and its kin.
+// The first k16 step overwrites C (scale-d 0), so no zero fill is needed.
+template <int kD, typename T>
 __device__ __forceinline__ void scores(float (&P)[32], uint32_t a, uint32_t b) {
 #pragma unroll
-  for (int s = 0; s < 8; ++s) {
+  for (int s = 0; s < kD / 16; ++s) {
     const uint32_t k_off = (s / 4) * kPanel + (s % 4) * 32;
     wgmma::Mma<64, T, 0>::run(P, wgmma::make_desc(a + k_off, 16, 1024), wgmma::make_desc(b + k_off, 16, 1024),
                               s > 0);
   }
 }
-// C = A S[:, 64 wg ..] (S MN-major from its panels at s_copy), A a [64][128] token tile: q S, k dS.
-template <typename T>
+// C = A S[:, 64 wg ..] (S MN-major from its panels at s_copy), A a [64][kD] token tile: q S, k dS.
+template <int kD, typename T>
 __device__ __forceinline__ void times_state(float (&C)[32], uint32_t a, uint32_t s_copy, int wg) {
 #pragma unroll
-  for (int s = 0; s < 8; ++s)
+  for (int s = 0; s < kD / 16; ++s)
     wgmma::Mma<64, T, 1>::run(C, wgmma::make_desc(a + (s / 4) * kPanel + (s % 4) * 32, 16, 1024),
-                              wgmma::make_desc_mn(s_copy + wg * kSPanel + s * 2048, kSPanel), s > 0);
+                              wgmma::make_desc_mn(s_copy + wg * kSPanel<kD> + s * 2048, kSPanel<kD>), s > 0);
 }
 // C = A S^T[:, 64 wg ..] (S^T read K-major: rows 64 wg .. of each panel), A a [64][128] token tile: do S^T,
-// v dS^T.
+// v dS^T. D = 128.
 template <typename T>
 __device__ __forceinline__ void times_state_t(float (&C)[32], uint32_t a, uint32_t s_copy, int wg) {
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     const uint32_t k_off = (s / 4) * kPanel + (s % 4) * 32;
-    wgmma::Mma<64, T, 0>::run(C, wgmma::make_desc(a + k_off, 16, 1024),
-                              wgmma::make_desc(s_copy + (s / 4) * kSPanel + wg * 64 * 128 + (s % 4) * 32, 16, 1024),
-                              s > 0);
+    wgmma::Mma<64, T, 0>::run(
+        C, wgmma::make_desc(a + k_off, 16, 1024),
+        wgmma::make_desc(s_copy + (s / 4) * kSPanel<128> + wg * 64 * 128 + (s % 4) * 32, 16, 1024), s > 0);
   }
 }
-// C += P X[:, 64 wg ..]: P a [64][64] panel (K-major), X a [64][128] token tile read MN-major (P V, P' k).
+// C += P X[:, 64 wg ..]: P a [64][64] panel (K-major), X a [64][kD] token tile read MN-major (P V, P' k).
 template <typename T>
 __device__ __forceinline__ void scores_times(float (&C)[32], uint32_t p, uint32_t x, int wg) {
 #pragma unroll
@@ -153,14 +160,14 @@ __device__ __forceinline__ void scores_times(float (&C)[32], uint32_t p, uint32_
     wgmma::Mma<64, T, 1>::run(C, wgmma::make_desc(p + s * 32, 16, 1024),
                               wgmma::make_desc_mn(x + wg * kPanel + s * 2048, kPanel), 1);
 }
-// S[64 wg .., :] += A^T B with A, B [64][128] token tiles: A's panel wg read M-major (its columns 64 wg ..
-// are S's rows), B read MN-major over both panels (the state update S += k^T Vw, dS += Qw^T do).
-template <typename T>
-__device__ __forceinline__ void outer_update(float (&S)[64], uint32_t a, uint32_t b, int wg) {
+// S[64 wg .., :] += A^T B with A, B [64][kD] token tiles: A's panel wg read M-major (its columns 64 wg ..
+// are S's rows), B read MN-major over all its panels (the state update S += k^T Vw, dS += Qw^T do).
+template <int kD, typename T>
+__device__ __forceinline__ void outer_update(float (&S)[kD / 2], uint32_t a, uint32_t b, int wg) {
 #pragma unroll
   for (int s = 0; s < 4; ++s)
-    wgmma::Mma<128, T, 1, 1>::run(S, wgmma::make_desc_mn(a + wg * kPanel + s * 2048, kPanel),
-                                  wgmma::make_desc_mn(b + s * 2048, kPanel), 1);
+    wgmma::Mma<kD, T, 1, 1>::run(S, wgmma::make_desc_mn(a + wg * kPanel + s * 2048, kPanel),
+                                 wgmma::make_desc_mn(b + s * 2048, kPanel), 1);
 }
 
 // Scales this thread's two rows of an m64n64 accumulator (row[half] for row 16 wr + lane / 4 + 8 half).

@@ -42,9 +42,9 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
     const char* variant = std::getenv(name);
     return variant && std::string(variant) == "mma";
   };
-  const bool wgmma = p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
-  p.fwd_wgmma = wgmma && !forced_mma("ATTNLAB_LINEAR_FWD") ? 1 : 0;
-  p.bwd_wgmma = wgmma && !forced_mma("ATTNLAB_LINEAR_BWD") ? 1 : 0;
+  const bool wgmma = p.K == p.V && kn::linear_chunk_has_wgmma();
+  p.fwd_wgmma = wgmma && (p.K == 64 || p.K == 128) && !forced_mma("ATTNLAB_LINEAR_FWD") ? 1 : 0;
+  p.bwd_wgmma = wgmma && p.K == 128 && !forced_mma("ATTNLAB_LINEAR_BWD") ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
