@@ -85,6 +85,15 @@ done
   > "$OUT/bench_linear_mma.log" 2>&1
 [ "${MMA_FWD:-1}" = 1 ] && { el "bench (mma.sync forward) rc $?"
   grep -E "^(linear|simple)" "$OUT/bench_linear_mma.log" | grep kernel | head -n 16; }
+# SEG_VARIANTS="16 32": linear_chunk's split forced (ATTNLAB_LINEAR_SEG_CHUNKS) at D = SEG_DIMS (default 64) and
+# T = SEG_SEQS (default 2048,8192): the rows behind the binding's default_seg_chunks.
+for sc in ${SEG_VARIANTS:-}; do
+  stage 90 env ATTNLAB_LINEAR_SEG_CHUNKS="$sc" "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla \
+    --dtype bf16 --head-dims "${SEG_DIMS:-64}" --seq-lens "${SEG_SEQS:-2048,8192}" --tokens 32768 --heads 16 \
+    --chunk-repeat 0 $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) \
+    --out "$RESULTS/bench_linear_seg$sc.csv" > "$OUT/bench_linear_seg$sc.log" 2>&1
+  el "bench (seg_chunks $sc) rc $?"; grep -E "^(linear|simple)" "$OUT/bench_linear_seg$sc.log" | grep kernel
+done
 # NCU=1: per-kernel GPU time of one shape per op (T = 8192 and 32768, D = 128), from Nsight Compute with the
 # clocks left alone: which kernel of each forward and backward to work on (bench/ncu_summary.py).
 if [ "${NCU:-0}" = 1 ]; then

@@ -233,6 +233,21 @@ TEST(LinearChunkSegments, DefaultsFollowTheMeasurements) {
   EXPECT_EQ(kn::linear_chunk_default_seg_chunks(16, 2048, 16, kSms, 2), 16);
   EXPECT_EQ(kn::linear_chunk_default_seg_chunks(4, 8192, 16, kSms, 2), 26);
   EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 32768, 16, kSms, 2), 31);
+  // The binding's whole-wave calls (linear_chunk.cpp). With the backward at D = 64 (two mma.sync walk blocks
+  // per SM, state passes 0.1 of a walk wave): no split at T = 2048 (256 heads in 264 slots, where the rule
+  // above cuts in two: 512 blocks, two waves of 16 chunks plus the state passes), four segments of 32 at
+  // T = 8192 (256 blocks: one wave).
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(16, 2048, 16, kSms, 2, 0.1), 32);
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(4, 8192, 16, kSms, 2, 0.1), 32);
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(1, 32768, 16, kSms, 2, 0.1), 32);
+  // The forward alone on wgmma at D = 64 (waves counted at two blocks per SM, 0.35): no split at T = 2048,
+  // four segments at T = 8192.
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(16, 2048, 16, kSms, 2, 0.35), 32);
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(4, 8192, 16, kSms, 2, 0.35), 32);
+  // With the backward at D = 128 (0.2): the forward's splits (the walks' waves decide).
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(4, 8192, 16, kSms, 1, 0.2), 32);
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(16, 2048, 16, kSms, 1, 0.2), 32);
+  EXPECT_EQ(kn::linear_chunk_wave_seg_chunks(1, 32768, 16, kSms, 1, 0.2), 32);
   // Never segments under 4 chunks, and one chunk is one segment.
   EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 1024, 1, kSms, 1), 4);
   EXPECT_EQ(kn::linear_chunk_default_seg_chunks(1, 64, 1, kSms, 1), 1);

@@ -9,23 +9,18 @@
 
 namespace attnlab::kernels {
 
-int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks_per_sm) {
+int linear_chunk_wave_seg_chunks(int B, int T, int H, int num_sms, int walk_blocks_per_sm,
+                                 double state_cost) {
   const int nt = linear_chunk_count(T);
   if (nt <= 1) return 1;
   const long long heads = static_cast<long long>(B) * H, sms = std::max(num_sms, 1);
+  const long long slots = sms * std::max(walk_blocks_per_sm, 1);
+  if (heads >= slots) return nt;
   // Segments shorter than 4 chunks make the segment-state pass (which reads k and v once more) cost more
   // than the parallelism gains.
   const int max_seg = std::max(1, nt / 4);
-  if (blocks_per_sm >= 2) {
-    const long long target = 2LL * sms;  // two blocks per SM over the launch
-    if (heads >= target) return nt;
-    const long long n_seg = std::min<long long>((target + heads - 1) / heads, max_seg);
-    return static_cast<int>((nt + n_seg - 1) / n_seg);
-  }
-  if (heads >= sms) return nt;
-  // One block per SM: time ~ (waves of the state pass * 0.9 + waves of the output pass) * segment length.
-  // The 0.9 is the state pass's cost per chunk against the output pass's, two of its blocks per SM (ncu
-  // times, H200 run t). Ties go to fewer segments (less scan, fewer saved states).
+  // time ~ (waves of the state passes * state_cost + waves of the walks) * segment length; ties go to fewer
+  // segments (less scan, fewer saved states).
   auto waves = [&](long long blocks, long long per_wave) { return (blocks + per_wave - 1) / per_wave; };
   int best = nt;
   double best_cost = static_cast<double>(nt);  // one segment: one wave of the whole sequence
@@ -33,10 +28,25 @@ int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks
     const int len = (nt + n - 1) / n, n_eff = (nt + len - 1) / len;
     if (n_eff != n) continue;  // the same split as a smaller n
     const double cost =
-        (0.9 * waves(heads * (n - 1), 2 * sms) + waves(heads * n, sms)) * len * (1.0 + 1e-3 * n);
+        (state_cost * waves(heads * (n - 1), 2 * sms) + waves(heads * n, slots)) * len * (1.0 + 1e-3 * n);
     if (cost < best_cost) best_cost = cost, best = len;
   }
   return best;
+}
+
+int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks_per_sm) {
+  const int nt = linear_chunk_count(T);
+  if (nt <= 1) return 1;
+  const long long heads = static_cast<long long>(B) * H, sms = std::max(num_sms, 1);
+  if (blocks_per_sm >= 2) {
+    const int max_seg = std::max(1, nt / 4);
+    const long long target = 2LL * sms;  // two blocks per SM over the launch
+    if (heads >= target) return nt;
+    const long long n_seg = std::min<long long>((target + heads - 1) / heads, max_seg);
+    return static_cast<int>((nt + n_seg - 1) / n_seg);
+  }
+  // One block per SM: the forward's state pass costs 0.9 of a wave of the output pass (ncu, H200 run t).
+  return linear_chunk_wave_seg_chunks(B, T, H, num_sms, 1, 0.9);
 }
 
 bool linear_chunk_has_wgmma() {

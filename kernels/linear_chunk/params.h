@@ -104,6 +104,12 @@ ATTNLAB_LINEAR_HD inline int linear_chunk_segments(const LinearChunkParams& p) {
 // (B * H * (n_seg - 1) blocks, two per SM) plus the output pass's, each wave as long as a segment; no split
 // once B * H fills the SMs (docs/kernels.md, "linear_chunk").
 int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks_per_sm = 2);
+// The whole-wave split on its own: walks of walk_blocks_per_sm blocks per SM, each wave as long as a
+// segment, and state passes (two blocks per SM) whose wave costs state_cost of a walk's wave; it minimises
+// (state waves * state_cost + walk waves) * segment length, no split once B * H fills the walks' slots. The
+// binding calls it with the costs of what will run: the forward alone (no gradient can follow) or the forward
+// and the backward (linear_chunk.cpp has the measured costs).
+int linear_chunk_wave_seg_chunks(int B, int T, int H, int num_sms, int walk_blocks_per_sm, double state_cost);
 
 // Whether this build has the wgmma forward (compiled for sm_90a: CMAKE_CUDA_ARCHITECTURES holds 90a).
 bool linear_chunk_has_wgmma();

@@ -19,7 +19,37 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "linear_chunk";
 
-// Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (either may be undefined).
+// ATTNLAB_LINEAR_FWD=mma / ATTNLAB_LINEAR_BWD=mma force the mma.sync kernels (read per call: a test and the
+// bench switch them). Otherwise the forward's output pass runs on wgmma at K = V = 64 and 128 on an sm_90a
+// build (checked against the mma.sync kernel and the chunk form on the H200, bench/results/h200-2026-12-02b
+// and y), and so do the backward's dq and dk/dv walks at K = V = 128 (run x).
+bool forced_mma(const char* name) {
+  const char* variant = std::getenv(name);
+  return variant && std::string(variant) == "mma";
+}
+bool use_fwd_wgmma(int64_t K, int64_t V) {
+  return K == V && (K == 64 || K == 128) && kn::linear_chunk_has_wgmma() && !forced_mma("ATTNLAB_LINEAR_FWD");
+}
+bool use_bwd_wgmma(int64_t K, int64_t V) {
+  return K == V && K == 128 && kn::linear_chunk_has_wgmma() && !forced_mma("ATTNLAB_LINEAR_BWD");
+}
+
+// The default split, from what will run. The state passes' cost per wave, against a wave of the walks (Nsight
+// Compute times on the H200, bench/results/h200-2026-12-02x and y): the forward alone at D = 128 0.9 (state
+// pass 82 us a wave, output pass 103), at D = 64 on wgmma 0.35 (three output blocks per SM); with the
+// backward, whose dq and dk/dv walks dwarf its own state pass, 0.2 at D = 128 and 0.1 at D = 64 (two
+// mma.sync walk blocks per SM).
+int default_seg_chunks(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int sms, bool backward) {
+  if (backward) return kn::linear_chunk_wave_seg_chunks(B, T, H, sms, K == 128 ? 1 : 2, K == 128 ? 0.2 : 0.1);
+  if (K == 128) return kn::linear_chunk_wave_seg_chunks(B, T, H, sms, 1, 0.9);
+  // Three blocks per SM fit, but the model's waves are counted at two: a third block per SM shares the SM's
+  // tensor and shared-memory throughput rather than adding to it (run y's split tried both).
+  if (use_fwd_wgmma(K, V)) return kn::linear_chunk_wave_seg_chunks(B, T, H, sms, 2, 0.35);
+  return kn::linear_chunk_default_seg_chunks(B, T, H, sms, 2);
+}
+
+// Params of the forward for contiguous q, k, v and float32 contiguous g, h0 (either may be undefined);
+// seg_chunks > 0 (linear_chunk() picks the default).
 kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const torch::Tensor& g, const torch::Tensor& h0, double scale,
                                   int64_t seg_chunks) {
@@ -31,20 +61,9 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
   p.g = f32(g);
   p.h0 = f32(h0);
-  p.seg_chunks = seg_chunks > 0 ? static_cast<int>(std::min<int64_t>(seg_chunks, INT_MAX))
-                                : kn::linear_chunk_default_seg_chunks(
-                                      p.B, p.T, p.H, sm_count(q.device().index()), p.K == 128 ? 1 : 2);
-  // The forward's output pass runs on wgmma at K = V = 128 on an sm_90a build (checked against the mma.sync
-  // kernel and the chunk form on the H200, bench/results/h200-2026-12-02b), and so do the backward's dq and
-  // dk/dv walks. ATTNLAB_LINEAR_FWD=mma / ATTNLAB_LINEAR_BWD=mma force the mma.sync kernels (read per call: a
-  // test and the bench switch them).
-  auto forced_mma = [](const char* name) {
-    const char* variant = std::getenv(name);
-    return variant && std::string(variant) == "mma";
-  };
-  const bool wgmma = p.K == p.V && kn::linear_chunk_has_wgmma();
-  p.fwd_wgmma = wgmma && (p.K == 64 || p.K == 128) && !forced_mma("ATTNLAB_LINEAR_FWD") ? 1 : 0;
-  p.bwd_wgmma = wgmma && p.K == 128 && !forced_mma("ATTNLAB_LINEAR_BWD") ? 1 : 0;
+  p.seg_chunks = static_cast<int>(std::min<int64_t>(std::max<int64_t>(seg_chunks, 1), INT_MAX));
+  p.fwd_wgmma = use_fwd_wgmma(p.K, p.V) ? 1 : 0;
+  p.bwd_wgmma = use_bwd_wgmma(p.K, p.V) ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
@@ -162,8 +181,26 @@ RecurrentOut linear_chunk(const RecurrentArgs& args, bool gated) {
   auto none = torch::empty({0}, args.q.options().dtype(torch::kFloat));
   auto g = gated ? args.g.to(torch::kFloat).contiguous() : none;
   auto h0 = args.h0.defined() ? args.h0.to(torch::kFloat).contiguous() : none;
+  int64_t seg_chunks = args.kernel_seg_chunks;
+  // ATTNLAB_LINEAR_SEG_CHUNKS=n forces the split where the caller left it to us (for measuring the default).
+  if (const char* forced = std::getenv("ATTNLAB_LINEAR_SEG_CHUNKS"); seg_chunks <= 0 && forced) {
+    char* end = nullptr;
+    const long n = std::strtol(forced, &end, 10);
+    ATTNLAB_CHECK(end != forced && *end == '\0' && n >= 1,
+                  "ATTNLAB_LINEAR_SEG_CHUNKS must be a chunk count >= 1, got '{}'", forced);
+    seg_chunks = n;
+  }
+  if (seg_chunks <= 0) {
+    // Split for the backward too when one can follow (its walks cost most of a training step).
+    bool backward = false;
+    if (torch::autograd::GradMode::is_enabled())
+      for (const auto* t : {&args.q, &args.k, &args.v, &args.g, &args.h0})
+        backward = backward || (t->defined() && t->requires_grad());
+    seg_chunks = default_seg_chunks(args.q.size(0), args.q.size(1), args.q.size(2), args.q.size(3),
+                                    args.v.size(3), sm_count(args.q.device().index()), backward);
+  }
   auto out = LinearChunkFunction::apply(args.q.contiguous(), args.k.contiguous(), args.v.contiguous(), g, h0,
-                                        scale, args.kernel_seg_chunks);
+                                        scale, seg_chunks);
   RecurrentOut r;
   r.o = out[0];
   if (args.output_final_state) r.ht = out[1];
