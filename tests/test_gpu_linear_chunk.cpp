@@ -168,9 +168,9 @@ TEST(LinearChunkKernel, AutomaticUsesTheKernelOnCuda) {
   EXPECT_TRUE(torch::equal(viakernel, ops::simple_gla(a, ops::Impl::kernel).o));
 }
 
-// The wgmma forward (the default on sm_90a builds, D = 64 and 128) against the mma.sync one
-// (ATTNLAB_LINEAR_FWD=mma): o and ht, with and without a gate, segments and h0; then both timed (printed, not
-// asserted: speed is the bench's).
+// The wgmma forward and its state pass (the default on sm_90a builds, D = 64 and 128) against the mma.sync
+// ones (ATTNLAB_LINEAR_FWD=mma, ATTNLAB_LINEAR_STATE=mma): o and ht, with and without a gate, segments and
+// h0; then both timed (printed, not asserted: speed is the bench's).
 TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
   SKIP_WITHOUT_CUDA();
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
@@ -198,9 +198,11 @@ TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
                  20;
         };
         setenv("ATTNLAB_LINEAR_FWD", "mma", 1);
+        setenv("ATTNLAB_LINEAR_STATE", "mma", 1);
         auto ref = run();
         const double ms_mma = timed();
         unsetenv("ATTNLAB_LINEAR_FWD");
+        unsetenv("ATTNLAB_LINEAR_STATE");
         auto got = run();
         const double ms_wg = timed();
         const auto label = fmt::format("D {} {} T {}", D, gated ? "gated" : "ungated", T);
@@ -213,9 +215,10 @@ TEST(LinearChunkKernel, WgmmaForwardMatchesMmaSync) {
       }
 }
 
-// The wgmma backward walks (the default on sm_90a builds at D = 128) against the mma.sync ones
-// (ATTNLAB_LINEAR_BWD=mma): every gradient, with and without a gate (weak and strong), segments, h0 and
-// dht, bf16 and fp16; then forward + backward of both timed (printed, not asserted: speed is the bench's).
+// The wgmma backward walks and state passes (the default on sm_90a builds at D = 128) against the mma.sync
+// ones (ATTNLAB_LINEAR_BWD=mma, ATTNLAB_LINEAR_STATE=mma): every gradient, with and without a gate (weak and
+// strong), segments, h0 and dht, bf16 and fp16; then forward + backward of both timed (printed, not asserted:
+// speed is the bench's).
 TEST(LinearChunkKernel, WgmmaBackwardMatchesMmaSync) {
   SKIP_WITHOUT_CUDA();
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
@@ -245,9 +248,11 @@ TEST(LinearChunkKernel, WgmmaBackwardMatchesMmaSync) {
       return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 10;
     };
     setenv("ATTNLAB_LINEAR_BWD", "mma", 1);
+    setenv("ATTNLAB_LINEAR_STATE", "mma", 1);
     auto ref = run(c, in, c.dtype, ops::Impl::kernel);
     const double ms_mma = timed();
     unsetenv("ATTNLAB_LINEAR_BWD");
+    unsetenv("ATTNLAB_LINEAR_STATE");
     auto got = run(c, in, c.dtype, ops::Impl::kernel);
     const double ms_wg = timed();
     const double tol = c.dtype == torch::kHalf ? 1e-3 : 5e-3;

@@ -27,6 +27,7 @@
 #include "kernels/linear_chunk/linear_chunk_bwd_wgmma.cuh"
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
 #include "kernels/linear_chunk/linear_chunk_kernels.cuh"
+#include "kernels/linear_chunk/linear_chunk_state_wgmma.cuh"
 
 namespace attnlab::kernels {
 namespace linear_chunk {
@@ -76,9 +77,15 @@ cudaError_t run_bwd(const LinearChunkParams& p) {
     return err;
   }
   if (n_seg > 1) {
-    if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
-                             DkvSmem<kD, false>::kBytes, p)))
+    if (p.state_wgmma) {
+      using L = WgStateSmem<kD>;
+      if ((err = launch_kernel(&state_wgmma_kernel<kD, T, kGated, true>, dim3(n_seg - 1, p.H, p.B), L::kBytes,
+                               p, L::kThreads)))
+        return err;
+    } else if ((err = launch_kernel(&bwd_dkv_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
+                                    DkvSmem<kD, false>::kBytes, p))) {
       return err;
+    }
     const int kv4 = kD * kD / 4;
     scan_bwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;

@@ -6,6 +6,7 @@
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
 #include "kernels/linear_chunk/linear_chunk_fwd_wgmma.cuh"
 #include "kernels/linear_chunk/linear_chunk_kernels.cuh"
+#include "kernels/linear_chunk/linear_chunk_state_wgmma.cuh"
 
 namespace attnlab::kernels {
 
@@ -58,6 +59,13 @@ bool linear_chunk_has_wgmma() {
 }
 
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
+  if (p.state_wgmma) {
+    if (!linear_chunk_has_wgmma())
+      return "state_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+    if (p.K != p.V || (p.K != 64 && p.K != 128))
+      return "state_wgmma takes K = V = 64 or 128, got K = " + std::to_string(p.K) +
+             ", V = " + std::to_string(p.V);
+  }
   if (backward ? p.bwd_wgmma : p.fwd_wgmma) {
     const char* what = backward ? "bwd_wgmma" : "fwd_wgmma";
     if (!linear_chunk_has_wgmma())
@@ -109,9 +117,15 @@ cudaError_t run_fwd(const LinearChunkParams& p) {
   if (n_seg == 0) return cudaSuccess;
   cudaError_t err;
   if (n_seg > 1) {
-    if ((err = launch_kernel(&fwd_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
-                             FwdSmem<kD, false>::kBytes, p)))
+    if (p.state_wgmma) {
+      using L = WgStateSmem<kD>;
+      if ((err = launch_kernel(&state_wgmma_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
+                               L::kBytes, p, L::kThreads)))
+        return err;
+    } else if ((err = launch_kernel(&fwd_kernel<kD, T, kGated, false>, dim3(n_seg - 1, p.H, p.B),
+                                    FwdSmem<kD, false>::kBytes, p))) {
       return err;
+    }
     const int kv4 = kD * kD / 4;
     scan_fwd_kernel<kGated><<<dim3((kv4 + 255) / 256, p.B * p.H), 256, 0, p.stream>>>(p);
     if ((err = cudaGetLastError())) return err;

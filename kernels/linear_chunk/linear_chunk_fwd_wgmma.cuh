@@ -1,5 +1,5 @@
-// The output pass of the linear_chunk forward on Hopper's warpgroup MMA (sm_90a, D = 64, 128): an opt-in variant
-// of fwd_kernel<.., kOutput = true> (same params, same results up to summation order), selected by
+// The output pass of the linear_chunk forward on Hopper's warpgroup MMA (sm_90a, D = 64, 128): an opt-in
+// variant of fwd_kernel<.., kOutput = true> (same params, same results up to summation order), selected by
 // LinearChunkParams::fwd_wgmma. Written without a GPU (2026-12-01); kernels/common/harness/wgmma_check
 // settles the operand layouts it relies on, and test_gpu_linear_chunk's WgmmaForwardMatchesMmaSync compares
 // it with the mma.sync kernel.

@@ -85,6 +85,9 @@ struct LinearChunkParams {
   // 1: the backward's dq and dk/dv walks on wgmma (linear_chunk_bwd_wgmma.cuh; same conditions); 0: mma.sync.
   // Both walks take the same form (chunk_states is in the form's thread order).
   int bwd_wgmma = 0;
+  // 1: the segment-state passes of the forward and the backward on wgmma (linear_chunk_state_wgmma.cuh; K = V
+  // = 64 or 128, sm_90a builds); 0: mma.sync.
+  int state_wgmma = 0;
 
   cudaStream_t stream = nullptr;
 };

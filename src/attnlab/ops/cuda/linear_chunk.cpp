@@ -19,16 +19,21 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "linear_chunk";
 
-// ATTNLAB_LINEAR_FWD=mma / ATTNLAB_LINEAR_BWD=mma force the mma.sync kernels (read per call: a test and the
-// bench switch them). Otherwise the forward's output pass runs on wgmma at K = V = 64 and 128 on an sm_90a
-// build (checked against the mma.sync kernel and the chunk form on the H200, bench/results/h200-2026-12-02b
-// and y), and so do the backward's dq and dk/dv walks at K = V = 128 (run x).
+// ATTNLAB_LINEAR_FWD=mma / ATTNLAB_LINEAR_BWD=mma / ATTNLAB_LINEAR_STATE=mma force the mma.sync kernels (read
+// per call: a test and the bench switch them). Otherwise the forward's output pass runs on wgmma at K = V =
+// 64 and 128 on an sm_90a build (checked against the mma.sync kernel and the chunk form on the H200,
+// bench/results/h200-2026-12-02b and y), so do the backward's dq and dk/dv walks at K = V = 128 (run x), and
+// the segment-state passes of both.
 bool forced_mma(const char* name) {
   const char* variant = std::getenv(name);
   return variant && std::string(variant) == "mma";
 }
 bool use_fwd_wgmma(int64_t K, int64_t V) {
   return K == V && (K == 64 || K == 128) && kn::linear_chunk_has_wgmma() && !forced_mma("ATTNLAB_LINEAR_FWD");
+}
+bool use_state_wgmma(int64_t K, int64_t V) {
+  return K == V && (K == 64 || K == 128) && kn::linear_chunk_has_wgmma() &&
+         !forced_mma("ATTNLAB_LINEAR_STATE");
 }
 bool use_bwd_wgmma(int64_t K, int64_t V) {
   return K == V && K == 128 && kn::linear_chunk_has_wgmma() && !forced_mma("ATTNLAB_LINEAR_BWD");
@@ -64,6 +69,7 @@ kn::LinearChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k
   p.seg_chunks = static_cast<int>(std::min<int64_t>(std::max<int64_t>(seg_chunks, 1), INT_MAX));
   p.fwd_wgmma = use_fwd_wgmma(p.K, p.V) ? 1 : 0;
   p.bwd_wgmma = use_bwd_wgmma(p.K, p.V) ? 1 : 0;
+  p.state_wgmma = use_state_wgmma(p.K, p.V) ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
