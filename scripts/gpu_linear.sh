@@ -77,6 +77,11 @@ fi
 for vs in ${DELTA_V_SPLITS:-}; do
   delta_variant "vsplit$vs" "$([ "$vs" = 4 ] && echo 128 || echo 128,64)" "ATTNLAB_DELTA_V_SPLIT=$vs"
 done
+# DELTA_ENVS="VAR=VALUE ...": the delta ops at D = 128 benched once per setting (bench_delta_<setting>.csv),
+# e.g. ATTNLAB_DELTA_FWD_WGMMA=0 for the mma.sync walk beside the default.
+for setting in ${DELTA_ENVS:-}; do
+  delta_variant "$(echo "${setting#ATTNLAB_DELTA_}" | tr 'A-Z=' 'a-z_')" 128 "$setting"
+done
 # linear_chunk's mma.sync forward (the default is the wgmma one on sm_90a; MMA_DIMS, default 128,64), validated
 # and timed the same way, for the comparison (MMA_FWD=0 skips it).
 [ "${MMA_FWD:-1}" = 1 ] && stage 120 env ATTNLAB_LINEAR_FWD=mma "$BUILD/attnlab" bench ops --ops linear_attention,simple_gla --dtype bf16 \

@@ -1,6 +1,7 @@
 // Launchers and checks of the delta_chunk kernels (params.h).
 #include <string>
 
+#include "kernels/delta_chunk/delta_chunk_fwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_kernels.cuh"
 
 namespace attnlab::kernels {
@@ -18,6 +19,12 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
+  if (!backward && p.fwd_wgmma) {
+    if (!linear_chunk_has_wgmma()) return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+    if (p.K != 128 || p.v_split != 1)
+      return "fwd_wgmma takes K = V = 128 and v_split 1, got K = " + std::to_string(p.K) +
+             ", v_split " + std::to_string(p.v_split);
+  }
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
@@ -40,6 +47,10 @@ int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
   if (V == 128 && 4 * heads <= num_sms) return 4;
   if (V == 64 && 2 * heads <= num_sms) return 2;
   return split_64(heads, V, num_sms);
+}
+
+bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms) {
+  return V == 128 && static_cast<long long>(B) * H >= num_sms;
 }
 
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) {
@@ -71,6 +82,18 @@ namespace {
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   const dim3 grid(kD / kVb, p.H, p.B);
+  if constexpr (kD == 128 && kVb == 128) {
+    if (p.fwd_wgmma) {
+      if (!p.vn)
+        return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, true>, grid, WgFwdSmem<true>::kBytes, p,
+                             WgFwdSmem<true>::kThreads);
+      cudaError_t err = launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid, WgFwdSmem<false>::kBytes,
+                                      p, WgFwdSmem<false>::kThreads);
+      if (err != cudaSuccess) return err;
+      return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                           OutSmem<kD>::kBytes, p);
+    }
+  }
   if (!p.vn)
     return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
   // two passes: the walk (states and vn), then o for every chunk at once

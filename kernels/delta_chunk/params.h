@@ -44,6 +44,9 @@ struct DeltaChunkParams {
                               // that no backward follows skips it
   int v_split = 1;            // the walks' blocks per (b, h), each over V / v_split value columns: 1, 2,
                               // or 4 at V = 128 (delta_chunk_default_v_split picks it); the same results
+  int fwd_wgmma = 0;          // 1: the forward's walk on Hopper's wgmma (delta_chunk_fwd_wgmma.cuh; K = V =
+                              // 128, v_split 1, and only where linear_chunk_has_wgmma()); 0: mma.sync. Same
+                              // results up to summation order; the binding sets 1 wherever it can
   bool bwd_out_wide = false;  // the two-pass backward's second kernel with every tile resident at D = 128
                               // (one block per SM) instead of its lean layout (two); the same results
   void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two
@@ -88,6 +91,11 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 // backward runs one block per (b, h), so it leaves multiprocessors idle where B * H is under one per
 // multiprocessor; the two-pass walk splits V as the forward does and its second pass fills the GPU.
 bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms);
+
+// Whether the forward's walk runs on wgmma (DeltaChunkParams::fwd_wgmma, with v_split 1) for this shape,
+// given an sm_90a build and K = V = 128: where B * H blocks alone fill every multiprocessor once; with fewer,
+// the mma.sync walk's V-split keeps more of them busy.
+bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

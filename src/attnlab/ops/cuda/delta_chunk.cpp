@@ -35,8 +35,21 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
                   kOp, f);
     v_split = std::stoi(f);
   }
+  // The forward's walk on wgmma (K = V = 128, no V-split, an sm_90a build) where
+  // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1 says (read per call: the bench
+  // and a test switch it); a V-split (forced, or the default where the wgmma walk is not taken) runs mma.sync.
+  const int sms = sm_count(q.device().index());
+  bool wgmma = p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
+  if (const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA")) {
+    const std::string f = wf;
+    ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0 or 1, got '{}'", kOp, f);
+    wgmma = wgmma && f == "1";
+  } else {
+    wgmma = wgmma && kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
+  }
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
-                          : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sm_count(q.device().index()));
+                          : (wgmma ? 1 : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms));
+  p.fwd_wgmma = wgmma && p.v_split == 1 ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
