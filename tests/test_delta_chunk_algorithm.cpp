@@ -151,9 +151,19 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   EXPECT_EQ(kn::delta_chunk_default_v_split(64, 16, 64, kSms), 1);
   EXPECT_EQ(kn::delta_chunk_default_v_split(4, 16, 64, kSms), 2);
   EXPECT_EQ(kn::delta_chunk_default_v_split(1, 16, 64, kSms), 2);
-  // Two-pass forward (run q, forward only): gated D = 64 at every shape, gated D = 128 up to 4 walk blocks
-  // per SM (not at 1024 heads: 1.07x the one-pass time), ungated only under one walk block per two SMs.
-  for (int B : {64, 16, 4, 1}) EXPECT_TRUE(kn::delta_chunk_default_two_pass(B, 16, 64, true, kSms)) << B;
+  // Two-pass forward (run q, forward only; run 2026-12-03a for gated D = 64): gated D = 64 up to one head
+  // per SM (one-pass 0.435 / 0.423 ms against 0.465 / 0.459 at 1024 / 256 heads), gated D = 128 up to 4
+  // walk blocks per SM (not at 1024 heads: 1.07x the one-pass time), ungated only under one walk block per
+  // two SMs.
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass(64, 16, 64, true, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass(16, 16, 64, true, kSms));
+  for (int B : {4, 1}) EXPECT_TRUE(kn::delta_chunk_default_two_pass(B, 16, 64, true, kSms)) << B;
+  // The walk on wgmma (D = 128, sm_90a builds) where B * H fills the SMs (run 2026-12-03a: at 64 heads,
+  // forced, 0.679 / 0.877 ms forward against 0.705 / 0.850 for the mma.sync V-split, and its backward slower).
+  EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(64, 16, 128, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(16, 16, 128, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_fwd_wgmma(4, 16, 128, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_fwd_wgmma(64, 16, 64, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_two_pass(64, 16, 128, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(16, 16, 128, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 128, true, kSms));

@@ -60,9 +60,13 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   // (the walk's blocks with the 64-column split alone, as measured then)
   // Gated at D = 64 (bench/results/h200-2026-12-02q, forward without grad): two-pass 0.91, 0.92, 0.83, 0.53
   // of the one-pass time at 1024, 256, 64, 16 heads; at D = 128, 1024 heads, 1.07.
+  // Since the one-pass D = 64 walk runs two blocks per SM (run s), run 2026-12-03a turned that at 1024 and
+  // 256 heads: gated D = 64 one-pass 0.435 / 0.423 ms against two-pass 0.465 / 0.459 (two-pass still
+  // 0.513 / 0.856 against 0.623 / 1.674 at 64 and 16 heads).
   const long long heads = static_cast<long long>(B) * H;
   const long long blocks = heads * split_64(heads, V, num_sms);
-  return gated ? V == 64 || blocks <= 4LL * num_sms : 2 * blocks < num_sms;
+  if (!gated) return 2 * blocks < num_sms;
+  return V == 64 ? heads <= num_sms : blocks <= 4LL * num_sms;
 }
 
 bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms) {

@@ -83,8 +83,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward);
 int delta_chunk_default_v_split(int B, int H, int V, int num_sms);
 
 // Whether the two-pass forward (DeltaChunkParams::vn) is the faster one for this shape, from the walk's
-// B * H * v_split blocks: gated, up to 4 per multiprocessor, and always at V = 64; without a gate, under one
-// per two (measured on an H200, bench/results/h200-2026-12-02h and q: docs/kernels.md, "delta_chunk").
+// B * H * v_split blocks: gated, up to 4 per multiprocessor at V = 128 and up to one (B * H) at V = 64;
+// without a gate, under one per two (measured on an H200, bench/results/h200-2026-12-02h, q and
+// h200-2026-12-03a: docs/kernels.md, "delta_chunk"). The binding takes the one-pass form wherever the
+// wgmma walk runs (DeltaChunkParams::fwd_wgmma).
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 
 // Whether the two-pass backward (DeltaChunkParams::dhs) is the faster one for this shape: the one-pass

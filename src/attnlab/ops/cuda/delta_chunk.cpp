@@ -71,17 +71,22 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass /
     // two_pass forces either (read per call: the bench and a test switch it). vn is a workspace: freed at
     // return, after the launches that use it were queued on the same stream.
+    // The wgmma walk (p.fwd_wgmma) computes o faster in the walk than the two passes do (H200, run
+    // 2026-12-03a: Gated DeltaNet D = 128 forward 0.617 / 0.605 ms one-pass, 0.797 / 0.789 two-pass, at 1024
+    // and 256 heads), so it takes the one-pass form unless ATTNLAB_DELTA_FWD says otherwise.
+    auto p = make_params(q, k, w, u, G, h0, torch::Tensor(), scale, v_split);
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
     const bool two_pass = form ? std::string(form) == "two_pass"
-                               : kn::delta_chunk_default_two_pass(
-                                     static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
-                                     static_cast<int>(u.size(3)), given(G), sm_count(q.device().index()));
+                               : !p.fwd_wgmma && kn::delta_chunk_default_two_pass(
+                                                     static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
+                                                     static_cast<int>(u.size(3)), given(G),
+                                                     sm_count(q.device().index()));
     // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
     // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
     // at D = 128 it is twice the bytes of q.
     torch::Tensor hs;
     if (grad || two_pass) hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());
-    auto p = make_params(q, k, w, u, G, h0, hs, scale, v_split);
+    p.hs = hs.defined() ? hs.data_ptr() : nullptr;
     auto o = torch::empty(u.sizes(), q.options());
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
     p.o = o.data_ptr(), p.ht = f32(ht);
