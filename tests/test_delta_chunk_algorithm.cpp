@@ -159,7 +159,8 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   EXPECT_FALSE(kn::delta_chunk_default_two_pass(16, 16, 64, true, kSms));
   for (int B : {4, 1}) EXPECT_TRUE(kn::delta_chunk_default_two_pass(B, 16, 64, true, kSms)) << B;
   // The walk on wgmma (D = 128, sm_90a builds) where B * H fills the SMs (run 2026-12-03a: at 64 heads,
-  // forced, 0.679 / 0.877 ms forward against 0.705 / 0.850 for the mma.sync V-split, and its backward slower).
+  // forced, 0.679 / 0.877 ms forward against 0.705 / 0.850 for the mma.sync V-split, and its backward
+  // slower).
   EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(64, 16, 128, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(16, 16, 128, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_fwd_wgmma(4, 16, 128, kSms));

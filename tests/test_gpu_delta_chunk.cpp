@@ -133,6 +133,11 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
                       "ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4", bad);
     unsetenv("ATTNLAB_DELTA_V_SPLIT");
   }
+  // So does a forced walk that is neither 0 nor 1.
+  setenv("ATTNLAB_DELTA_FWD_WGMMA", "yes", 1);
+  EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1),
+                    "ATTNLAB_DELTA_FWD_WGMMA must be 0 or 1", "yes");
+  unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
 }
 
 // On CUDA, automatic runs the kernels (the fused WY preparation, then the recurrence): the same bits as
@@ -345,8 +350,8 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
     torch::cuda::synchronize();
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
-    std::printf("  gated one-pass walk, B 16 T 2048 H 16 D 128, %s: %.3f ms\n", *wgmma == '1' ? "wgmma" : "mma.sync",
-                ms);
+    std::printf("  gated one-pass walk, B 16 T 2048 H 16 D 128, %s: %.3f ms\n",
+                *wgmma == '1' ? "wgmma" : "mma.sync", ms);
     unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
     unsetenv("ATTNLAB_DELTA_FWD");
   }

@@ -20,10 +20,11 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
   if (!backward && p.fwd_wgmma) {
-    if (!linear_chunk_has_wgmma()) return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+    if (!linear_chunk_has_wgmma())
+      return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
     if (p.K != 128 || p.v_split != 1)
-      return "fwd_wgmma takes K = V = 128 and v_split 1, got K = " + std::to_string(p.K) +
-             ", v_split " + std::to_string(p.v_split);
+      return "fwd_wgmma takes K = V = 128 and v_split 1, got K = " + std::to_string(p.K) + ", v_split " +
+             std::to_string(p.v_split);
   }
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
@@ -91,8 +92,8 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
       if (!p.vn)
         return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, true>, grid, WgFwdSmem<true>::kBytes, p,
                              WgFwdSmem<true>::kThreads);
-      cudaError_t err = launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid, WgFwdSmem<false>::kBytes,
-                                      p, WgFwdSmem<false>::kThreads);
+      cudaError_t err = launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid,
+                                      WgFwdSmem<false>::kBytes, p, WgFwdSmem<false>::kThreads);
       if (err != cudaSuccess) return err;
       return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
                            OutSmem<kD>::kBytes, p);

@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
       wgmma::commit();
     }
 
-    // Under the products: the gates this thread needs. Rows past T take the last real row's G (their q, k, w, u are zero), so
-    // every exp stays finite; G_last = G[rows - 1].
+    // Under the products: the gates this thread needs. Rows past T take the last real row's G (their q, k, w,
+    // u are zero), so every exp stays finite; G_last = G[rows - 1].
     const float* G = reinterpret_cast<const float*>(stage + L::kG);
     float g_last = 0.f, gr[2] = {0.f, 0.f}, orow[2] = {p.scale, p.scale}, vrow[2] = {1.f, 1.f};
     if constexpr (kGated) {
@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
         const float a = u.x - X[4 * j + 2 * half], e = u.y - X[4 * j + 2 * half + 1];
         *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(a, e);
         if constexpr (kGated)
-          *reinterpret_cast<uint32_t*>(smem + L::kVw + off) = MmaType<T>::pack(a * vrow[half], e * vrow[half]);
+          *reinterpret_cast<uint32_t*>(smem + L::kVw + off) =
+              MmaType<T>::pack(a * vrow[half], e * vrow[half]);
       }
 
     if constexpr (kOut) {

@@ -37,7 +37,8 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   }
   // The forward's walk on wgmma (K = V = 128, no V-split, an sm_90a build) where
   // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1 says (read per call: the bench
-  // and a test switch it); a V-split (forced, or the default where the wgmma walk is not taken) runs mma.sync.
+  // and a test switch it); a V-split (forced, or the default where the wgmma walk is not taken) runs
+  // mma.sync.
   const int sms = sm_count(q.device().index());
   bool wgmma = p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
   if (const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA")) {
@@ -78,9 +79,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     const char* form = std::getenv("ATTNLAB_DELTA_FWD");
     const bool two_pass = form ? std::string(form) == "two_pass"
                                : !p.fwd_wgmma && kn::delta_chunk_default_two_pass(
-                                                     static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
-                                                     static_cast<int>(u.size(3)), given(G),
-                                                     sm_count(q.device().index()));
+                                                     p.B, p.H, p.V, given(G), sm_count(q.device().index()));
     // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
     // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
     // at D = 128 it is twice the bytes of q.
