@@ -138,6 +138,16 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
   EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1),
                     "ATTNLAB_DELTA_FWD_WGMMA must be 0 or 1", "yes");
   unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
+  // And the backward's (read at every backward, whatever the head dim).
+  {
+    auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+    auto out = ops::cuda::delta_chunk_recurrence(leaf(in.q), leaf(in.k), leaf(in.w), leaf(in.u), in.G,
+                                                 leaf(in.h0), 0.1);
+    setenv("ATTNLAB_DELTA_BWD_WGMMA", "2", 1);
+    EXPECT_ERROR_WITH((out[0].to(torch::kFloat).sum() + out[1].sum()).backward(),
+                      "ATTNLAB_DELTA_BWD_WGMMA must be 0 or 1", "2");
+    unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
+  }
 }
 
 // On CUDA, automatic runs the kernels (the fused WY preparation, then the recurrence): the same bits as
@@ -205,7 +215,8 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 // both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of
 // its float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the
 // same bits for dq, dk, dw, du, dh0, and dG up to float-sum order, with either layout of its second kernel
-// (ATTNLAB_DELTA_BWD_OUT=lean|wide).
+// (ATTNLAB_DELTA_BWD_OUT=lean|wide), as the one-pass backward on mma.sync (the wgmma one sums in another
+// order: WgmmaBackwardMatchesMmaSync).
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(12);
@@ -219,6 +230,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           setenv("ATTNLAB_DELTA_FWD", fwd, 1);
           setenv("ATTNLAB_DELTA_BWD", bwd, 1);
           setenv("ATTNLAB_DELTA_BWD_OUT", bwd_out, 1);
+          setenv("ATTNLAB_DELTA_BWD_WGMMA", "0", 1);  // the mma.sync one-pass backward: the same products
           auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
           auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
           auto lG = gated ? leaf(G) : G;
@@ -227,6 +239,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           unsetenv("ATTNLAB_DELTA_FWD");
           unsetenv("ATTNLAB_DELTA_BWD");
           unsetenv("ATTNLAB_DELTA_BWD_OUT");
+          unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
           return std::vector<torch::Tensor>{
               out[0],    out[1],    lq.grad(), lk.grad(),
               lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
@@ -355,6 +368,80 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
     unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
     unsetenv("ATTNLAB_DELTA_FWD");
   }
+}
+
+// The one-pass backward on wgmma (ATTNLAB_DELTA_BWD_WGMMA=1, the default at K = V = 128 on sm_90a builds)
+// against the mma.sync one (=0), from the same forward: dq, dk, dw, du, dh0 and dG, bf16 and fp16, with and
+// without a gate, one short chunk, one full chunk and ragged lengths, weak and strong gates. Then both
+// backwards timed at B = 16, T = 2048, H = 16 (printed, not asserted: speed is the bench's).
+TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
+  SKIP_WITHOUT_CUDA();
+  if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
+  torch::manual_seed(15);
+  setenv("ATTNLAB_DELTA_BWD", "one_pass", 1);
+  for (auto dtype : {torch::kBFloat16, torch::kHalf})
+    for (int gate : {0, 1, 2})  // none, weak, strong
+      for (int64_t T : {5, 64, 333, 1000}) {
+        if (dtype == torch::kHalf && T != 333) continue;
+        auto in = recurrence_inputs(2, T, 3, 128, gate > 0);
+        if (gate == 2) {  // a strong gate: the in-chunk cumulative sum of steps of about -2.6 (G as the op forms it)
+          const int64_t nt = (T + 63) / 64;
+          auto g = torch::log_sigmoid(torch::randn({2, nt * 64, 3}, in.G.options()) * 2 - 1) * 2;
+          in.G = torch::cumsum(g.view({2, nt, 64, 3}), 2).view({2, nt * 64, 3}).slice(1, 0, T).contiguous();
+        }
+        for (auto* x : {&in.q, &in.k, &in.w, &in.u}) *x = x->to(dtype);
+        auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+        auto run = [&](const char* wgmma) {
+          auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lh = leaf(in.h0);
+          auto lG = gate > 0 ? leaf(in.G) : in.G;
+          auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, 1);
+          setenv("ATTNLAB_DELTA_BWD_WGMMA", wgmma, 1);
+          ((out[0].to(torch::kFloat) * in.dout).sum() + out[1].sum()).backward();
+          unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
+          return std::vector<torch::Tensor>{lq.grad(), lk.grad(), lw.grad(),
+                                            lu.grad(), lh.grad(), gate > 0 ? lG.grad() : torch::Tensor()};
+        };
+        auto ref = run("0"), got = run("1");
+        const char* names[] = {"dq", "dk", "dw", "du", "dh0", "dG"};
+        for (size_t i = 0; i < ref.size(); ++i) {
+          if (!ref[i].defined()) continue;
+          const std::string what = fmt::format("{} {} gate {} T {}", names[i],
+                                               dtype == torch::kHalf ? "fp16" : "bf16", gate, T);
+          ASSERT_TRUE(got[i].defined()) << what;
+          EXPECT_TRUE(ops::all_finite(got[i])) << what;
+          const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
+          // The same products in another summation order, rounded to 16 bits where the kernels keep them
+          // (dvn, the dS copy): one rounding step apart.
+          EXPECT_LT(e, 5e-3) << what << " rel RMS " << e;
+          std::printf("  wgmma backward %-32s %.2e\n", what.c_str(), e);
+        }
+      }
+  // Timing (printed only): the backward alone, wgmma and mma.sync.
+  auto in = recurrence_inputs(16, 2048, 16, 128, true);
+  auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+  for (const char* wgmma : {"0", "1"}) {
+    setenv("ATTNLAB_DELTA_BWD_WGMMA", wgmma, 1);
+    double ms[2];
+    for (int with_bwd = 0; with_bwd < 2; ++with_bwd) {
+      auto step = [&] {
+        auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lG = leaf(in.G),
+             lh = leaf(in.h0);
+        auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, 1);
+        if (with_bwd) out[0].backward(in.dout.to(out[0].scalar_type()));
+      };
+      for (int i = 0; i < 3; ++i) step();
+      torch::cuda::synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 10; ++i) step();
+      torch::cuda::synchronize();
+      ms[with_bwd] =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 10;
+    }
+    std::printf("  gated one-pass backward, B 16 T 2048 H 16 D 128, %s: %.3f ms (forward + backward %.3f)\n",
+                *wgmma == '1' ? "wgmma" : "mma.sync", ms[1] - ms[0], ms[1]);
+    unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
+  }
+  unsetenv("ATTNLAB_DELTA_BWD");
 }
 
 }  // namespace

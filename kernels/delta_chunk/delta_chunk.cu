@@ -1,6 +1,7 @@
 // Launchers and checks of the delta_chunk kernels (params.h).
 #include <string>
 
+#include "kernels/delta_chunk/delta_chunk_bwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_fwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_kernels.cuh"
 
@@ -30,6 +31,13 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
     if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
+    if (p.bwd_wgmma) {
+      if (!linear_chunk_has_wgmma())
+        return "bwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+      if (p.K != 128 || p.dhs)
+        return "bwd_wgmma takes K = V = 128 and the one-pass backward (dhs null), got K = " +
+               std::to_string(p.K) + (p.dhs ? " with dhs set" : "");
+    }
   }
   return {};
 }
@@ -167,6 +175,13 @@ cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
       return launch_bwd_two_pass<kD, kD, T>(p);
     }
     const dim3 grid(1, p.H, p.B);
+    if constexpr (kD == 128) {
+      if (p.bwd_wgmma)
+        return p.G ? launch_kernel(&delta_bwd_wgmma_kernel<T, true>, grid, WgBwdSmem::kBytes, p,
+                                   WgBwdSmem::kThreads)
+                   : launch_kernel(&delta_bwd_wgmma_kernel<T, false>, grid, WgBwdSmem::kBytes, p,
+                                   WgBwdSmem::kThreads);
+    }
     return p.G ? launch_kernel(&delta_bwd_kernel<kD, T, true>, grid, BwdSmem<kD>::kBytes, p)
                : launch_kernel(&delta_bwd_kernel<kD, T, false>, grid, BwdSmem<kD>::kBytes, p);
   });

@@ -70,6 +70,10 @@ struct DeltaChunkParams {
   void* du = nullptr;          // [B, T, H, V] (written)
   float* dG = nullptr;         // [B, T, H] (written when G is given)
   float* dh0 = nullptr;        // [B, H, K, V] (written when not nullptr)
+  int bwd_wgmma = 0;           // 1: the one-pass backward (dhs null) on Hopper's wgmma
+                               // (delta_chunk_bwd_wgmma.cuh; K = V = 128, only where
+                               // linear_chunk_has_wgmma()); 0: mma.sync. Same results up to summation
+                               // order; the binding sets 1 wherever it can
 
   cudaStream_t stream = nullptr;
 };

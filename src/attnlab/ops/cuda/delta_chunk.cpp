@@ -138,6 +138,15 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       if (given(G))
         dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);
     }
+    // The one-pass backward on wgmma (K = V = 128, an sm_90a build) unless ATTNLAB_DELTA_BWD_WGMMA=0 (read
+    // per call: the bench and a test switch it).
+    bool bwd_wgmma = !two_pass && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
+    if (const char* wf = std::getenv("ATTNLAB_DELTA_BWD_WGMMA")) {
+      const std::string f = wf;
+      ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_WGMMA must be 0 or 1, got '{}'", kOp, f);
+      bwd_wgmma = bwd_wgmma && f == "1";
+    }
+    p.bwd_wgmma = bwd_wgmma ? 1 : 0;
     check_params(p, true);
     check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
     return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor(), torch::Tensor()};
