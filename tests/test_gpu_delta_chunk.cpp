@@ -384,7 +384,8 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
       for (int64_t T : {5, 64, 333, 1000}) {
         if (dtype == torch::kHalf && T != 333) continue;
         auto in = recurrence_inputs(2, T, 3, 128, gate > 0);
-        if (gate == 2) {  // a strong gate: the in-chunk cumulative sum of steps of about -2.6 (G as the op forms it)
+        if (gate ==
+            2) {  // a strong gate: the in-chunk cumulative sum of steps of about -2.6 (G as the op forms it)
           const int64_t nt = (T + 63) / 64;
           auto g = torch::log_sigmoid(torch::randn({2, nt * 64, 3}, in.G.options()) * 2 - 1) * 2;
           in.G = torch::cumsum(g.view({2, nt, 64, 3}), 2).view({2, nt * 64, 3}).slice(1, 0, T).contiguous();
@@ -405,8 +406,8 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
         const char* names[] = {"dq", "dk", "dw", "du", "dh0", "dG"};
         for (size_t i = 0; i < ref.size(); ++i) {
           if (!ref[i].defined()) continue;
-          const std::string what = fmt::format("{} {} gate {} T {}", names[i],
-                                               dtype == torch::kHalf ? "fp16" : "bf16", gate, T);
+          const std::string what =
+              fmt::format("{} {} gate {} T {}", names[i], dtype == torch::kHalf ? "fp16" : "bf16", gate, T);
           ASSERT_TRUE(got[i].defined()) << what;
           EXPECT_TRUE(ops::all_finite(got[i])) << what;
           const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));

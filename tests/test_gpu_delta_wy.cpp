@@ -9,12 +9,15 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "attnlab/core/error.h"
+#include "attnlab/ops/check.h"
 #include "attnlab/ops/delta_rule.h"
+#include "support/helpers.h"
 #include "support/kernel_test.h"
 
 #ifdef ATTNLAB_WITH_CUDA
@@ -264,6 +267,57 @@ std::vector<OpCase> op_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Cases, DeltaWyKernelPath, ::testing::ValuesIn(op_cases()),
                          [](const auto& info) { return op_name(info.param); });
+
+// The backward from the forward's saved M (the default wherever a backward can follow) and from M
+// recomputed (ATTNLAB_DELTA_WY_SAVE_M=0): the same inverse, so dk and dv are the same bits, dbeta and dg
+// the same sums up to the order of their shared-memory float atomics. Both head dims, with and without a
+// gate, a ragged length; then a bad value of the variable is named.
+TEST(DeltaWyPrep, SavedInverseGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  for (int64_t D : {64, 128})
+    for (const char* gate : {"none", "strong"}) {
+      auto in = make_inputs(2, 333, 3, D, torch::kBFloat16, gate, 21 + D);
+      const bool gated = std::string(gate) != "none";
+      auto f = in.k.options();
+      auto dW = torch::randn({2, 333, 3, D}, f), dU = torch::randn({2, 333, 3, D}, f);
+      auto dG = torch::randn({2, 333, 3}, f);
+      auto run = [&](const char* save) {
+        setenv("ATTNLAB_DELTA_WY_SAVE_M", save, 1);
+        auto leaf = [](const torch::Tensor& x, torch::ScalarType dt) {
+          return x.to(dt).detach().requires_grad_(true);
+        };
+        auto k = leaf(in.k, torch::kBFloat16), v = leaf(in.v, torch::kBFloat16),
+             beta = leaf(in.beta, torch::kFloat);
+        torch::Tensor g = gated ? leaf(in.g, torch::kFloat) : torch::Tensor();
+        auto got = ops::cuda::delta_wy_prepare(k, v, beta, g);
+        unsetenv("ATTNLAB_DELTA_WY_SAVE_M");
+        auto loss = (got[0].to(torch::kFloat) * dW).sum() + (got[1].to(torch::kFloat) * dU).sum();
+        if (gated) loss = loss + (got[2] * dG).sum();
+        loss.backward();
+        return std::vector<torch::Tensor>{got[0],   got[1],      k.grad(),
+                                          v.grad(), beta.grad(), gated ? g.grad() : torch::Tensor()};
+      };
+      auto saved = run("1"), recomputed = run("0");
+      const char* names[] = {"w", "u", "dk", "dv", "dbeta", "dg"};
+      for (size_t i = 0; i < saved.size(); ++i) {
+        if (!saved[i].defined()) continue;
+        const std::string what = fmt::format("{} D {} gate {}", names[i], D, gate);
+        EXPECT_TRUE(ops::all_finite(saved[i])) << what;
+        if (i >= 4)
+          EXPECT_LT(ops::rel_rms_error(saved[i], recomputed[i]), 1e-5) << what;
+        else
+          EXPECT_TRUE(torch::equal(saved[i], recomputed[i])) << what;
+      }
+    }
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto k = torch::randn({1, 10, 2, 64}, f).requires_grad_(true);
+  setenv("ATTNLAB_DELTA_WY_SAVE_M", "yes", 1);
+  EXPECT_ERROR_WITH(
+      ops::cuda::delta_wy_prepare(k, torch::randn({1, 10, 2, 64}, f),
+                                  torch::rand({1, 10, 2}, f.dtype(torch::kFloat)), torch::Tensor()),
+      "ATTNLAB_DELTA_WY_SAVE_M must be 0 or 1", "yes");
+  unsetenv("ATTNLAB_DELTA_WY_SAVE_M");
+}
 
 TEST(DeltaWyPrep, RejectsWhatItCannotRun) {
   SKIP_WITHOUT_CUDA();

@@ -102,14 +102,16 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
                             tid);
   };
   auto load_panel_wg = [&](int slot, const void* src, int c) {
-    load_tile<kC, 64, 128, T>(s0_ + slot + wg * L::kPanel, static_cast<const T*>(src) + chunk_off(c) + 64 * wg,
-                              row_stride, p.T - c * kC, wtid);
+    load_tile<kC, 64, 128, T>(s0_ + slot + wg * L::kPanel,
+                              static_cast<const T*>(src) + chunk_off(c) + 64 * wg, row_stride, p.T - c * kC,
+                              wtid);
   };
   auto load_sin_rows = [&](int c) {
 #pragma unroll
     for (int pn = 0; pn < 2; ++pn)
       load_tile<64, 64, 128, T>(s0_ + L::kSin + pn * L::kSPanel + 64 * wg * 128,
-                                hs + static_cast<int64_t>(c) * kD * kD + 64 * wg * kD + 64 * pn, kD, 64, wtid);
+                                hs + static_cast<int64_t>(c) * kD * kD + 64 * wg * kD + 64 * pn, kD, 64,
+                                wtid);
   };
   // Every line chunk c's copies will read, into L2: five token tiles (64 rows of 256 bytes) and S_in.
   auto prefetch = [&](int c) {
@@ -117,7 +119,11 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     for (int i = tid; i < 5 * 2 * kC + kD * kD * 2 / 128; i += L::kThreads) {
       if (i < 5 * 2 * kC) {
         const int tensor = i / (2 * kC), r = (i / 2) % kC, half = i & 1;
-        const void* src = tensor == 0 ? p.q : tensor == 1 ? p.k : tensor == 2 ? p.w : tensor == 3 ? p.u : p.dout;
+        const void* src = tensor == 0   ? p.q
+                          : tensor == 1 ? p.k
+                          : tensor == 2 ? p.w
+                          : tensor == 3 ? p.u
+                                        : p.dout;
         if (r < rows)
           wgbwd::prefetch_l2(static_cast<const T*>(src) + chunk_off(c) + r * row_stride + 64 * half);
       } else {
@@ -205,8 +211,9 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     auto gcol = [&](int col) { return G[min(col, rows - 1)]; };
 #pragma unroll
     for (int pn = 0; pn < 2; ++pn)
-      scale_tile_rows<64, T, L::kThreads>(smem + L::kQg + pn * L::kPanel, smem + L::kQ + pn * L::kPanel, tid,
-                                          [&](int r) { return kGated ? p.scale * __expf(gcol(r)) : p.scale; });
+      scale_tile_rows<64, T, L::kThreads>(
+          smem + L::kQg + pn * L::kPanel, smem + L::kQ + pn * L::kPanel, tid,
+          [&](int r) { return kGated ? p.scale * __expf(gcol(r)) : p.scale; });
     wgmma::wait<2>();  // X: vn = U - X into panel wg of vn (each thread its own elements)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -325,11 +332,11 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     wgmma::commit();
 
     wgmma::wait<2>();  // dS, dW
-    store_acc_global<T>(static_cast<T*>(p.dw) + off + 64 * wg, row_stride, wgbwd::as_frag(DW), 16 * wr, 0, rows,
-                        lane);
+    store_acc_global<T>(static_cast<T*>(p.dw) + off + 64 * wg, row_stride, wgbwd::as_frag(DW), 16 * wr, 0,
+                        rows, lane);
     wgmma::wait<1>();  // dq
-    store_acc_global<T>(static_cast<T*>(p.dq) + off + 64 * wg, row_stride, wgbwd::as_frag(DQ), 16 * wr, 0, rows,
-                        lane);
+    store_acc_global<T>(static_cast<T*>(p.dq) + off + 64 * wg, row_stride, wgbwd::as_frag(DQ), 16 * wr, 0,
+                        rows, lane);
     float2 qdq = make_float2(0.f, 0.f);
     if constexpr (kGated) qdq = wgt::row_dot_panel<T>(DQ, smem + L::kQ + wg * L::kPanel, wr, lane);
     wgmma::wait<0>();  // DK: times w_s; gated, k_s . (w_s (vn dS^T)[s]) into the G_last terms
@@ -355,8 +362,8 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
       if (lane == 0) red[(c & 1) * 8 + warp] = red_part;
     }
     wgmma::wait<0>();  // dk
-    store_acc_global<T>(static_cast<T*>(p.dk) + off + 64 * wg, row_stride, wgbwd::as_frag(DK), 16 * wr, 0, rows,
-                        lane);
+    store_acc_global<T>(static_cast<T*>(p.dk) + off + 64 * wg, row_stride, wgbwd::as_frag(DK), 16 * wr, 0,
+                        rows, lane);
     if constexpr (kGated) {
       const float2 kdk = wgt::row_dot_panel<T>(DK, smem + L::kK + wg * L::kPanel, wr, lane);
       if ((lane & 3) == 0) {

@@ -1,6 +1,8 @@
 // The delta_wy backward kernel (params.h): from dW, dU, dG to dk (this preparation's share), dv, dbeta, dg,
-// per chunk, with G, KD and M recomputed as in the forward (M is not saved: recomputing it costs one K K^T
-// product and the float32 inverse, less than writing and reading a float32 C x C matrix per chunk).
+// per chunk, with G and KD recomputed as in the forward, and M read from the forward's copy
+// (DeltaWyParams::m) or, without one, recomputed. The float32 inverse bounds both kernels on shared-memory
+// traffic (ncu, run 2026-12-03c: L1 busy 88% in the forward), so reading M back (16 KB per chunk, DRAM 25%
+// busy in this kernel) costs less than its recomputation.
 //
 // With X = diag(beta e^G) K, Y = diag(beta) V, W = M X, U = M Y, A = diag(beta) KD, D_ts = exp(G_t - G_s):
 //   dM = dW X^T + dU Y^T = (dW K^T) diag(beta e^G) + (dU V^T) diag(beta)
@@ -75,6 +77,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
     load_gates(G, p.g, b, t0, h, p.T, p.H, tid);
     if (p.dG) load_gates(dGin, p.dG, b, t0, h, p.T, p.H, tid);
   }
+  if (p.m) load_m(s0 + L::kR, saved_m(p.m, b, h, n, p.H, p.T), tid);  // the forward's M
   cp_async_commit();
   if (tid < kC) {
     dGs[tid] = 0.f, dBs[tid] = 0.f;
@@ -93,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   float kd[1][4][4];
   kk_decay<kD, T, kGated>(kd, KD, s0 + L::kK, G, warp, lane);
   __syncthreads();
-  invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
+  if (!p.m) invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
   split_lower<T>(mHi, mLo, M, tid, nullptr);
   __syncthreads();  // M (float32) is read no more
 

@@ -34,6 +34,32 @@ __device__ __forceinline__ void store_vec(float* out, const float* v, int b, int
   if (tid < kC && t0 + tid < T) out[(static_cast<int64_t>(b) * T + t0 + tid) * H + h] = v[tid];
 }
 
+// Chunk n's M in the [B, H, nt, C, C] float32 buffer m (DeltaWyParams::m).
+__device__ __forceinline__ float* saved_m(float* m, int b, int h, int n, int H, int T) {
+  return m + ((static_cast<int64_t>(b) * H + h) * linear_chunk_count(T) + n) * kC * kC;
+}
+
+// The float32 [C][kF] tile M to its saved copy (entries above the diagonal as zeros); all threads.
+__device__ __forceinline__ void store_m(float* dst, const float* M, int tid) {
+#pragma unroll
+  for (int i = 0; i < kC * kC / 4 / kThreads; ++i) {
+    const int e = tid + i * kThreads, r = e / (kC / 4), c = 4 * (e % (kC / 4));
+    float4 x = *reinterpret_cast<const float4*>(M + r * kF + c);
+    x.x = c <= r ? x.x : 0.f, x.y = c + 1 <= r ? x.y : 0.f, x.z = c + 2 <= r ? x.z : 0.f;
+    x.w = c + 3 <= r ? x.w : 0.f;
+    *reinterpret_cast<float4*>(dst + r * kC + c) = x;
+  }
+}
+
+// Issues the copies of a saved M into the float32 [C][kF] tile at s; all threads.
+__device__ __forceinline__ void load_m(uint32_t s, const float* src, int tid) {
+#pragma unroll
+  for (int i = 0; i < kC * kC / 4 / kThreads; ++i) {
+    const int e = tid + i * kThreads, r = e / (kC / 4), c = 4 * (e % (kC / 4));
+    cp_async_16(s + (r * kF + c) * 4, src + r * kC + c);
+  }
+}
+
 // One warp's 16 x 32 piece (rows 16 (warp % 4), columns 32 (warp / 4)) of KD = strictly_lower(K K^T *
 // exp(G_t - G_s)), float32: stored into the [C][kF] tile KD and returned in kd (accumulator layout). The
 // mask comes before exp, so every exponent is <= 0 (no overflow at strong decay). Pieces wholly above the

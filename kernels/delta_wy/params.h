@@ -9,7 +9,8 @@
 //   W = M (beta exp(G) K),   U = M (beta V)
 // The backward takes dW, dU and dG (the recurrence's gradients) and returns dk (this preparation's share:
 // the recurrence's direct dk is added by the caller), dv, dbeta and dg (docs/kernels.md, "delta_wy", has
-// the derivation; tests/test_delta_wy_algorithm.cpp restates it in float64). M is recomputed, not saved.
+// the derivation; tests/test_delta_wy_algorithm.cpp restates it in float64). M is saved by the forward when
+// DeltaWyParams::m is set, else recomputed by the backward.
 //
 // k, w, dw, dk [B, T, H, K] and v, u, du, dv [B, T, H, V], contiguous, one 16-bit dtype (bf16 or fp16);
 // K = V = 64 or 128; beta, g, G, dG, dbeta, dg [B, T, H] float32 contiguous.
@@ -35,6 +36,9 @@ struct DeltaWyParams {
   void* w = nullptr;            // [B, T, H, K] W (written by the forward)
   void* u = nullptr;            // [B, T, H, V] U (written by the forward)
   float* G = nullptr;           // [B, T, H] in-chunk cumulative gate (written by the forward when g is set)
+  float* m = nullptr;           // [B, H, ceil(T / 64), C, C] float32, or nullptr: each chunk's M, written by
+                                // the forward when set (zero above the diagonal) and then read by the
+                                // backward instead of recomputing the inverse (the same bits either way)
 
   // ---- backward (reads k, v, beta, g as above)
   const void* dw = nullptr;   // [B, T, H, K] gradient of W

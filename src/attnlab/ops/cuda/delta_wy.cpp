@@ -1,8 +1,11 @@
 // The delta_wy binding: validates tensors, fills DeltaWyParams, launches, and wraps the preparation for
-// autograd (the backward recomputes M from k, beta and g: nothing but the inputs is saved).
+// autograd (saved: the inputs and, unless ATTNLAB_DELTA_WY_SAVE_M=0, each chunk's M in float32, which the
+// backward would otherwise recompute).
 #include "attnlab/ops/cuda/delta_wy.h"
 
 #include <climits>
+#include <cstdlib>
+#include <string>
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
@@ -36,16 +39,24 @@ void check_params(const kn::DeltaWyParams& p, bool backward) {
 class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor k,
-                                                torch::Tensor v, torch::Tensor beta, torch::Tensor g) {
+                                                torch::Tensor v, torch::Tensor beta, torch::Tensor g,
+                                                bool save_m) {
     DeviceScope device(k.device().index());
     auto p = make_params(k, v, beta, g);
     auto w = torch::empty(k.sizes(), k.options()), u = torch::empty(v.sizes(), v.options());
     auto G = given(g) ? torch::empty(g.sizes(), g.options()) : torch::empty({0}, beta.options());
     p.w = w.data_ptr(), p.u = u.data_ptr();
     p.G = given(G) ? static_cast<float*>(G.data_ptr()) : nullptr;
+    // M of every chunk for the backward (16 KB per chunk and head, as much as w): reading it back costs
+    // less than the inverse it saves (H200, bench/results/h200-2026-12-03c).
+    torch::Tensor m = save_m ? torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T),
+                                             kn::kLinearChunk, kn::kLinearChunk},
+                                            beta.options())
+                             : torch::empty({0}, beta.options());
+    p.m = save_m ? static_cast<float*>(m.data_ptr()) : nullptr;
     check_params(p, false);
     check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
-    ctx->save_for_backward({k, v, beta, g});
+    ctx->save_for_backward({k, v, beta, g, m});
     if (!given(G)) ctx->mark_non_differentiable({G});
     return {w, u, G};
   }
@@ -53,9 +64,10 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
-    const auto &k = s[0], &v = s[1], &beta = s[2], &g = s[3];
+    const auto &k = s[0], &v = s[1], &beta = s[2], &g = s[3], &m = s[4];
     DeviceScope device(k.device().index());
     auto p = make_params(k, v, beta, g);
+    p.m = given(m) ? static_cast<float*>(m.data_ptr()) : nullptr;
     // The recurrence's dW, dU are 16-bit already; others (float32 from a different consumer) are rounded.
     auto dw = grads[0].defined() ? grads[0].to(k.scalar_type()).contiguous() : torch::zeros_like(k);
     auto du = grads[1].defined() ? grads[1].to(v.scalar_type()).contiguous() : torch::zeros_like(v);
@@ -69,7 +81,7 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     p.dg = dg.defined() ? static_cast<float*>(dg.data_ptr()) : nullptr;
     check_params(p, true);
     check_cuda(kn::launch_delta_wy_bwd(p), kOp, "launch_delta_wy_bwd");
-    return {dk, dv, dbeta, dg};
+    return {dk, dv, dbeta, dg, torch::Tensor()};
   }
 };
 
@@ -97,8 +109,17 @@ std::vector<torch::Tensor> delta_wy_prepare(const torch::Tensor& k, const torch:
   ATTNLAB_CHECK(T >= 1 && T <= INT_MAX / 2 && B <= 65535 && H <= 65535,
                 "{}: need T >= 1 and B, H <= 65535, got B = {}, T = {}, H = {}", kOp, B, T, H);
   auto none = torch::empty({0}, k.options().dtype(torch::kFloat));
+  // M is saved only where a backward can follow; ATTNLAB_DELTA_WY_SAVE_M=0 has the backward recompute it
+  // (the memory of w instead of its time; read per call: the bench compares both).
+  bool save_m = torch::GradMode::is_enabled() && (k.requires_grad() || v.requires_grad() ||
+                                                  beta.requires_grad() || (g.defined() && g.requires_grad()));
+  if (const char* e = std::getenv("ATTNLAB_DELTA_WY_SAVE_M")) {
+    const std::string f = e;
+    ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_WY_SAVE_M must be 0 or 1, got '{}'", kOp, f);
+    save_m = save_m && f == "1";
+  }
   return DeltaWyFunction::apply(k.contiguous(), v.contiguous(), beta.to(torch::kFloat).contiguous(),
-                                g.defined() ? g.to(torch::kFloat).contiguous() : none);
+                                g.defined() ? g.to(torch::kFloat).contiguous() : none, save_m);
 }
 
 }  // namespace attnlab::ops::cuda
