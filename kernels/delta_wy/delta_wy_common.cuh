@@ -93,8 +93,9 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
 // diagonal blocks are never written: readers of M take only c <= r.
 //
 // Shared-memory traffic, not arithmetic, bounds this (ncu, run m: a third of delta_wy's forward, mostly
-// LDS waits): rows are read as float4 and each thread of the block products owns a 4 x 4 tile. Every sum
-// keeps the order of the scalar loops it replaced (j, then (l, u) ascending), so M is the same bits.
+// LDS waits): rows are read as float4 and each thread of the block products owns a strip of four columns,
+// so one row element read serves four products. Every sum keeps the order of the scalar loops it replaced
+// (j, then (l, u) ascending), so M is the same bits.
 __device__ __forceinline__ void invert(float* M, const float* KD, const float* beta, float* Tmp, int tid) {
   if (tid < 4 * kBlk) {
     const int o = kBlk * (tid / kBlk), c = tid % kBlk;
@@ -122,77 +123,53 @@ __device__ __forceinline__ void invert(float* M, const float* KD, const float* b
     for (int r = 0; r < kBlk; ++r) M[(o + r) * kF + o + c] = x[r];
   }
   __syncthreads();
-  // 4 x 4 tiles of a 16 x 16 block: each thread holds four rows' strips, so one read of an M row (or a Tmp
-  // row) serves four rows and one read of an A row four columns (2.5x fewer shared-memory reads than strips
-  // of one row; ncu, run 2026-12-03c: the forward at 88% of the L1 throughput).
-  constexpr int kTiles = kBlk * kBlk / 16;
+  constexpr int kStrips = kBlk * kBlk / 4;  // strips of four columns in a 16 x 16 block
 #pragma unroll
   for (int diag = 1; diag < kC / kBlk; ++diag) {
     const int pairs = kC / kBlk - diag;  // blocks (i, j) = (p + diag, p), p < pairs
-    for (int e = tid; e < pairs * kTiles; e += kThreads) {
-      const int p = e / kTiles, r0 = 4 * ((e / 4) % 4), c = 4 * (e % 4);
+    for (int e = tid; e < pairs * kStrips; e += kThreads) {
+      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
       const int i = p + diag, j = p;
-      float s[4][4] = {};
+      const float* a = KD + (kBlk * i + r) * kF;
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int q = 0; q < diag; ++q) {
         const int l = j + q;
 #pragma unroll
         for (int u4 = 0; u4 < kBlk / 4; ++u4) {
-          float av[4][4];
-#pragma unroll
-          for (int rr = 0; rr < 4; ++rr) {
-            const float4 v =
-                *reinterpret_cast<const float4*>(KD + (kBlk * i + r0 + rr) * kF + kBlk * l + 4 * u4);
-            av[rr][0] = v.x, av[rr][1] = v.y, av[rr][2] = v.z, av[rr][3] = v.w;
-          }
+          const float4 v = *reinterpret_cast<const float4*>(a + kBlk * l + 4 * u4);
+          const float av[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
           for (int uu = 0; uu < 4; ++uu) {
             const float4 m =
                 *reinterpret_cast<const float4*>(M + (kBlk * l + 4 * u4 + uu) * kF + kBlk * j + c);
-#pragma unroll
-            for (int rr = 0; rr < 4; ++rr) {
-              s[rr][0] += av[rr][uu] * m.x, s[rr][1] += av[rr][uu] * m.y;
-              s[rr][2] += av[rr][uu] * m.z, s[rr][3] += av[rr][uu] * m.w;
-            }
+            s[0] += av[uu] * m.x, s[1] += av[uu] * m.y, s[2] += av[uu] * m.z, s[3] += av[uu] * m.w;
           }
         }
       }
-#pragma unroll
-      for (int rr = 0; rr < 4; ++rr) {
-        const float b = beta[kBlk * i + r0 + rr];
-        *reinterpret_cast<float4*>(Tmp + p * kBlk * kBlk + (r0 + rr) * kBlk + c) =
-            make_float4(b * s[rr][0], b * s[rr][1], b * s[rr][2], b * s[rr][3]);
-      }
+      const float b = beta[kBlk * i + r];
+      *reinterpret_cast<float4*>(Tmp + p * kBlk * kBlk + r * kBlk + c) =
+          make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
     }
     __syncthreads();
-    for (int e = tid; e < pairs * kTiles; e += kThreads) {
-      const int p = e / kTiles, r0 = 4 * ((e / 4) % 4), c = 4 * (e % 4);
+    for (int e = tid; e < pairs * kStrips; e += kThreads) {
+      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
       const int i = p + diag, j = p;
+      const float* mi = M + (kBlk * i + r) * kF + kBlk * i;  // mi[u] = 0 for u > r
       const float* t = Tmp + p * kBlk * kBlk + c;
-      float s[4][4] = {};
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int u4 = 0; u4 < kBlk / 4; ++u4) {
-        float mv[4][4];  // rows of M_ii (mv[rr][u] = 0 for u > r)
-#pragma unroll
-        for (int rr = 0; rr < 4; ++rr) {
-          const float4 v =
-              *reinterpret_cast<const float4*>(M + (kBlk * i + r0 + rr) * kF + kBlk * i + 4 * u4);
-          mv[rr][0] = v.x, mv[rr][1] = v.y, mv[rr][2] = v.z, mv[rr][3] = v.w;
-        }
+        const float4 v = *reinterpret_cast<const float4*>(mi + 4 * u4);
+        const float mv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int uu = 0; uu < 4; ++uu) {
           const float4 x = *reinterpret_cast<const float4*>(t + (4 * u4 + uu) * kBlk);
-#pragma unroll
-          for (int rr = 0; rr < 4; ++rr) {
-            s[rr][0] += mv[rr][uu] * x.x, s[rr][1] += mv[rr][uu] * x.y;
-            s[rr][2] += mv[rr][uu] * x.z, s[rr][3] += mv[rr][uu] * x.w;
-          }
+          s[0] += mv[uu] * x.x, s[1] += mv[uu] * x.y, s[2] += mv[uu] * x.z, s[3] += mv[uu] * x.w;
         }
       }
-#pragma unroll
-      for (int rr = 0; rr < 4; ++rr)
-        *reinterpret_cast<float4*>(M + (kBlk * i + r0 + rr) * kF + kBlk * j + c) =
-            make_float4(-s[rr][0], -s[rr][1], -s[rr][2], -s[rr][3]);
+      *reinterpret_cast<float4*>(M + (kBlk * i + r) * kF + kBlk * j + c) =
+          make_float4(-s[0], -s[1], -s[2], -s[3]);
     }
     __syncthreads();
   }
