@@ -69,11 +69,6 @@ __device__ __forceinline__ void wg_sync(int wg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
 }
 
-// An m64n64 accumulator is mma.sync's C fragment repeated over 8 column blocks, per warp (wgmma.cuh).
-__device__ __forceinline__ const float (&as_frag(const float (&X)[32]))[1][8][4] {
-  return reinterpret_cast<const float(&)[1][8][4]>(X);
-}
-
 }  // namespace wgbwd
 
 template <typename T, bool kGated>
@@ -281,7 +276,7 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     wgmma::commit();
 
     wgmma::wait<3>();  // dvn: du out, -dvn into panel wg of its tile
-    store_acc_global<T>(static_cast<T*>(p.du) + off + 64 * wg, row_stride, wgbwd::as_frag(KdS), 16 * wr, 0,
+    store_acc_global<T>(static_cast<T*>(p.du) + off + 64 * wg, row_stride, wgt::as_frag(KdS), 16 * wr, 0,
                         rows, lane);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -332,11 +327,11 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     wgmma::commit();
 
     wgmma::wait<2>();  // dS, dW
-    store_acc_global<T>(static_cast<T*>(p.dw) + off + 64 * wg, row_stride, wgbwd::as_frag(DW), 16 * wr, 0,
-                        rows, lane);
+    store_acc_global<T>(static_cast<T*>(p.dw) + off + 64 * wg, row_stride, wgt::as_frag(DW), 16 * wr, 0, rows,
+                        lane);
     wgmma::wait<1>();  // dq
-    store_acc_global<T>(static_cast<T*>(p.dq) + off + 64 * wg, row_stride, wgbwd::as_frag(DQ), 16 * wr, 0,
-                        rows, lane);
+    store_acc_global<T>(static_cast<T*>(p.dq) + off + 64 * wg, row_stride, wgt::as_frag(DQ), 16 * wr, 0, rows,
+                        lane);
     float2 qdq = make_float2(0.f, 0.f);
     if constexpr (kGated) qdq = wgt::row_dot_panel<T>(DQ, smem + L::kQ + wg * L::kPanel, wr, lane);
     wgmma::wait<0>();  // DK: times w_s; gated, k_s . (w_s (vn dS^T)[s]) into the G_last terms
@@ -362,8 +357,8 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
       if (lane == 0) red[(c & 1) * 8 + warp] = red_part;
     }
     wgmma::wait<0>();  // dk
-    store_acc_global<T>(static_cast<T*>(p.dk) + off + 64 * wg, row_stride, wgbwd::as_frag(DK), 16 * wr, 0,
-                        rows, lane);
+    store_acc_global<T>(static_cast<T*>(p.dk) + off + 64 * wg, row_stride, wgt::as_frag(DK), 16 * wr, 0, rows,
+                        lane);
     if constexpr (kGated) {
       const float2 kdk = wgt::row_dot_panel<T>(DK, smem + L::kK + wg * L::kPanel, wr, lane);
       if ((lane & 3) == 0) {

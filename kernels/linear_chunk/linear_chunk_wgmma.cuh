@@ -86,12 +86,18 @@ __device__ __forceinline__ float dot_state_packed(const uint32_t* src, const flo
   return s;
 }
 
+// An m64n64 accumulator is mma.sync's C fragment repeated over 8 column blocks, per warp (wgmma.cuh): the
+// mma.sync helpers (store_acc_global, row_dot) take it as one.
+__device__ __forceinline__ const float (&as_frag(const float (&X)[32]))[1][8][4] {
+  return reinterpret_cast<const float(&)[1][8][4]>(X);
+}
+
 // Per-row sums of an m64n64 accumulator times the 16-bit panel x (rows 16 wr + lane / 4 (+ 8) of the panel,
 // the accumulator's columns), reduced over the 4 lanes of a quad: .x for the upper row, .y the lower.
 template <typename T>
 __device__ __forceinline__ float2 row_dot_panel(const float (&X)[32], const unsigned char* panel, int wr,
                                                 int lane) {
-  return row_dot<64, T, 8>(reinterpret_cast<const float(&)[1][8][4]>(X), panel, 16 * wr, 0, lane);
+  return row_dot<64, T, 8>(as_frag(X), panel, 16 * wr, 0, lane);
 }
 
 // An m64n64 accumulator out to global rows (dst: row 0 of the warpgroup's 64 rows, column 0 of its 64), 16

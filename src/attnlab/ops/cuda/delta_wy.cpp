@@ -48,7 +48,7 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     p.w = w.data_ptr(), p.u = u.data_ptr();
     p.G = given(G) ? static_cast<float*>(G.data_ptr()) : nullptr;
     // M of every chunk for the backward (16 KB per chunk and head, as much as w): reading it back costs
-    // less than the inverse it saves (H200, bench/results/h200-2026-12-03c).
+    // less than the inverse it saves (H200, bench/results/h200-2026-12-03d).
     torch::Tensor m = save_m ? torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T),
                                              kn::kLinearChunk, kn::kLinearChunk},
                                             beta.options())
