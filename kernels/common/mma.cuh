@@ -1,6 +1,6 @@
 // Tensor-core and shared-memory helpers shared by the kernels (flash_attn, linear_chunk): element types,
-// inline-PTX wrappers for the sm_80 / sm_90 mma.sync path (m16n8k16, ldmatrix, cp.async), the 128-byte
-// XOR swizzle, fast exp2. No torch, no host code.
+// inline-PTX wrappers for the sm_80 / sm_90 mma.sync path (m16n8k16, m16n8k8 tf32, ldmatrix, cp.async),
+// the 128-byte XOR swizzle, fast exp2. No torch, no host code.
 //
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4 and
 // t = lane % 4:
@@ -62,6 +62,25 @@ __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t 
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// D += A * B for one m16n8k8 tile of tf32 operands (32-bit registers, low 13 mantissa bits ignored), fp32
+// accumulators. Fragments (g = lane / 4, t = lane % 4): a0 = (g, t), a1 = (g+8, t), a2 = (g, t+4),
+// a3 = (g+8, t+4); b0 = (k t, n g), b1 = (k t+4, n g); C as for m16n8k16.
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// x = hi + lo with hi, lo tf32 (rounded to nearest): the 3xTF32 split, hi*hi + hi*lo + lo*hi keeps ~21 of
+// float32's 24 mantissa bits in a product.
+__device__ __forceinline__ void split_tf32(uint32_t& hi, uint32_t& lo, float x) {
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(hi) : "f"(x));
+  const float r = x - __uint_as_float(hi);
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(lo) : "f"(r));
 }
 
 // ---------------------------------------------------------------- shared memory

@@ -22,7 +22,7 @@ constexpr int kF = kC + 4;                      // floats per row of a float32 C
 constexpr int kF32Tile = kC * kF * 4;           // bytes of a float32 C x C tile
 constexpr int kH16Tile = kC * kC * 2;           // bytes of a 16-bit swizzled C x C tile
 constexpr int kBlk = 16;                        // diagonal block of the inverse
-constexpr int kTmpBytes = 3 * kBlk * kBlk * 4;  // the inverse's scratch: up to three 16 x 16 blocks
+constexpr int kTmpBytes = 2 * kBlk * (2 * kBlk + 4) * 4;  // the inverse's scratch: a 32 x 32 block, padded
 
 __device__ __forceinline__ int64_t row_offset(int b, int t, int h, int T, int H, int D) {
   return ((static_cast<int64_t>(b) * T + t) * H + h) * D;
@@ -86,16 +86,62 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
     }
 }
 
-// M = (I + A)^-1 with A_rc = beta_r KD_rc (strictly lower), float32 throughout; all threads, synced on
-// return. The four 16 x 16 diagonal blocks by forward substitution (threads 0..63: one column of one block
-// each, kept in registers), then the blocks below the diagonal one sub-diagonal at a time,
-// M_ij = -M_ii (sum_{j <= l < i} A_il M_lj) (the factor in Tmp, then the product). Entries above the
-// diagonal blocks are never written: readers of M take only c <= r.
+// acc (one 16 x 8 tile) += X Y over k = k0 .. k0 + 8 ksteps of two float32 tiles in shared memory: X at
+// rows m0.. of a row-major tile of stride kSX floats; Y[k][n] at Yt[n * kSY + k] (kYT) or Y[k * kSY + n],
+// columns n0... In 3xTF32 (split_tf32: lo*hi + hi*lo + hi*hi per k-step), so float32-accurate to ~2^-21.
+template <int kSX, int kSY, bool kYT>
+__device__ __forceinline__ void tf32x3_mma(float (&acc)[4], const float* X, const float* Y, int m0, int n0,
+                                           int k0, int ksteps, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+  for (int s = 0; s < ksteps; ++s) {
+    const int k = k0 + 8 * s;
+    const float* x = X + (m0 + g) * kSX + k + t;
+    const float xa[4] = {x[0], x[8 * kSX], x[4], x[8 * kSX + 4]};
+    const float yb[2] = {kYT ? Y[(n0 + g) * kSY + k + t] : Y[(k + t) * kSY + n0 + g],
+                         kYT ? Y[(n0 + g) * kSY + k + t + 4] : Y[(k + t + 4) * kSY + n0 + g]};
+    uint32_t ah[4], al[4], bh[2], bl[2];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) split_tf32(ah[e], al[e], xa[e]);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) split_tf32(bh[e], bl[e], yb[e]);
+    mma_1688_tf32(acc, al, bh[0], bh[1]);
+    mma_1688_tf32(acc, ah, bl[0], bl[1]);
+    mma_1688_tf32(acc, ah, bh[0], bh[1]);
+  }
+}
+
+// Stores acc * f (one 16 x 8 tile, rows m0.., columns n0..) to a float32 tile: row-major of stride kS, or
+// transposed (kT: element (r, c) at c * kS + r) for a later read as the Y of tf32x3_mma<.., kYT = true>.
+// f(r) scales row r.
+template <int kS, bool kT, typename F>
+__device__ __forceinline__ void store_tile_f32(float* dst, const float (&acc)[4], int m0, int n0, int lane,
+                                               F f) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = m0 + g + 8 * half, c = n0 + 2 * t;
+    const float x0 = acc[2 * half] * f(r), x1 = acc[2 * half + 1] * f(r);
+    if constexpr (kT) {
+      dst[c * kS + r] = x0, dst[(c + 1) * kS + r] = x1;
+    } else {
+      *reinterpret_cast<float2*>(dst + r * kS + c) = make_float2(x0, x1);
+    }
+  }
+}
+
+// M = (I + A)^-1 with A_rc = beta_r KD_rc (strictly lower), float32; all threads, synced on return. Block
+// by block, with L = I + A = [[L11, 0], [A21, L22]] and L^-1 = [[L11^-1, 0], [-L22^-1 A21 L11^-1, L22^-1]]:
+//   1. the four 16 x 16 diagonal blocks by forward substitution (threads 0..63: one column of one block
+//      each, kept in registers);
+//   2. the two 32 x 32 diagonal blocks: M10 = -M11 (A10 M00), M32 = -M33 (A32 M22);
+//   3. the lower-left 32 x 32 block: M[32:, :32] = -M[32:, 32:] (A[32:, :32] M[:32, :32]).
+// Steps 2 and 3 are two products each on the tensor cores (tf32x3_mma, 16 x 8 tiles, one per warp), the
+// inner one stored transposed into Tmp. Entries above the diagonal blocks are never written: readers of M
+// take only c <= r, and no product here reads them.
 //
-// Shared-memory traffic, not arithmetic, bounds this (ncu, run m: a third of delta_wy's forward, mostly
-// LDS waits): rows are read as float4 and each thread of the block products owns a strip of four columns,
-// so one row element read serves four products. Every sum keeps the order of the scalar loops it replaced
-// (j, then (l, u) ascending), so M is the same bits.
+// The float32 SIMT products this replaced (run 2026-12-03c: delta_wy's forward L1-bound at 88%) read every
+// operand row once per four outputs; here a warp reads each operand element once per 16 x 8 tile.
 __device__ __forceinline__ void invert(float* M, const float* KD, const float* beta, float* Tmp, int tid) {
   if (tid < 4 * kBlk) {
     const int o = kBlk * (tid / kBlk), c = tid % kBlk;
@@ -123,56 +169,43 @@ __device__ __forceinline__ void invert(float* M, const float* KD, const float* b
     for (int r = 0; r < kBlk; ++r) M[(o + r) * kF + o + c] = x[r];
   }
   __syncthreads();
-  constexpr int kStrips = kBlk * kBlk / 4;  // strips of four columns in a 16 x 16 block
-#pragma unroll
-  for (int diag = 1; diag < kC / kBlk; ++diag) {
-    const int pairs = kC / kBlk - diag;  // blocks (i, j) = (p + diag, p), p < pairs
-    for (int e = tid; e < pairs * kStrips; e += kThreads) {
-      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
-      const int i = p + diag, j = p;
-      const float* a = KD + (kBlk * i + r) * kF;
-      float s[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int q = 0; q < diag; ++q) {
-        const int l = j + q;
-#pragma unroll
-        for (int u4 = 0; u4 < kBlk / 4; ++u4) {
-          const float4 v = *reinterpret_cast<const float4*>(a + kBlk * l + 4 * u4);
-          const float av[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-          for (int uu = 0; uu < 4; ++uu) {
-            const float4 m =
-                *reinterpret_cast<const float4*>(M + (kBlk * l + 4 * u4 + uu) * kF + kBlk * j + c);
-            s[0] += av[uu] * m.x, s[1] += av[uu] * m.y, s[2] += av[uu] * m.z, s[3] += av[uu] * m.w;
-          }
-        }
-      }
-      const float b = beta[kBlk * i + r];
-      *reinterpret_cast<float4*>(Tmp + p * kBlk * kBlk + r * kBlk + c) =
-          make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
-    }
-    __syncthreads();
-    for (int e = tid; e < pairs * kStrips; e += kThreads) {
-      const int p = e / kStrips, r = (e / 4) % kBlk, c = 4 * (e % 4);
-      const int i = p + diag, j = p;
-      const float* mi = M + (kBlk * i + r) * kF + kBlk * i;  // mi[u] = 0 for u > r
-      const float* t = Tmp + p * kBlk * kBlk + c;
-      float s[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int u4 = 0; u4 < kBlk / 4; ++u4) {
-        const float4 v = *reinterpret_cast<const float4*>(mi + 4 * u4);
-        const float mv[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int uu = 0; uu < 4; ++uu) {
-          const float4 x = *reinterpret_cast<const float4*>(t + (4 * u4 + uu) * kBlk);
-          s[0] += mv[uu] * x.x, s[1] += mv[uu] * x.y, s[2] += mv[uu] * x.z, s[3] += mv[uu] * x.w;
-        }
-      }
-      *reinterpret_cast<float4*>(M + (kBlk * i + r) * kF + kBlk * j + c) =
-          make_float4(-s[0], -s[1], -s[2], -s[3]);
-    }
-    __syncthreads();
+  const int warp = tid / 32, lane = tid % 32;
+  constexpr int kS2 = kBlk + 4;      // Tmp's stride in step 2 (two transposed 16 x 16 blocks)
+  constexpr int kS3 = 2 * kBlk + 4;  // and in step 3 (one transposed 32 x 32 block)
+  static_assert(2 * kBlk * kS2 * 4 <= kTmpBytes && 2 * kBlk * kS3 * 4 <= kTmpBytes, "Tmp too small");
+  const auto negate = [](int) { return -1.f; };
+  // 2. warps 0..3: blocks (i, j) = (1, 0), (3, 2) (warp / 2), columns 8 (warp % 2) of the block
+  const int p2 = warp / 2, n2 = 8 * (warp % 2);
+  const int i2 = kBlk * (2 * p2 + 1), j2 = kBlk * 2 * p2;
+  if (warp < 4) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    tf32x3_mma<kF, kF, false>(acc, KD, M, i2, j2 + n2, j2, kBlk / 8, lane);  // A_ij M_jj
+    store_tile_f32<kS2, true>(Tmp + p2 * kBlk * kS2, acc, 0, n2, lane, [&](int r) { return beta[i2 + r]; });
   }
+  __syncthreads();
+  if (warp < 4) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    tf32x3_mma<kF, kS2, true>(acc, M + i2, Tmp + p2 * kBlk * kS2, i2, n2, 0, kBlk / 8, lane);  // M_ii (...)
+    store_tile_f32<kF, false>(M + j2, acc, i2, n2, lane, negate);
+  }
+  __syncthreads();
+  // 3. every warp: rows 32 + 16 (warp / 4), columns 16 ((warp / 2) % 2) + 8 (warp % 2)
+  const int m3 = 2 * kBlk + kBlk * (warp / 4), n3 = 8 * (warp % 4), j3 = n3 / kBlk;
+  {
+    // A[32:, :32] M[:32, :32], where M's block column j3 is zero above row 16 j3
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    tf32x3_mma<kF, kF, false>(acc, KD, M, m3, n3, kBlk * j3, (2 - j3) * kBlk / 8, lane);
+    store_tile_f32<kS3, true>(Tmp, acc, m3 - 2 * kBlk, n3, lane, [&](int r) { return beta[2 * kBlk + r]; });
+  }
+  __syncthreads();
+  {
+    // M[32:, 32:] (...), where row block i3 of M[32:, 32:] is zero past column 16 (i3 + 1)
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const int i3 = warp / 4;
+    tf32x3_mma<kF, kS3, true>(acc, M + 2 * kBlk, Tmp, m3, n3, 0, (i3 + 1) * kBlk / 8, lane);
+    store_tile_f32<kF, false>(M, acc, m3, n3, lane, negate);
+  }
+  __syncthreads();
 }
 
 // The C x D products over M's lower triangle (W, U; dk, dv with M^T) give row block m work in proportion to
