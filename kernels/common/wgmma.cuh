@@ -99,6 +99,15 @@ struct Mma;
   "%52, "                                                                                                  \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
+// m64n32k16: 16 accumulators per thread; operands %16 (a), %17 (b), %18 (scale-d), %19 (tnsp-b), %20
+// (tnsp-a).
+#define ATTNLAB_WG_N32(TY)                                                                                \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\nwgmma.mma_async.sync.aligned.m64n32k16.f32." TY \
+               "." TY                                                                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, "   \
+               "1, 1, %20, %19;\n}\n"                                                                     \
+               : ATTNLAB_WG_D8(0), ATTNLAB_WG_D8(8)                                                       \
+               : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB), "n"(kTransA))
 // m64n64k16: 32 accumulators per thread; operands %32 (a), %33 (b), %34 (scale-d), %35 (tnsp-b), %36
 // (tnsp-a).
 #define ATTNLAB_WG_N64(TY)                                                                                \
@@ -114,6 +123,28 @@ struct Mma;
                : ATTNLAB_WG_D32(0), ATTNLAB_WG_D32(32)                                                     \
                : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB), "n"(kTransA))
 
+template <int kTransB, int kTransA>
+struct Mma<32, __nv_bfloat16, kTransB, kTransA> {
+  static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+#ifdef ATTNLAB_WGMMA
+    ATTNLAB_WG_N32("bf16");
+#else
+    (void)d, (void)a, (void)b, (void)scale_d;
+    __trap();
+#endif
+  }
+};
+template <int kTransB, int kTransA>
+struct Mma<32, __half, kTransB, kTransA> {
+  static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+#ifdef ATTNLAB_WGMMA
+    ATTNLAB_WG_N32("f16");
+#else
+    (void)d, (void)a, (void)b, (void)scale_d;
+    __trap();
+#endif
+  }
+};
 template <int kTransB, int kTransA>
 struct Mma<64, __nv_bfloat16, kTransB, kTransA> {
   static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
@@ -198,6 +229,7 @@ ATTNLAB_WG_RS_STRUCT(128, __half, "f16")
 #undef ATTNLAB_WG_RS_BODY
 #undef ATTNLAB_WG_RS_N64
 #undef ATTNLAB_WG_RS_N128
+#undef ATTNLAB_WG_N32
 #undef ATTNLAB_WG_N64
 #undef ATTNLAB_WG_N128
 #undef ATTNLAB_WG_R32

@@ -14,7 +14,7 @@
 // output (vn, dvn, dq, dk, dW). The three 64 x 64 score matrices are built transposed where a product
 // needs them so (Pk = k q^T for P^T do, PgT = vn do^T for Pg^T q), so every A operand is K-major:
 //   barrier A (the chunk's tiles are in; the 16-bit dS copy is the dS leaving the chunk)
-//   batch 1: X = W S_in, KdS = K dS, Pk = k q^T (each warpgroup the whole Pk, storing half)
+//   batch 1: X = W S_in, KdS = K dS, Pk = k q^T (warpgroup g its columns 32 g ..)
 //            -> vn = U - X, Pk masked and decayed, Qg = scale exp(G_t) q, into their tiles
 //   barrier B
 //   batch 2: dvn = w KdS + Pk do; warpgroup 0 Pg = do vn^T, 1 PgT = vn do^T; dS = exp(G_last) dS + Qg^T do;
@@ -171,6 +171,10 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     cp_async_wait<0>();
     wgmma::fence_proxy_async();  // this chunk's copies and the dS copy, before the tensor cores read them
     __syncthreads();             // A: ... and every read of chunk c + 1's tiles is done
+    if (kGated && rows < kC) {   // the last chunk: rows past T take the last real row's gate
+      pad_gates(gates(c), rows, tid);
+      __syncthreads();
+    }
     if (c + 1 < nt) flush_dg(c + 1);
     if (c > 0) {
       if constexpr (kGated) {  // into chunk c + 1's gate slot
@@ -181,34 +185,34 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
     }
 
     // ---- batch 1. The first k16 step of each product overwrites its accumulators (scale-d 0).
-    float X[32], KdS[32], Pk[32];
+    float X[32], KdS[32], Pk[16];
     wgmma::fence();
     wgt::times_state<kD, T>(X, s0 + L::kW, s0 + L::kSin, wg);  // W S_in
     wgmma::commit();
     wgt::times_state<kD, T>(KdS, s0 + L::kK, s0 + L::kdS, wg);  // K dS
     wgmma::commit();
-    wgt::scores<kD, T>(Pk, s0 + L::kK, s0 + L::kQ);  // k q^T
+    wgt::scores_half<kD, T>(Pk, s0 + L::kK, s0 + L::kQ, wg);  // k q^T, columns 32 wg ..
     wgmma::commit();
 
-    // Under the products: this thread's gates (rows past T take the last real row's G: their q, k, w, u, do
-    // are zero, and every exp stays finite) and Qg.
+    // Under the products: this thread's gates (rows past T hold the last real row's G, and their q, k, w, u,
+    // do are zero, so every exp stays finite) and Qg.
     const float* G = gates(c);
     float g_last = 0.f, gr[2] = {0.f, 0.f}, wrow[2] = {1.f, 1.f}, qrow[2] = {p.scale, p.scale};
     if constexpr (kGated) {
       g_last = G[rows - 1];
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        gr[half] = G[min(r0 + 8 * half, rows - 1)];
+        gr[half] = G[r0 + 8 * half];
         wrow[half] = __expf(g_last - gr[half]);
         qrow[half] = p.scale * __expf(gr[half]);
       }
     }
-    auto gcol = [&](int col) { return G[min(col, rows - 1)]; };
+    // G at columns col, col + 1 (col even), one 8-byte read
+    auto gcol2 = [&](int col) { return *reinterpret_cast<const float2*>(G + col); };
 #pragma unroll
     for (int pn = 0; pn < 2; ++pn)
-      scale_tile_rows<64, T, L::kThreads>(
-          smem + L::kQg + pn * L::kPanel, smem + L::kQ + pn * L::kPanel, tid,
-          [&](int r) { return kGated ? p.scale * __expf(gcol(r)) : p.scale; });
+      scale_tile_rows<64, T, L::kThreads>(smem + L::kQg + pn * L::kPanel, smem + L::kQ + pn * L::kPanel, tid,
+                                          [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     wgmma::wait<2>();  // X: vn = U - X into panel wg of vn (each thread its own elements)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -221,19 +225,21 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
       }
     wgmma::wait<1>();  // KdS, times w_s = exp(G_last - G_s)
     if constexpr (kGated) wgt::scale_acc(KdS, wrow);
-    wgmma::wait<0>();  // Pk: kept where t = col >= s = r; both warpgroups hold it, each stores half
+    wgmma::wait<0>();  // Pk's columns 32 wg ..: kept where t = col >= s = r
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test
-        const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
-        const float d0 = kGated ? p.scale * __expf(gcol(col) - gr[half]) : p.scale;
-        const float d1 = kGated ? p.scale * __expf(gcol(col + 1) - gr[half]) : p.scale;
+        const int r = r0 + 8 * half, col = 32 * wg + wgt::acc_col(j, lane);
+        float d0 = p.scale, d1 = p.scale;
+        if constexpr (kGated) {
+          const float2 g = gcol2(col);
+          d0 = p.scale * __expf(g.x - gr[half]), d1 = p.scale * __expf(g.y - gr[half]);
+        }
         // Selects, not branches: the mask drops even an overflow to inf.
         const float x0 = col >= r ? Pk[4 * j + 2 * half] * d0 : 0.f;
         const float x1 = col + 1 >= r ? Pk[4 * j + 2 * half + 1] * d1 : 0.f;
-        *reinterpret_cast<uint32_t*>(smem + L::kPk + foff(j, half)) = MmaType<T>::pack(x0, x1);
+        *reinterpret_cast<uint32_t*>(smem + L::kPk + foff(4 * wg + j, half)) = MmaType<T>::pack(x0, x1);
       }
     // exp(G_last) <dS, S_in> over this thread's dS entries (gated), here rather than under the products:
     // next to their 96 in-flight accumulators it spilled.
@@ -291,14 +297,16 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_wgmma_kernel(const DeltaChun
       for (int half = 0; half < 2; ++half) {
         const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
         float x0, x1;
+        float d0 = p.scale, d1 = p.scale;
+        if constexpr (kGated) {
+          const float2 g = gcol2(col);
+          const float sg = wg ? 1.f : -1.f;  // exp(G_r - G_col) for Pg, exp(G_col - G_r) for PgT
+          d0 = p.scale * __expf(sg * (g.x - gr[half])), d1 = p.scale * __expf(sg * (g.y - gr[half]));
+        }
         if (wg == 0) {
-          const float d0 = kGated ? p.scale * __expf(gr[half] - gcol(col)) : p.scale;
-          const float d1 = kGated ? p.scale * __expf(gr[half] - gcol(col + 1)) : p.scale;
           x0 = col <= r ? Pg[4 * j + 2 * half] * d0 : 0.f;
           x1 = col + 1 <= r ? Pg[4 * j + 2 * half + 1] * d1 : 0.f;
         } else {
-          const float d0 = kGated ? p.scale * __expf(gcol(col) - gr[half]) : p.scale;
-          const float d1 = kGated ? p.scale * __expf(gcol(col + 1) - gr[half]) : p.scale;
           x0 = col >= r ? Pg[4 * j + 2 * half] * d0 : 0.f;
           x1 = col + 1 >= r ? Pg[4 * j + 2 * half + 1] * d1 : 0.f;
         }

@@ -138,6 +138,16 @@ __device__ __forceinline__ void scores(float (&P)[32], uint32_t a, uint32_t b) {
                               s > 0);
   }
 }
+// The columns 32 h .. + 32 of the same, m64n32 (B's rows 32 h ..): two warpgroups split one score matrix.
+template <int kD, typename T>
+__device__ __forceinline__ void scores_half(float (&P)[16], uint32_t a, uint32_t b, int h) {
+#pragma unroll
+  for (int s = 0; s < kD / 16; ++s) {
+    const uint32_t k_off = (s / 4) * kPanel + (s % 4) * 32;
+    wgmma::Mma<32, T, 0>::run(P, wgmma::make_desc(a + k_off, 16, 1024),
+                              wgmma::make_desc(b + k_off + 32 * h * 128, 16, 1024), s > 0);
+  }
+}
 // C = A S[:, 64 wg ..] (S MN-major from its panels at s_copy), A a [64][kD] token tile: q S, k dS.
 template <int kD, typename T>
 __device__ __forceinline__ void times_state(float (&C)[32], uint32_t a, uint32_t s_copy, int wg) {
