@@ -142,10 +142,13 @@ namespace {
 
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
-  cudaError_t err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated>, dim3(kD / kVb, p.H, p.B),
-                                  BwdWalkSmem<kD, kVb>::kBytes, p);
-  if (err != cudaSuccess) return err;
   const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
+  // P^T do of every chunk, into dhs, for the walk (delta_chunk_kernels.cuh, "two-pass backward")
+  cudaError_t err = launch_kernel(&delta_bwd_local_kernel<kD, T, kGated>, grid, BwdLocalSmem<kD>::kBytes, p);
+  if (err != cudaSuccess) return err;
+  err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated>, dim3(kD / kVb, p.H, p.B),
+                      BwdWalkSmem<kD, kVb>::kBytes, p);
+  if (err != cudaSuccess) return err;
   // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless
   // p.bwd_out_wide.
   if constexpr (kD == 128) {

@@ -57,10 +57,11 @@ struct DeltaChunkParams {
 
   // ---- backward
   void* dhs = nullptr;    // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
-                          // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
-                          // the value columns, as the forward) computes dS and dU only, saving the dS
-                          // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
-                          // Same results (dG up to the order of a float sum)
+                          // runs in two passes: one block per chunk forms P^T do (parked here, float32);
+                          // the walk over the chunks (v_split blocks per (b, h) over the value columns,
+                          // as the forward) computes dS and dU only, saving the dS of every chunk here;
+                          // then one block per chunk computes dq, dk, dW, dG. Same results (dG up to the
+                          // order of a float sum)
   float* dsum = nullptr;  // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
