@@ -147,6 +147,15 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
     EXPECT_ERROR_WITH((out[0].to(torch::kFloat).sum() + out[1].sum()).backward(),
                       "ATTNLAB_DELTA_BWD_WGMMA must be 0 or 1", "2");
     unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
+    // The two-pass backward's P^T do before the walk, read only by the two-pass backward.
+    auto again = ops::cuda::delta_chunk_recurrence(leaf(in.q), leaf(in.k), leaf(in.w), leaf(in.u), in.G,
+                                                   leaf(in.h0), 0.1);
+    setenv("ATTNLAB_DELTA_BWD", "two_pass", 1);
+    setenv("ATTNLAB_DELTA_BWD_LOCAL", "on", 1);
+    EXPECT_ERROR_WITH((again[0].to(torch::kFloat).sum() + again[1].sum()).backward(),
+                      "ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1", "on");
+    unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
+    unsetenv("ATTNLAB_DELTA_BWD");
   }
 }
 
@@ -215,7 +224,8 @@ TEST(DeltaChunkKernel, VSplitGivesTheSameBits) {
 // both V-splits; the backward, which reads only the saved states, the same gradients (dG up to the order of
 // its float atomics, which varies run to run). The two-pass backward (ATTNLAB_DELTA_BWD=two_pass) gives the
 // same bits for dq, dk, dw, du, dh0, and dG up to float-sum order, with either layout of its second kernel
-// (ATTNLAB_DELTA_BWD_OUT=lean|wide), as the one-pass backward on mma.sync (the wgmma one sums in another
+// (ATTNLAB_DELTA_BWD_OUT=lean|wide) and with P^T do formed before its walk or in it
+// (ATTNLAB_DELTA_BWD_LOCAL=1|0), as the one-pass backward on mma.sync (the wgmma one sums in another
 // order: WgmmaBackwardMatchesMmaSync).
 TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
@@ -226,10 +236,12 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
         if (v_split == 2 && D != 128) continue;
         const auto in = recurrence_inputs(2, 333, 3, D, gated);
         const auto &q = in.q, &k = in.k, &w = in.w, &u = in.u, &G = in.G, &h0 = in.h0, &dout = in.dout;
-        auto run = [&](const char* fwd, const char* bwd, const char* bwd_out = "lean") {
+        auto run = [&](const char* fwd, const char* bwd, const char* bwd_out = "lean",
+                       const char* local = "0") {
           setenv("ATTNLAB_DELTA_FWD", fwd, 1);
           setenv("ATTNLAB_DELTA_BWD", bwd, 1);
           setenv("ATTNLAB_DELTA_BWD_OUT", bwd_out, 1);
+          setenv("ATTNLAB_DELTA_BWD_LOCAL", local, 1);
           setenv("ATTNLAB_DELTA_BWD_WGMMA", "0", 1);  // the mma.sync one-pass backward: the same products
           auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
           auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
@@ -239,6 +251,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           unsetenv("ATTNLAB_DELTA_FWD");
           unsetenv("ATTNLAB_DELTA_BWD");
           unsetenv("ATTNLAB_DELTA_BWD_OUT");
+          unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
           unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
           return std::vector<torch::Tensor>{
               out[0],    out[1],    lq.grad(), lk.grad(),
@@ -250,6 +263,8 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
         // the two-pass backward's second kernel in its older layout (every tile resident; D = 128 only
         // differs): the same bits as the lean one
         auto wide = run("two_pass", "two_pass", "wide");
+        // P^T do formed before the walk (ATTNLAB_DELTA_BWD_LOCAL=1): the same bits
+        auto local = run("two_pass", "two_pass", "lean", "1");
         const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
         for (size_t i = 0; i < one.size(); ++i) {
           if (!one[i].defined()) continue;
@@ -260,10 +275,13 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
             EXPECT_LT(ops::rel_rms_error(two[i], one[i]), 1e-5) << what;
             EXPECT_LT(ops::rel_rms_error(both[i], one[i]), 1e-5) << what << " (two-pass backward)";
             EXPECT_LT(ops::rel_rms_error(wide[i], both[i]), 1e-5) << what << " (wide second kernel)";
+            EXPECT_LT(ops::rel_rms_error(local[i], both[i]), 1e-5) << what << " (P^T do before the walk)";
           } else {
             EXPECT_TRUE(torch::equal(one[i], two[i])) << what;
             EXPECT_TRUE(torch::equal(one[i], both[i])) << what << " (two-pass backward)";
             EXPECT_TRUE(torch::equal(wide[i], both[i])) << what << " (wide second kernel)";
+            EXPECT_TRUE(ops::all_finite(local[i])) << what << " (P^T do before the walk)";
+            EXPECT_TRUE(torch::equal(local[i], both[i])) << what << " (P^T do before the walk)";
           }
         }
       }

@@ -67,7 +67,8 @@ __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t 
 // D += A * B for one m16n8k8 tile of tf32 operands (32-bit registers, low 13 mantissa bits ignored), fp32
 // accumulators. Fragments (g = lane / 4, t = lane % 4): a0 = (g, t), a1 = (g+8, t), a2 = (g, t+4),
 // a3 = (g+8, t+4); b0 = (k t, n g), b1 = (k t+4, n g); C as for m16n8k16.
-__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                              uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"

@@ -31,6 +31,7 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
     if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
+    if (p.bwd_local && !p.dhs) return "bwd_local takes the two-pass backward (dhs set)";
     if (p.bwd_wgmma) {
       if (!linear_chunk_has_wgmma())
         return "bwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -83,6 +84,16 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms) {
   // one (bench/results/h200-2026-12-02j): 16 heads 0.58-0.78, 64 heads 0.87-0.96, 256 heads 1.02-1.19,
   // 1024 heads 1.02-1.13, for D = 64 and 128, with and without a gate.
   return static_cast<long long>(B) * H <= num_sms;
+}
+
+bool delta_chunk_default_bwd_local(int B, int H, int v_split, bool gated, int num_sms) {
+  // H200 (132 SMs), B * T = 32768, H = 16, forward + backward with / without (bench/results/h200-2026-12-03f
+  // against e, D = 64 timed with a defect that did not change the work): D = 128, 16 heads (64 walk
+  // blocks) 3.506 -> 3.446 ms, gated 4.556 -> 4.096; 64 heads (128 blocks) 2.217 -> 2.341, gated 2.742 ->
+  // 2.750; D = 64 gated, 16 and 64 heads (32 and 128 blocks) 3.100 -> 2.524 and 1.587 -> 1.528; D = 64
+  // without a gate 2.141 -> 2.149 and 1.231 -> 1.296. The gated walk formed the scores with an exp per entry.
+  const long long blocks = static_cast<long long>(B) * H * v_split;
+  return gated ? blocks <= num_sms : 2 * blocks <= num_sms;
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
@@ -142,12 +153,18 @@ namespace {
 
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
-  const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
-  // P^T do of every chunk, into dhs, for the walk (delta_chunk_kernels.cuh, "two-pass backward")
-  cudaError_t err = launch_kernel(&delta_bwd_local_kernel<kD, T, kGated>, grid, BwdLocalSmem<kD>::kBytes, p);
-  if (err != cudaSuccess) return err;
-  err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated>, dim3(kD / kVb, p.H, p.B),
-                      BwdWalkSmem<kD, kVb>::kBytes, p);
+  const dim3 grid(linear_chunk_count(p.T), p.H, p.B), walk(kD / kVb, p.H, p.B);
+  cudaError_t err;
+  if (p.bwd_local) {  // P^T do of every chunk first, for the walk (delta_chunk_kernels.cuh, "two-pass
+                      // backward")
+    err = launch_kernel(&delta_bwd_local_kernel<kD, T, kGated>, grid, BwdLocalSmem<kD>::kBytes, p);
+    if (err != cudaSuccess) return err;
+    err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, true>, walk,
+                        BwdWalkSmem<kD, kVb, true>::kBytes, p);
+  } else {
+    err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
+                        BwdWalkSmem<kD, kVb, false>::kBytes, p);
+  }
   if (err != cudaSuccess) return err;
   // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless
   // p.bwd_out_wide.

@@ -241,48 +241,50 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
 // (the same code, so their results are the same bits). Tile addresses are shared-memory (swizzled, 16-bit);
 // m0 / n0o the warp's token rows and value columns (n0o within the kVb-column slice).
 
-// The float32 [C][kVb] tile of P^T do that the two-pass walk reads (delta_bwd_local_kernel writes it): rows
-// padded to kVb + 8 floats, so that the half-warps' float2 reads in the accumulator layout miss each other's
-// banks.
-template <int kVb>
-struct LocalTile {
-  static constexpr int kStride = kVb + 8;
-  static constexpr int kBytes = kC * kStride * 4;
-};
-
 // dvn = w_s (K dS)[s] + P^T do over the slice's kVb value columns (= dU): to du (global, already at the
 // slice's first column) and to the [C][kVb] tile dvn. The two terms are summed in float32 after both
-// products, so the two-pass walk, which reads P^T do (kLocalIn: from the LocalTile `local`, computed
-// before the walk by delta_bwd_local_kernel with these same products), gets the one-pass kernel's bits.
+// products, so the two-pass walk, which reads P^T do (kLocalIn: as the upper and lower 16 bits of each
+// float32 in the 16-bit [C][kVb] tiles local_hi, local_lo, computed before the walk by
+// delta_bwd_local_kernel with these same products), gets the one-pass kernel's bits.
 template <int kD, int kVb, typename T, bool kGated, bool kLocalIn, typename Wf>
 __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_t sdS, uint32_t sP,
-                                        uint32_t sDo, const float* local, T* du, int64_t row_stride, int rows,
+                                        uint32_t sDo, const unsigned char* local_hi,
+                                        const unsigned char* local_lo, T* du, int64_t row_stride, int rows,
                                         int m0, int n0o, int lane, Wf&& w) {
-  constexpr int kNT = kVb / 16;
-  float Y[1][kNT][4];
-  if constexpr (kLocalIn) {
+  // At kVb = 128 the warp's 64 columns go in two parts, so that both products' accumulators fit the
+  // registers the kernels have left.
+  constexpr int kParts = kVb >= 128 ? 2 : 1, kNT = kVb / 16 / kParts;
+#pragma unroll
+  for (int part = 0; part < kParts; ++part) {
+    const int n0 = n0o + part * 8 * kNT;
+    float Y[1][kNT][4];
+    if constexpr (kLocalIn) {
+#pragma unroll
+      for (int nj = 0; nj < kNT; ++nj)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = m0 + (lane >> 2) + half * 8, c = n0 + nj * 8 + 2 * (lane & 3);
+          const uint32_t off = swz<kVb>(r, c / 8) + (c % 8) * 2;
+          const uint32_t hi = *reinterpret_cast<const uint32_t*>(local_hi + off);
+          const uint32_t lo = *reinterpret_cast<const uint32_t*>(local_lo + off);
+          Y[0][nj][2 * half] = __uint_as_float(__byte_perm(lo, hi, 0x5410));
+          Y[0][nj][2 * half + 1] = __uint_as_float(__byte_perm(lo, hi, 0x7632));
+        }
+    } else {
+      zero_acc(Y);
+      warp_mma<1, kNT, kC / 16, true, true, kC, kVb, T>(Y, sP, m0, 0, sDo, 0, n0, lane);
+    }
+    float X[1][kNT][4];
+    zero_acc(X);
+    warp_mma<1, kNT, kD / 16, false, true, kD, kVb, T>(X, sK, m0, 0, sdS, 0, n0, lane);
+    if constexpr (kGated) scale_rows(X, m0, lane, w);
 #pragma unroll
     for (int nj = 0; nj < kNT; ++nj)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = m0 + (lane >> 2) + half * 8, c = n0o + nj * 8 + 2 * (lane & 3);
-        const float2 y = *reinterpret_cast<const float2*>(local + r * LocalTile<kVb>::kStride + c);
-        Y[0][nj][2 * half] = y.x, Y[0][nj][2 * half + 1] = y.y;
-      }
-  } else {
-    zero_acc(Y);
-    warp_mma<1, kNT, kC / 16, true, true, kC, kVb, T>(Y, sP, m0, 0, sDo, 0, n0o, lane);
+      for (int e = 0; e < 4; ++e) X[0][nj][e] += Y[0][nj][e];
+    store_acc_global<T>(du, row_stride, X, m0, n0, rows, lane);
+    store_acc_smem<kVb, T>(dvn, X, m0, n0, lane);
   }
-  float X[1][kNT][4];
-  zero_acc(X);
-  warp_mma<1, kNT, kD / 16, false, true, kD, kVb, T>(X, sK, m0, 0, sdS, 0, n0o, lane);
-  if constexpr (kGated) scale_rows(X, m0, lane, w);
-#pragma unroll
-  for (int nj = 0; nj < kNT; ++nj)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) X[0][nj][e] += Y[0][nj][e];
-  store_acc_global<T>(du, row_stride, X, m0, n0o, rows, lane);
-  store_acc_smem<kVb, T>(dvn, X, m0, n0o, lane);
 }
 
 // exp(G_last) <dS, S_in> over this warp's piece of the state slice (dS in registers, S_in the 16-bit
@@ -479,9 +481,9 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
     {  // Pg = scale exp(G_t - G_s) (do_t . vn_s), s <= t
       decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
     }
-    bwd_dvn<kD, kD, T, kGated, false>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
-                                      nullptr, static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, rows,
-                               m0, n0o, lane, w);
+    bwd_dvn<kD, kD, T, kGated, false>(
+        smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo, nullptr, nullptr,
+        static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, rows, m0, n0o, lane, w);
     if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
       const float e = bwd_state_dot<kD, kD, T>(dS, smem + L::kSin, g_last, warp, lane);
       if (lane == 0) atomicAdd(sums + 1, e);
@@ -515,11 +517,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 }
 
 // ---------------------------------------------------------------- two-pass backward
-// With p.dhs set, the backward runs in three kernels, as FLA's chunk_bwd_dv_local + chunk_bwd_dhu +
-// chunk_bwd_dqkwg. First, delta_bwd_local_kernel, one block per chunk, forms the part of dvn that does not
-// depend on the state, P^T do, in float32. The walk over the chunks then keeps only what the recurrence of
+// With p.dhs set, the backward runs in two passes (the same split as FLA's chunk_bwd_dhu + chunk_bwd_dqkwg),
+// with p.bwd_local three (+ chunk_bwd_dv_local). The walk over the chunks keeps only what the recurrence of
 // dS needs:
-//   dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T dvn
+//   P, dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T dvn
 // (vn is not among them: it enters dq, dk and dW only) and saves the dS each chunk used (16-bit, as the
 // one-pass kernel's products read it) into dhs, and, gated, its share of exp(G_last) <dS, S_in> into dsum
 // (the only read of S_in here). Every one of these is column-local in the value axis, so the walk splits V
@@ -527,25 +528,17 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's products in
 // its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its float atomics.
 //
-// The first kernel takes the scores P out of the walk: at 16 heads the walk's v_split blocks each formed
-// them again, chunk after chunk, on the walk's critical path (run 2026-12-03e: delta_bwd_walk 1335 us of
-// DeltaNet's 3.5 ms at D = 128, T = 32768). P^T do goes to the walk through dhs, chunk c's float32 tile in
-// chunk c's dS slot, which the walk overwrites only after reading it: the walk's block over value columns
-// v0 .. v0 + kVb reads its tile from its own kD x kVb slice of the slot (local_offset), so no block's read
-// meets another's write.
+// p.bwd_local takes the scores P and P^T do out of the walk, into delta_bwd_local_kernel, one block per
+// chunk before it: at 16 heads each of the walk's v_split blocks formed them again, chunk after chunk, on
+// the walk's critical path (run 2026-12-03e: delta_bwd_walk 2002 us of Gated DeltaNet's 4.6 ms at D = 128,
+// T = 32768). P^T do, float32, reaches the walk as two 16-bit halves of its bits: the upper in du, the lower
+// in rows 0..63 of the chunk's dhs slot. The walk reads both before it writes either (dU and dS), and each of
+// its blocks reads and writes only its own value columns, so no block's read meets another's write.
 //
-// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the entering state slice
-// when gated, the gates) form one stage; where two stages fit in the 227 KB a block may have (the V-splits),
-// the next chunk's stage loads while this one is computed, since the walk's blocks are few and nothing else
-// on the SM would hide the copies' latency.
-
-// Element offset (in 16-bit units, from chunk c's kD x kD dhs slot) of P^T do's float32 entry (r, v), for
-// the walk's slices of kVb columns: row r of slice v / kVb fills the slice's 16-bit rows 2r and 2r + 1.
-template <int kD>
-__device__ __forceinline__ int local_offset(int r, int v, int kVb) {
-  const int v0 = v - v % kVb, j = v % kVb, half = kVb / 2;
-  return (2 * r + j / half) * kD + v0 + 2 * (j % half);
-}
+// The tiles read from global memory per chunk (q, k, w, the slice's do, P^T do's halves, the entering state
+// slice when gated, the gates) form one stage; where two stages fit in the 227 KB a block may have (the
+// V-splits), the next chunk's stage loads while this one is computed, since the walk's blocks are few and
+// nothing else on the SM would hide the copies' latency.
 
 // Shared memory of delta_bwd_local_kernel: q, k, do and the scores (58 KB at D = 128).
 template <int kD>
@@ -556,10 +549,12 @@ struct BwdLocalSmem {
   static constexpr int kBytes = kG + kC * 4;
 };
 
-// P^T do for chunk blockIdx.x, P[t][s] = scale (q_t . k_s) exp(G_t - G_s) for s <= t (the walk's and the
-// one-pass kernel's decayed_scores and product), into the chunk's dhs slot at local_offset.
+// P^T do for chunk blockIdx.x, P[t][s] = scale (q_t . k_s) exp(G_t - G_s) for s <= t (the one-pass kernel's
+// decayed_scores and product): the upper 16 bits of each float32 into du (rows < T), the lower into rows
+// 0..63 of the chunk's dhs slot, both [C][V].
 template <int kD, typename T, bool kGated>
-__global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_bwd_local_kernel(const DeltaChunkParams p) {
+__global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
+    delta_bwd_local_kernel(const DeltaChunkParams p) {
   using L = BwdLocalSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -582,43 +577,49 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_bwd_local_ke
   decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
   __syncthreads();
   constexpr int kNT = kD / 16;  // this warp's 16 rows x kD / 2 columns
-  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4), kVb = kD / p.v_split;
+  const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
   float Y[1][kNT][4];
   zero_acc(Y);
   warp_mma<1, kNT, kC / 16, true, true, kC, kD, T>(Y, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0, lane);
-  float* slot = reinterpret_cast<float*>(static_cast<T*>(p.dhs) + (bh * nt + c) * kD * kD);
+  uint32_t* hi = reinterpret_cast<uint32_t*>(static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD));
+  uint32_t* lo = reinterpret_cast<uint32_t*>(static_cast<T*>(p.dhs) + (bh * nt + c) * kD * kD);
+  const int64_t hi_row = static_cast<int64_t>(p.H) * kD / 2;  // in pairs of 16-bit elements
 #pragma unroll
   for (int nj = 0; nj < kNT; ++nj)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = m0 + (lane >> 2) + half * 8, v = n0 + nj * 8 + 2 * (lane & 3);
-      *reinterpret_cast<float2*>(slot + local_offset<kD>(r, v, kVb) / 2) =
-          make_float2(Y[0][nj][2 * half], Y[0][nj][2 * half + 1]);
+      const uint32_t x0 = __float_as_uint(Y[0][nj][2 * half]), x1 = __float_as_uint(Y[0][nj][2 * half + 1]);
+      if (r < rows) hi[r * hi_row + v / 2] = __byte_perm(x0, x1, 0x7632);
+      lo[r * (kD / 2) + v / 2] = __byte_perm(x0, x1, 0x5410);
     }
 }
 
-template <int kD, int kVb>
+template <int kD, int kVb, bool kLocalIn>
 struct BwdWalkSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
-  static constexpr int kLocal = kDo + kVTile;                 // LocalTile<kVb>: P^T do (from dhs)
-  static constexpr int kSin = kLocal + LocalTile<kVb>::kBytes;  // [kD][kVb] entering state slice (gated)
-  static constexpr int kG = kSin + kD * kVb * 2;                // [C] floats
-  static constexpr int kStage = kG + kC * 4;                    // one stage's bytes (a multiple of 128)
-  static constexpr int kRest = kTile + kVTile + kD * kVb * 2 + kWarps * 4;
+  static constexpr int kLocHi = kDo + kVTile;     // [C][kVb] P^T do's upper 16 bits (kLocalIn)
+  static constexpr int kLocLo = kLocHi + kVTile;  // and lower 16 bits
+  static constexpr int kSin = kLocHi + (kLocalIn ? 2 : 0) * kVTile;  // [kD][kVb] entering state slice (gated)
+  static constexpr int kG = kSin + kD * kVb * 2;                     // [C] floats
+  static constexpr int kStage = kG + kC * 4;                         // one stage's bytes (a multiple of 128)
+  static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
+  static constexpr int kRest = kTile + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
   static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t)
   static constexpr int kdVn = kQg + kTile;
-  static constexpr int kdS = kdVn + kVTile;       // [kD][kVb] dS slice, 16-bit
-  static constexpr int kRed = kdS + kD * kVb * 2;  // [kWarps] floats: the warps' <dS, S_in> shares
+  static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
+  static constexpr int kP = kdS + kD * kVb * 2;  // [C][C] (!kLocalIn)
+  static constexpr int kRed = kP + kPBytes;      // [kWarps] floats: the warps' <dS, S_in> shares
   static constexpr int kBytes = kRed + kWarps * 4;
   static_assert(kStage % 128 == 0 && kBytes <= 227 * 1024, "the walk's tiles must fit one block");
 };
 
-template <int kD, int kVb, typename T, bool kGated>
+template <int kD, int kVb, typename T, bool kGated, bool kLocalIn>
 __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const DeltaChunkParams p) {
-  using L = BwdWalkSmem<kD, kVb>;
+  using L = BwdWalkSmem<kD, kVb, kLocalIn>;
   using ST = StateTile<kD, kVb>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -640,15 +641,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       load_chunk<kD>(s0 + st + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
       load_tile<kC, kVb, kThreads, T>(s0 + st + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride,
                                       rows, tid);
-      {  // P^T do: 16-bit row i of the slice is half i % 2 of the tile's row i / 2
-        constexpr int kPerRow = kVb * 2 / 16;  // 16-byte copies per 16-bit row of the slice
-        const T* src = dhs + static_cast<int64_t>(c) * kD * kD;
-#pragma unroll
-        for (int e = tid; e < kD * kPerRow; e += kThreads) {
-          const int i = e / kPerRow, j = e % kPerRow;
-          cp_async_16(s0 + st + L::kLocal + (i / 2) * LocalTile<kVb>::kStride * 4 + (i % 2) * kVb * 2 + 16 * j,
-                      src + i * kD + 8 * j);
-        }
+      if constexpr (kLocalIn) {  // P^T do's halves (rows past T: zeros, as P^T do is there)
+        load_tile<kC, kVb, kThreads, T>(s0 + st + L::kLocHi, static_cast<const T*>(p.du) + roff + v0,
+                                        row_stride, rows, tid);
+        load_tile<kC, kVb, kThreads, T>(s0 + st + L::kLocLo, dhs + static_cast<int64_t>(c) * kD * kD, kD,
+                                        rows, tid);
       }
       if constexpr (kGated) {
         load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD,
@@ -673,11 +670,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     float* G = reinterpret_cast<float*>(stage + L::kG);
     if (L::kStages == 1) issue(c);
     cp_async_wait<0>();
-    __syncthreads();  // the tiles (P^T do among them: its slot in dhs is free now), and the 16-bit dS
-                      // written at the end of the last chunk (or before the walk); every read of the other
-                      // stage (the chunk after this one) is done
+    __syncthreads();  // the tiles (P^T do's halves among them: their places in du and dhs are free now),
+                      // and the 16-bit dS written at the end of the last chunk (or before the walk); every
+                      // read of the other stage (the chunk after this one) is done
     if (L::kStages == 2) issue(c - 1);
-    // the dS this chunk uses, saved for the second pass (over P^T do, read above)
+    // the dS this chunk uses, saved for the second pass
     store_tile<kD, kVb, kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
     if (kGated && rows < kC) {
       pad_gates(G, rows, tid);
@@ -685,9 +682,13 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
     auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
-    bwd_dvn<kD, kVb, T, kGated, true>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, 0, 0,
-                                      reinterpret_cast<const float*>(stage + L::kLocal),
-                                      static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
+    if constexpr (!kLocalIn) {
+      decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
+      __syncthreads();  // P ready
+    }
+    bwd_dvn<kD, kVb, T, kGated, kLocalIn>(
+        smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo, stage + L::kLocHi,
+        stage + L::kLocLo, static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
     scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     scale_tile_rows<kD, T>(stage + L::kW, stage + L::kW, tid, [](int) { return -1.f; });

@@ -57,11 +57,13 @@ struct DeltaChunkParams {
 
   // ---- backward
   void* dhs = nullptr;    // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
-                          // runs in two passes: one block per chunk forms P^T do (parked here, float32);
-                          // the walk over the chunks (v_split blocks per (b, h) over the value columns,
-                          // as the forward) computes dS and dU only, saving the dS of every chunk here;
-                          // then one block per chunk computes dq, dk, dW, dG. Same results (dG up to the
-                          // order of a float sum)
+                          // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
+                          // the value columns, as the forward) computes dS and dU only, saving the dS
+                          // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
+                          // Same results (dG up to the order of a float sum)
+  int bwd_local = 0;      // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
+                          // every chunk at once before the walk, which then skips the scores P; the same
+                          // bits (delta_chunk_default_bwd_local picks it)
   float* dsum = nullptr;  // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
@@ -103,6 +105,11 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms);
 // given an sm_90a build and K = V = 128: where B * H blocks alone fill every multiprocessor once; with fewer,
 // the mma.sync walk's V-split keeps more of them busy.
 bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
+
+// Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local): where the walk's
+// B * H * v_split blocks are few, up to one per multiprocessor gated and one per two without a gate, since
+// each of them formed the scores again.
+bool delta_chunk_default_bwd_local(int B, int H, int v_split, bool gated, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

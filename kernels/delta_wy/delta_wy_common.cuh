@@ -18,10 +18,10 @@ namespace attnlab::kernels::delta_wy {
 
 using namespace attnlab::kernels::linear_chunk;  // kC, kThreads, warp_mma, load_chunk, gate_cumsum, ...
 
-constexpr int kF = kC + 4;                      // floats per row of a float32 C x C tile
-constexpr int kF32Tile = kC * kF * 4;           // bytes of a float32 C x C tile
-constexpr int kH16Tile = kC * kC * 2;           // bytes of a 16-bit swizzled C x C tile
-constexpr int kBlk = 16;                        // diagonal block of the inverse
+constexpr int kF = kC + 4;                                // floats per row of a float32 C x C tile
+constexpr int kF32Tile = kC * kF * 4;                     // bytes of a float32 C x C tile
+constexpr int kH16Tile = kC * kC * 2;                     // bytes of a 16-bit swizzled C x C tile
+constexpr int kBlk = 16;                                  // diagonal block of the inverse
 constexpr int kTmpBytes = 2 * kBlk * (2 * kBlk + 4) * 4;  // the inverse's scratch: a 32 x 32 block, padded
 
 __device__ __forceinline__ int64_t row_offset(int b, int t, int h, int T, int H, int D) {

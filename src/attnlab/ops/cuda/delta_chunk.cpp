@@ -135,6 +135,16 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       const char* out_form = std::getenv("ATTNLAB_DELTA_BWD_OUT");
       p.bwd_out_wide = out_form && std::string(out_form) == "wide";
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
+      // P^T do before the walk where delta_chunk_default_bwd_local says, or as ATTNLAB_DELTA_BWD_LOCAL=0|1
+      // says (the same bits either way).
+      bool local =
+          kn::delta_chunk_default_bwd_local(p.B, p.H, p.v_split, given(G), sm_count(q.device().index()));
+      if (const char* lf = std::getenv("ATTNLAB_DELTA_BWD_LOCAL")) {
+        const std::string f = lf;
+        ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1, got '{}'", kOp, f);
+        local = f == "1";
+      }
+      p.bwd_local = local ? 1 : 0;
       if (given(G))
         dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);
     }
