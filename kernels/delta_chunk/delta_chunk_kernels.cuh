@@ -241,15 +241,22 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
 // (the same code, so their results are the same bits). Tile addresses are shared-memory (swizzled, 16-bit);
 // m0 / n0o the warp's token rows and value columns (n0o within the kVb-column slice).
 
+// The float32 [C][kVb] tile of P^T do that the two-pass walk reads (delta_bwd_local_kernel writes it): rows
+// padded to kVb + 8 floats, so that the half-warps' float2 reads in the accumulator layout miss each other's
+// banks.
+template <int kVb>
+struct LocalTile {
+  static constexpr int kStride = kVb + 8;
+  static constexpr int kBytes = kC * kStride * 4;
+};
+
 // dvn = w_s (K dS)[s] + P^T do over the slice's kVb value columns (= dU): to du (global, already at the
 // slice's first column) and to the [C][kVb] tile dvn. The two terms are summed in float32 after both
-// products, so the two-pass walk, which reads P^T do (kLocalIn: as the upper and lower 16 bits of each
-// float32 in the 16-bit [C][kVb] tiles local_hi, local_lo, computed before the walk by
-// delta_bwd_local_kernel with these same products), gets the one-pass kernel's bits.
+// products, so the two-pass walk, which reads P^T do (kLocalIn: from the LocalTile `local`, computed before
+// the walk by delta_bwd_local_kernel with these same products), gets the one-pass kernel's bits.
 template <int kD, int kVb, typename T, bool kGated, bool kLocalIn, typename Wf>
 __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_t sdS, uint32_t sP,
-                                        uint32_t sDo, const unsigned char* local_hi,
-                                        const unsigned char* local_lo, T* du, int64_t row_stride, int rows,
+                                        uint32_t sDo, const float* local, T* du, int64_t row_stride, int rows,
                                         int m0, int n0o, int lane, Wf&& w) {
   // At kVb = 128 the warp's 64 columns go in two parts, so that both products' accumulators fit the
   // registers the kernels have left.
@@ -264,11 +271,8 @@ __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int r = m0 + (lane >> 2) + half * 8, c = n0 + nj * 8 + 2 * (lane & 3);
-          const uint32_t off = swz<kVb>(r, c / 8) + (c % 8) * 2;
-          const uint32_t hi = *reinterpret_cast<const uint32_t*>(local_hi + off);
-          const uint32_t lo = *reinterpret_cast<const uint32_t*>(local_lo + off);
-          Y[0][nj][2 * half] = __uint_as_float(__byte_perm(lo, hi, 0x5410));
-          Y[0][nj][2 * half + 1] = __uint_as_float(__byte_perm(lo, hi, 0x7632));
+          const float2 y = *reinterpret_cast<const float2*>(local + r * LocalTile<kVb>::kStride + c);
+          Y[0][nj][2 * half] = y.x, Y[0][nj][2 * half + 1] = y.y;
         }
     } else {
       zero_acc(Y);
@@ -481,9 +485,9 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
     {  // Pg = scale exp(G_t - G_s) (do_t . vn_s), s <= t
       decayed_scores<kD, T, kGated, false>(smem + L::kPg, s0 + L::kDo, s0 + L::kVn, G, p.scale, warp, lane);
     }
-    bwd_dvn<kD, kD, T, kGated, false>(
-        smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo, nullptr, nullptr,
-        static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, rows, m0, n0o, lane, w);
+    bwd_dvn<kD, kD, T, kGated, false>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
+                                      nullptr, static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD),
+                                      row_stride, rows, m0, n0o, lane, w);
     if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
       const float e = bwd_state_dot<kD, kD, T>(dS, smem + L::kSin, g_last, warp, lane);
       if (lane == 0) atomicAdd(sums + 1, e);
@@ -531,11 +535,12 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // p.bwd_local takes the scores P and P^T do out of the walk, into delta_bwd_local_kernel, one block per
 // chunk before it: at 16 heads each of the walk's v_split blocks formed them again, chunk after chunk, on
 // the walk's critical path (run 2026-12-03e: delta_bwd_walk 2002 us of Gated DeltaNet's 4.6 ms at D = 128,
-// T = 32768). P^T do, float32, reaches the walk as two 16-bit halves of its bits: the upper in du, the lower
-// in rows 0..63 of the chunk's dhs slot. The walk reads both before it writes either (dU and dS), and each of
-// its blocks reads and writes only its own value columns, so no block's read meets another's write.
+// T = 32768). P^T do, float32 [B, T, H, V], is parked in dq and dk, whose 16-bit rows hold half a float32
+// row each (local_row), and which only the last kernel writes. Run 2026-12-03g parked it as two 16-bit
+// halves of each float32, in du and dhs, with 4-byte stores: forward + backward 5-9% slower than run f's
+// float32 in dhs (which fits only at D = 128).
 //
-// The tiles read from global memory per chunk (q, k, w, the slice's do, P^T do's halves, the entering state
+// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the entering state
 // slice when gated, the gates) form one stage; where two stages fit in the 227 KB a block may have (the
 // V-splits), the next chunk's stage loads while this one is computed, since the walk's blocks are few and
 // nothing else on the SM would hide the copies' latency.
@@ -549,9 +554,16 @@ struct BwdLocalSmem {
   static constexpr int kBytes = kG + kC * 4;
 };
 
+// Row t of P^T do's columns v0 .. (kD / 2 of them from a multiple of kD / 2) as float32: in dq's 16-bit row t
+// for the first half of the columns, in dk's for the second.
+template <int kD, typename T>
+__device__ __forceinline__ float* local_row(const DeltaChunkParams& p, int b, int t, int h, int v0) {
+  T* base = static_cast<T*>(v0 < kD / 2 ? p.dq : p.dk) + row_offset(b, t, h, p.T, p.H, kD);
+  return reinterpret_cast<float*>(base) + v0 % (kD / 2);
+}
+
 // P^T do for chunk blockIdx.x, P[t][s] = scale (q_t . k_s) exp(G_t - G_s) for s <= t (the one-pass kernel's
-// decayed_scores and product): the upper 16 bits of each float32 into du (rows < T), the lower into rows
-// 0..63 of the chunk's dhs slot, both [C][V].
+// decayed_scores and product), float32, to local_row (rows < T).
 template <int kD, typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
     delta_bwd_local_kernel(const DeltaChunkParams p) {
@@ -560,7 +572,6 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
-  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
@@ -581,17 +592,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
   float Y[1][kNT][4];
   zero_acc(Y);
   warp_mma<1, kNT, kC / 16, true, true, kC, kD, T>(Y, s0 + L::kP, m0, 0, s0 + L::kDo, 0, n0, lane);
-  uint32_t* hi = reinterpret_cast<uint32_t*>(static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD));
-  uint32_t* lo = reinterpret_cast<uint32_t*>(static_cast<T*>(p.dhs) + (bh * nt + c) * kD * kD);
-  const int64_t hi_row = static_cast<int64_t>(p.H) * kD / 2;  // in pairs of 16-bit elements
 #pragma unroll
   for (int nj = 0; nj < kNT; ++nj)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = m0 + (lane >> 2) + half * 8, v = n0 + nj * 8 + 2 * (lane & 3);
-      const uint32_t x0 = __float_as_uint(Y[0][nj][2 * half]), x1 = __float_as_uint(Y[0][nj][2 * half + 1]);
-      if (r < rows) hi[r * hi_row + v / 2] = __byte_perm(x0, x1, 0x7632);
-      lo[r * (kD / 2) + v / 2] = __byte_perm(x0, x1, 0x5410);
+      if (r < rows)
+        *reinterpret_cast<float2*>(local_row<kD, T>(p, b, t0 + r, h, v)) =
+            make_float2(Y[0][nj][2 * half], Y[0][nj][2 * half + 1]);
     }
 }
 
@@ -600,11 +608,11 @@ struct BwdWalkSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
-  static constexpr int kLocHi = kDo + kVTile;     // [C][kVb] P^T do's upper 16 bits (kLocalIn)
-  static constexpr int kLocLo = kLocHi + kVTile;  // and lower 16 bits
-  static constexpr int kSin = kLocHi + (kLocalIn ? 2 : 0) * kVTile;  // [kD][kVb] entering state slice (gated)
-  static constexpr int kG = kSin + kD * kVb * 2;                     // [C] floats
-  static constexpr int kStage = kG + kC * 4;                         // one stage's bytes (a multiple of 128)
+  static constexpr int kLocal = kDo + kVTile;  // LocalTile<kVb>: P^T do (kLocalIn)
+  // [kD][kVb] entering state slice (gated)
+  static constexpr int kSin = kLocal + (kLocalIn ? LocalTile<kVb>::kBytes : 0);
+  static constexpr int kG = kSin + kD * kVb * 2;  // [C] floats
+  static constexpr int kStage = kG + kC * 4;      // one stage's bytes (a multiple of 128)
   static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
   static constexpr int kRest = kTile + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
@@ -641,11 +649,17 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       load_chunk<kD>(s0 + st + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
       load_tile<kC, kVb, kThreads, T>(s0 + st + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride,
                                       rows, tid);
-      if constexpr (kLocalIn) {  // P^T do's halves (rows past T: zeros, as P^T do is there)
-        load_tile<kC, kVb, kThreads, T>(s0 + st + L::kLocHi, static_cast<const T*>(p.du) + roff + v0,
-                                        row_stride, rows, tid);
-        load_tile<kC, kVb, kThreads, T>(s0 + st + L::kLocLo, dhs + static_cast<int64_t>(c) * kD * kD, kD,
-                                        rows, tid);
+      if constexpr (kLocalIn) {           // P^T do, float32 (rows past T: zeros, as P^T do is there)
+        constexpr int kPerRow = kVb / 4;  // 16-byte copies per row
+#pragma unroll
+        for (int e = tid; e < kC * kPerRow; e += kThreads) {
+          const int r = e / kPerRow, j = e % kPerRow;
+          const uint32_t dst = s0 + st + L::kLocal + (r * LocalTile<kVb>::kStride + 4 * j) * 4;
+          if (r < rows)
+            cp_async_16(dst, local_row<kD, T>(p, b, t0 + r, h, v0 + 4 * j));
+          else
+            cp_async_16(dst, p.dq, false);
+        }
       }
       if constexpr (kGated) {
         load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD,
@@ -670,9 +684,8 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     float* G = reinterpret_cast<float*>(stage + L::kG);
     if (L::kStages == 1) issue(c);
     cp_async_wait<0>();
-    __syncthreads();  // the tiles (P^T do's halves among them: their places in du and dhs are free now),
-                      // and the 16-bit dS written at the end of the last chunk (or before the walk); every
-                      // read of the other stage (the chunk after this one) is done
+    __syncthreads();  // the tiles, and the 16-bit dS written at the end of the last chunk (or before the
+                      // walk); every read of the other stage (the chunk after this one) is done
     if (L::kStages == 2) issue(c - 1);
     // the dS this chunk uses, saved for the second pass
     store_tile<kD, kVb, kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
@@ -686,9 +699,10 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
       __syncthreads();  // P ready
     }
-    bwd_dvn<kD, kVb, T, kGated, kLocalIn>(
-        smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo, stage + L::kLocHi,
-        stage + L::kLocLo, static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane, w);
+    bwd_dvn<kD, kVb, T, kGated, kLocalIn>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
+                                          reinterpret_cast<const float*>(stage + L::kLocal),
+                                          static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane,
+                                          w);
     scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
                            [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     scale_tile_rows<kD, T>(stage + L::kW, stage + L::kW, tid, [](int) { return -1.f; });

@@ -62,8 +62,9 @@ struct DeltaChunkParams {
                           // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
                           // Same results (dG up to the order of a float sum)
   int bwd_local = 0;      // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
-                          // every chunk at once before the walk, which then skips the scores P; the same
-                          // bits (delta_chunk_default_bwd_local picks it)
+                          // every chunk at once before the walk, which then skips the scores P (float32,
+                          // parked in dq and dk until the last kernel writes them); the same bits
+                          // (delta_chunk_default_bwd_local picks it)
   float* dsum = nullptr;  // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
