@@ -86,14 +86,15 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms) {
   return static_cast<long long>(B) * H <= num_sms;
 }
 
-bool delta_chunk_default_bwd_local(int B, int H, int v_split, bool gated, int num_sms) {
-  // H200 (132 SMs), B * T = 32768, H = 16, forward + backward with / without (bench/results/h200-2026-12-03f
-  // against e, D = 64 timed with a defect that did not change the work): D = 128, 16 heads (64 walk
-  // blocks) 3.506 -> 3.446 ms, gated 4.556 -> 4.096; 64 heads (128 blocks) 2.217 -> 2.341, gated 2.742 ->
-  // 2.750; D = 64 gated, 16 and 64 heads (32 and 128 blocks) 3.100 -> 2.524 and 1.587 -> 1.528; D = 64
-  // without a gate 2.141 -> 2.149 and 1.231 -> 1.296. The gated walk formed the scores with an exp per entry.
+bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated, int num_sms) {
+  // H200 (132 SMs), B * T = 32768, H = 16, forward + backward in ms with / without (bench/results/
+  // h200-2026-12-03h, side by side; D = 64 "without" from run e): D = 128 gated, 16 heads (64 walk blocks)
+  // 4.142 / 4.632, 64 heads (128 blocks) 2.812 / 2.776; D = 128 without a gate 3.477 / 3.524 and 2.237 /
+  // 2.236; D = 64 gated, 16 and 64 heads (32 and 128 blocks) 2.598 / 3.100 and 1.548 / 1.587; D = 64
+  // without a gate 2.239 / 2.141 and 1.242 / 1.231. The gated walk formed the scores with an exp per entry.
   const long long blocks = static_cast<long long>(B) * H * v_split;
-  return gated ? blocks <= num_sms : 2 * blocks <= num_sms;
+  if (!gated) return V == 128 && 2 * blocks <= num_sms;
+  return V == 64 ? blocks <= num_sms : 2 * blocks <= num_sms;
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {

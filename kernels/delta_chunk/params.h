@@ -107,10 +107,11 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms);
 // the mma.sync walk's V-split keeps more of them busy.
 bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
 
-// Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local): where the walk's
-// B * H * v_split blocks are few, up to one per multiprocessor gated and one per two without a gate, since
-// each of them formed the scores again.
-bool delta_chunk_default_bwd_local(int B, int H, int v_split, bool gated, int num_sms);
+// Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local), from the walk's
+// B * H * v_split blocks, since each of them formed the scores again: gated, up to one per two
+// multiprocessors at V = 128 and one per multiprocessor at V = 64; without a gate, up to one per two at
+// V = 128 only (measured on an H200, bench/results/h200-2026-12-03h).
+bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

@@ -138,7 +138,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       // P^T do before the walk where delta_chunk_default_bwd_local says, or as ATTNLAB_DELTA_BWD_LOCAL=0|1
       // says (the same bits either way).
       bool local =
-          kn::delta_chunk_default_bwd_local(p.B, p.H, p.v_split, given(G), sm_count(q.device().index()));
+          kn::delta_chunk_default_bwd_local(p.B, p.H, p.V, p.v_split, given(G), sm_count(q.device().index()));
       if (const char* lf = std::getenv("ATTNLAB_DELTA_BWD_LOCAL")) {
         const std::string f = lf;
         ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1, got '{}'", kOp, f);
