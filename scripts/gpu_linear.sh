@@ -6,7 +6,9 @@
 # logs.tgz holding every log (the device tool brings back few files). Carry .deps (scripts/gpu_deps.sh),
 # .peer/fla (FLA's source, for its side of the bench) and, with PERF30M=1, data/sotu (scripts/setup.sh).
 # Since the device goes back seconds after a call, one call does the build and everything after it:
-#   COMMIT=$(git rev-parse --short HEAD) PERF30M=1 bash scripts/gpu_linear.sh
+#   COMMIT=<sha> PERF30M=1 bash scripts/gpu_linear.sh
+# Write the sha out (from `git rev-parse --short HEAD` run here): $(git rev-parse) inside the device command runs
+# there, where the git metadata can lag the copied tree (runs 2026-12-03f-h recorded f3f350c that way).
 source "$(dirname "$0")/gpu_common.sh"
 gpu_build_setup
 DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
