@@ -187,6 +187,21 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   EXPECT_FALSE(kn::delta_chunk_default_bwd_local(4, 16, 128, 2, false, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_bwd_local(1, 16, 64, 2, false, kSms));
 }
+
+// The launchers' checks (host code): P^T do before the walk belongs to the two-pass backward only.
+TEST(DeltaChunkForms, BwdLocalNeedsTheTwoPassBackward) {
+  namespace kn = attnlab::kernels;
+  char buf[16];  // never dereferenced by the checks
+  kn::DeltaChunkParams p;
+  p.B = p.H = 1, p.T = 100, p.K = p.V = 128;
+  p.q = p.k = p.w = p.u = p.dout = buf;
+  p.hs = p.dq = p.dk = p.dw = p.du = buf;
+  EXPECT_EQ(kn::delta_chunk_check(p, true), "");
+  p.bwd_local = 1;
+  EXPECT_EQ(kn::delta_chunk_check(p, true), "bwd_local takes the two-pass backward (dhs set)");
+  p.dhs = buf;
+  EXPECT_EQ(kn::delta_chunk_check(p, true), "");
+}
 #endif
 
 }  // namespace

@@ -123,72 +123,26 @@ struct Mma;
                : ATTNLAB_WG_D32(0), ATTNLAB_WG_D32(32)                                                     \
                : "l"(a), "l"(b), "r"(scale_d), "n"(kTransB), "n"(kTransA))
 
-template <int kTransB, int kTransA>
-struct Mma<32, __nv_bfloat16, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
+#define ATTNLAB_WG_SS_STRUCT(NN, CT, TY)                                                                  \
+  template <int kTransB, int kTransA>                                                                     \
+  struct Mma<NN, CT, kTransB, kTransA> {                                                                  \
+    static __device__ __forceinline__ void run(float (&d)[NN / 2], uint64_t a, uint64_t b, int scale_d) { \
+      ATTNLAB_WG_SS_BODY(NN, TY)                                                                          \
+    }                                                                                                     \
+  };
 #ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N32("bf16");
+#define ATTNLAB_WG_SS_BODY(NN, TY) ATTNLAB_WG_N##NN(TY);
 #else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
+#define ATTNLAB_WG_SS_BODY(NN, TY) (void)d, (void)a, (void)b, (void)scale_d, __trap();
 #endif
-  }
-};
-template <int kTransB, int kTransA>
-struct Mma<32, __half, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
-#ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N32("f16");
-#else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
-#endif
-  }
-};
-template <int kTransB, int kTransA>
-struct Mma<64, __nv_bfloat16, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
-#ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N64("bf16");
-#else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
-#endif
-  }
-};
-template <int kTransB, int kTransA>
-struct Mma<64, __half, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
-#ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N64("f16");
-#else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
-#endif
-  }
-};
-template <int kTransB, int kTransA>
-struct Mma<128, __nv_bfloat16, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
-#ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N128("bf16");
-#else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
-#endif
-  }
-};
-template <int kTransB, int kTransA>
-struct Mma<128, __half, kTransB, kTransA> {
-  static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
-#ifdef ATTNLAB_WGMMA
-    ATTNLAB_WG_N128("f16");
-#else
-    (void)d, (void)a, (void)b, (void)scale_d;
-    __trap();
-#endif
-  }
-};
+ATTNLAB_WG_SS_STRUCT(32, __nv_bfloat16, "bf16")
+ATTNLAB_WG_SS_STRUCT(32, __half, "f16")
+ATTNLAB_WG_SS_STRUCT(64, __nv_bfloat16, "bf16")
+ATTNLAB_WG_SS_STRUCT(64, __half, "f16")
+ATTNLAB_WG_SS_STRUCT(128, __nv_bfloat16, "bf16")
+ATTNLAB_WG_SS_STRUCT(128, __half, "f16")
+#undef ATTNLAB_WG_SS_STRUCT
+#undef ATTNLAB_WG_SS_BODY
 
 // The same products with A from registers (wgmma's "RS" form): a[4] is this thread's A fragment of the
 // m64k16 slice, laid out as mma.sync's m16n8k16 A fragment within each warp's 16 rows (warp w of the

@@ -571,7 +571,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
+  const int t0 = c * kC, rows = min(kC, p.T - t0);
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   load_chunk<kD>(s0 + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
