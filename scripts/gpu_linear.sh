@@ -60,10 +60,10 @@ grep -E "^(op |linear|simple|gla|delta|gated)" "$OUT/bench_linear.log" | head -n
 # bench_delta_TAG.csv. These are the rows that pick a default form.
 delta_variant() {
   local tag=$1 dims=$2 setting=$3
-  stage 120 env "$setting" "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule --dtype bf16 \
+  stage 120 env ${setting//,/ } "$BUILD/attnlab" bench ops --ops delta_rule,gated_delta_rule --dtype bf16 \
     --head-dims "$dims" --seq-lens "$SEQS" --tokens 32768 --heads 16 --chunk-repeat 0 \
     $( [ -f "$RESULTS/fla.csv" ] && echo --fla-csv "$RESULTS/fla.csv" ) --out "$RESULTS/bench_delta_$tag.csv" \
-    > "$OUT/bench_delta_$tag.log" 2>&1
+    --commit "${COMMIT:-unknown}+$setting" > "$OUT/bench_delta_$tag.log" 2>&1
   el "bench (delta, $setting) rc $?"; grep -E "^(delta|gated)" "$OUT/bench_delta_$tag.log" | grep kernel
 }
 # DELTA_FORMS=1: the backward forced to each form (ATTNLAB_DELTA_BWD; delta_chunk_default_two_pass_bwd).
@@ -80,9 +80,10 @@ for vs in ${DELTA_V_SPLITS:-}; do
   delta_variant "vsplit$vs" "$([ "$vs" = 4 ] && echo 128 || echo 128,64)" "ATTNLAB_DELTA_V_SPLIT=$vs"
 done
 # DELTA_ENVS="VAR=VALUE ...": the delta ops at D = 128 benched once per setting (bench_delta_<setting>.csv),
-# e.g. ATTNLAB_DELTA_FWD_WGMMA=0 for the mma.sync walk beside the default.
+# e.g. ATTNLAB_DELTA_FWD_WGMMA=0 for the mma.sync walk beside the default; a setting of several variables
+# joins them with commas (ATTNLAB_DELTA_FWD_WGMMA=1,ATTNLAB_DELTA_BWD=one_pass).
 for setting in ${DELTA_ENVS:-}; do
-  delta_variant "$(echo "${setting#ATTNLAB_DELTA_}" | tr 'A-Z=' 'a-z_')" 128 "$setting"
+  delta_variant "$(echo "$setting" | sed 's/ATTNLAB_DELTA_//g' | tr 'A-Z=,' 'a-z_-')" 128 "$setting"
 done
 # linear_chunk's mma.sync forward (the default is the wgmma one on sm_90a; MMA_DIMS, default 128,64), validated
 # and timed the same way, for the comparison (MMA_FWD=0 skips it).

@@ -178,8 +178,10 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   // P^T do before the two-pass backward's walk (run 2026-12-03h): gated D = 128 at 16 heads (V-split 4, 64
   // blocks: 4.142 against 4.632 ms) but not at 64 (2 x 64 blocks: 2.812 against 2.776); gated D = 64 at 16
   // and 64 heads (2.598 against 3.100, 1.548 against 1.587); without a gate D = 128 at 16 heads only (3.477
-  // against 3.524), never at D = 64 (2.239 against 2.141 at 16 heads).
+  // against 3.524), never at D = 64 (2.239 against 2.141 at 16 heads). Run 2026-12-03i (the kernel also
+  // forms Qg): gated D = 128 at 32 heads too (V-split 4, 128 blocks: 2.964 against 3.157).
   EXPECT_TRUE(kn::delta_chunk_default_bwd_local(1, 16, 128, 4, true, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_bwd_local(2, 16, 128, 4, true, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_bwd_local(4, 16, 128, 2, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_bwd_local(1, 16, 64, 2, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_bwd_local(4, 16, 64, 2, true, kSms));

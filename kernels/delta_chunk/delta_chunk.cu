@@ -92,9 +92,12 @@ bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated,
   // 4.142 / 4.632, 64 heads (128 blocks) 2.812 / 2.776; D = 128 without a gate 3.477 / 3.524 and 2.237 /
   // 2.236; D = 64 gated, 16 and 64 heads (32 and 128 blocks) 2.598 / 3.100 and 1.548 / 1.587; D = 64
   // without a gate 2.239 / 2.141 and 1.242 / 1.231. The gated walk formed the scores with an exp per entry.
+  // Since the kernel also forms the walk's Qg (run 2026-12-03i, the walk's per-chunk rewrites of Qg and -W
+  // gone): gated D = 128, 32 heads (128 blocks of 32 columns) 2.964 / 3.157 ms, 64 heads (128 blocks of 64)
+  // 2.742 / 2.710; without a gate 16 heads (64 blocks) 3.323 / 3.388, 32 heads 2.586 / 2.503.
   const long long blocks = static_cast<long long>(B) * H * v_split;
   if (!gated) return V == 128 && 2 * blocks <= num_sms;
-  return V == 64 ? blocks <= num_sms : 2 * blocks <= num_sms;
+  return V == 64 ? blocks <= num_sms : blocks <= num_sms && (v_split == 4 || 2 * blocks <= num_sms);
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {

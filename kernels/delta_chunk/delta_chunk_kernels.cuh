@@ -254,7 +254,9 @@ struct LocalTile {
 // slice's first column) and to the [C][kVb] tile dvn. The two terms are summed in float32 after both
 // products, so the two-pass walk, which reads P^T do (kLocalIn: from the LocalTile `local`, computed before
 // the walk by delta_bwd_local_kernel with these same products), gets the one-pass kernel's bits.
-template <int kD, int kVb, typename T, bool kGated, bool kLocalIn, typename Wf>
+// kNegTile: the tile gets -dvn (du still dvn), so that the state step takes W^T (-dvn) from W as loaded
+// (the negation is exact: the same bits as (-W)^T dvn).
+template <int kD, int kVb, typename T, bool kGated, bool kLocalIn, bool kNegTile = false, typename Wf>
 __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_t sdS, uint32_t sP,
                                         uint32_t sDo, const float* local, T* du, int64_t row_stride, int rows,
                                         int m0, int n0o, int lane, Wf&& w) {
@@ -287,6 +289,7 @@ __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_
 #pragma unroll
       for (int e = 0; e < 4; ++e) X[0][nj][e] += Y[0][nj][e];
     store_acc_global<T>(du, row_stride, X, m0, n0, rows, lane);
+    if constexpr (kNegTile) scale_rows(X, m0, lane, [](int) { return -1.f; });
     store_acc_smem<kVb, T>(dvn, X, m0, n0, lane);
   }
 }
@@ -316,17 +319,30 @@ __device__ __forceinline__ float bwd_state_dot(
   return e * __expf(g_last);
 }
 
-// dS_in = exp(G_last) dS + Qg^T do + (-W)^T dvn (sWneg holds -W; do and dvn the slice's columns).
+// dS_in = exp(G_last) dS + Qg^T do + A^T B in two steps, A^T B = (-W)^T dvn or W^T (-dvn) (do and dvn the
+// slice's columns): the first needs nothing of this chunk's dvn, so the two-pass walk runs it before the
+// barrier that dvn waits for, beside dvn's own products.
 template <int kD, int kVb, typename T, bool kGated>
-__device__ __forceinline__ void bwd_state_step(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
-                                               uint32_t sQg, uint32_t sDo, uint32_t sWneg, uint32_t sdVn,
-                                               float g_last, int warp, int lane) {
+__device__ __forceinline__ void bwd_state_local(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
+                                                uint32_t sQg, uint32_t sDo, float g_last, int warp, int lane) {
   using ST = StateTile<kD, kVb>;
   if constexpr (kGated) ST::scale(dS, __expf(g_last));
   warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sQg, ST::m0(warp), 0, sDo, 0, ST::n0(warp),
                                                             lane);
-  warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sWneg, ST::m0(warp), 0, sdVn, 0, ST::n0(warp),
+}
+template <int kD, int kVb, typename T>
+__device__ __forceinline__ void bwd_state_dvn(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
+                                              uint32_t sA, uint32_t sB, int warp, int lane) {
+  using ST = StateTile<kD, kVb>;
+  warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sA, ST::m0(warp), 0, sB, 0, ST::n0(warp),
                                                             lane);
+}
+template <int kD, int kVb, typename T, bool kGated>
+__device__ __forceinline__ void bwd_state_step(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
+                                               uint32_t sQg, uint32_t sDo, uint32_t sWneg, uint32_t sdVn,
+                                               float g_last, int warp, int lane) {
+  bwd_state_local<kD, kVb, T, kGated>(dS, sQg, sDo, g_last, warp, lane);
+  bwd_state_dvn<kD, kVb, T>(dS, sWneg, sdVn, warp, lane);
 }
 
 // dW = -dvn S_in^T, dq = scale exp(G_t) (do S_in^T)_t + Pg k, dk = w_s (vn dS^T)[s] + Pg^T q, written to
@@ -586,7 +602,13 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3)
     __syncthreads();
   }
   decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
-  __syncthreads();
+  __syncthreads();  // P ready; q is read no more
+  // Qg = scale exp(G_t) q_t (the walk's dS_in term Qg^T do), 16-bit, in place and then to dw, which only the
+  // last kernel writes: the walk loads it for q. Both loops give each thread the same 16-byte pieces.
+  scale_tile_rows<kD, T>(smem + L::kQ, smem + L::kQ, tid,
+                         [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+  store_tile<kC, kD, kThreads, T>(static_cast<T*>(p.dw) + row_offset(b, t0, h, p.T, p.H, kD),
+                                  static_cast<int64_t>(p.H) * kD, smem + L::kQ, rows, tid);
   constexpr int kNT = kD / 16;  // this warp's 16 rows x kD / 2 columns
   const int m0 = 16 * (warp % 4), n0 = (kD / 2) * (warp / 4);
   float Y[1][kNT][4];
@@ -614,10 +636,11 @@ struct BwdWalkSmem {
   static constexpr int kG = kSin + kD * kVb * 2;  // [C] floats
   static constexpr int kStage = kG + kC * 4;      // one stage's bytes (a multiple of 128)
   static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
-  static constexpr int kRest = kTile + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
+  static constexpr int kQgBytes = kLocalIn ? 0 : kTile;  // kLocalIn: the stage's q slot holds Qg (from dw)
+  static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
-  static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t)
-  static constexpr int kdVn = kQg + kTile;
+  static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t) (!kLocalIn)
+  static constexpr int kdVn = kQg + kQgBytes;   // [C][kVb] -dvn
   static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
   static constexpr int kP = kdS + kD * kVb * 2;  // [C][C] (!kLocalIn)
   static constexpr int kRed = kP + kPBytes;      // [kWarps] floats: the warps' <dS, S_in> shares
@@ -644,7 +667,8 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     if (c >= 0) {
       const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
       const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
-      load_chunk<kD>(s0 + st + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
+      // q, or with kLocalIn Qg (delta_bwd_local_kernel's, in dw)
+      load_chunk<kD>(s0 + st + L::kQ, static_cast<const T*>(kLocalIn ? p.dw : p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(s0 + st + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(s0 + st + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
       load_tile<kC, kVb, kThreads, T>(s0 + st + L::kDo, static_cast<const T*>(p.dout) + roff + v0, row_stride,
@@ -695,29 +719,32 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     const float g_last = kGated ? G[kC - 1] : 0.f;
     auto w = [&](int r) { return kGated ? __expf(g_last - G[r]) : 1.f; };
+    uint32_t sQg = sst + L::kQ;  // kLocalIn: loaded
     if constexpr (!kLocalIn) {
       decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
-      __syncthreads();  // P ready
+      scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
+                             [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
+      sQg = s0 + L::kQg;
+      __syncthreads();  // P, Qg ready
     }
-    bwd_dvn<kD, kVb, T, kGated, kLocalIn>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
-                                          reinterpret_cast<const float*>(stage + L::kLocal),
-                                          static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o, lane,
-                                          w);
-    scale_tile_rows<kD, T>(smem + L::kQg, stage + L::kQ, tid,
-                           [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
-    scale_tile_rows<kD, T>(stage + L::kW, stage + L::kW, tid, [](int) { return -1.f; });
-    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>
+    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>, from dS before this chunk's step
       const float e = bwd_state_dot<kD, kVb, T>(dS, stage + L::kSin, g_last, warp, lane);
       if (lane == 0) red[warp] = e;
     }
-    __syncthreads();  // dvn, Qg, -W, the warps' shares ready
+    // dS_in's terms that need no dvn, then dvn (-dvn into its tile): independent products, which the
+    // compiler interleaves (the walk is bound by their latency, not their issue)
+    bwd_state_local<kD, kVb, T, kGated>(dS, sQg, sst + L::kDo, g_last, warp, lane);
+    bwd_dvn<kD, kVb, T, kGated, kLocalIn, true>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP,
+                                                sst + L::kDo, reinterpret_cast<const float*>(stage + L::kLocal),
+                                                static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o,
+                                                lane, w);
+    __syncthreads();  // -dvn, the warps' shares ready
     if (kGated && tid == 0) {
       float e = 0.f;
       for (int i = 0; i < kWarps; ++i) e += red[i];
       p.dsum[(bh * nt + c) * n_vb + vb] = e;
     }
-    bwd_state_step<kD, kVb, T, kGated>(dS, s0 + L::kQg, sst + L::kDo, sst + L::kW, s0 + L::kdVn, g_last, warp,
-                                       lane);
+    bwd_state_dvn<kD, kVb, T>(dS, sst + L::kW, s0 + L::kdVn, warp, lane);  // + W^T (-dvn)
     // dS's 16-bit copy is read no more in this chunk (its last readers, the dhs store and dvn, are behind the
     // barrier above), so each warp rewrites its piece at once. One stage: the next chunk's copies go into
     // this stage at the top of the loop, so every read of it must be done first. Two: the next chunk's first
