@@ -161,10 +161,12 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   // The walk on wgmma (D = 128, sm_90a builds) where B * H fills the SMs (run 2026-12-03a: at 64 heads,
   // forced, 0.679 / 0.877 ms forward against 0.705 / 0.850 for the mma.sync V-split, and its backward
   // slower).
-  EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(64, 16, 128, kSms));
-  EXPECT_TRUE(kn::delta_chunk_default_fwd_wgmma(16, 16, 128, kSms));
-  EXPECT_FALSE(kn::delta_chunk_default_fwd_wgmma(4, 16, 128, kSms));
-  EXPECT_FALSE(kn::delta_chunk_default_fwd_wgmma(64, 16, 64, kSms));
+  EXPECT_EQ(kn::delta_chunk_default_fwd_wgmma(64, 16, 128, kSms), 1);
+  EXPECT_EQ(kn::delta_chunk_default_fwd_wgmma(16, 16, 128, kSms), 1);
+  EXPECT_EQ(kn::delta_chunk_default_fwd_wgmma(4, 16, 128, kSms), 0);
+  // Run 2026-12-03j: at 128 heads too (9 in 10 of the 132 SMs; forward 0.449 against 0.662 ms), not at 64.
+  EXPECT_EQ(kn::delta_chunk_default_fwd_wgmma(8, 16, 128, kSms), 1);
+  EXPECT_EQ(kn::delta_chunk_default_fwd_wgmma(64, 16, 64, kSms), 0);
   EXPECT_FALSE(kn::delta_chunk_default_two_pass(64, 16, 128, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(16, 16, 128, true, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 128, true, kSms));
@@ -173,8 +175,12 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 128, false, kSms));
   EXPECT_TRUE(kn::delta_chunk_default_two_pass(1, 16, 64, false, kSms));
   // Two-pass backward (run j): where B * H <= SMs.
-  EXPECT_TRUE(kn::delta_chunk_default_two_pass_bwd(8, 16, kSms));
-  EXPECT_FALSE(kn::delta_chunk_default_two_pass_bwd(16, 16, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass_bwd(8, 16, 64, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass_bwd(16, 16, 64, kSms));
+  // At V = 128 the one-pass backward from 9 in 10 SMs (run 2026-12-03j, 128 heads, f+b 1.787 against 2.018
+  // ms without a gate, 2.144 against 2.474 gated).
+  EXPECT_FALSE(kn::delta_chunk_default_two_pass_bwd(8, 16, 128, kSms));
+  EXPECT_TRUE(kn::delta_chunk_default_two_pass_bwd(4, 16, 128, kSms));
   // P^T do before the two-pass backward's walk (run 2026-12-03h): gated D = 128 at 16 heads (V-split 4, 64
   // blocks: 4.142 against 4.632 ms) but not at 64 (2 x 64 blocks: 2.812 against 2.776); gated D = 64 at 16
   // and 64 heads (2.598 against 3.100, 1.548 against 1.587); without a gate D = 128 at 16 heads only (3.477

@@ -133,10 +133,10 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
                       "ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4", bad);
     unsetenv("ATTNLAB_DELTA_V_SPLIT");
   }
-  // So does a forced walk that is neither 0 nor 1.
+  // So does a forced walk that is not 0, 1 or 2.
   setenv("ATTNLAB_DELTA_FWD_WGMMA", "yes", 1);
   EXPECT_ERROR_WITH(ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1),
-                    "ATTNLAB_DELTA_FWD_WGMMA must be 0 or 1", "yes");
+                    "ATTNLAB_DELTA_FWD_WGMMA must be 0, 1 or 2", "yes");
   unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
   // And the backward's (read at every backward, whatever the head dim).
   {
@@ -321,11 +321,12 @@ TEST(DeltaChunkKernel, ForwardWithoutGradGivesTheSameBits) {
     }
 }
 
-// The forward's walk on wgmma (ATTNLAB_DELTA_FWD_WGMMA=1; K = V = 128, v_split 1, sm_90a builds) against the
-// mma.sync walk (=0), in both forms (one pass; the state pass before delta_out): o and ht, then every
-// gradient of a backward that reads the states the wgmma walk saved. bf16 and fp16, with and without a gate
-// and h0, one short chunk, one full chunk and ragged lengths. Then both forwards timed at B = 16, T = 2048,
-// H = 16 (printed, not asserted: speed is the bench's).
+// The forward's walk on wgmma (ATTNLAB_DELTA_FWD_WGMMA=1 with v_split 1, the whole-V walk, and =2 with
+// v_split 2, the half-V one; K = V = 128, sm_90a builds) against the mma.sync walk (=0), in both forms (one
+// pass; the state pass before delta_out): o and ht, then every gradient of a backward that reads the states
+// the wgmma walk saved. bf16 and fp16, with and without a gate and h0, one short chunk, one full chunk and
+// ragged lengths. Then the forwards timed at B = 16, T = 2048 and B = 4, T = 8192, H = 16 (printed, not
+// asserted: speed is the bench's).
 TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
   SKIP_WITHOUT_CUDA();
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
@@ -338,12 +339,13 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
         for (auto* x : {&in.q, &in.k, &in.w, &in.u}) *x = x->to(dtype);
         for (const char* form : {"one_pass", "two_pass"}) {
           auto run = [&](const char* wgmma) {
+            const int64_t split = *wgmma == '2' ? 2 : 1;
             setenv("ATTNLAB_DELTA_FWD_WGMMA", wgmma, 1);
             setenv("ATTNLAB_DELTA_FWD", form, 1);
             auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
             auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lh = leaf(in.h0);
             auto lG = gated ? leaf(in.G) : in.G;
-            auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, 1);
+            auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, split);
             ((out[0].to(torch::kFloat) * in.dout).sum() + out[1].sum()).backward();
             unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
             unsetenv("ATTNLAB_DELTA_FWD");
@@ -351,41 +353,50 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
                 out[0],    out[1],    lq.grad(), lk.grad(),
                 lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
           };
-          auto ref = run("0"), got = run("1");
-          const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
-          for (size_t i = 0; i < ref.size(); ++i) {
-            if (!ref[i].defined()) continue;
-            const std::string what = fmt::format("{} {} gated {} T {} {}", names[i],
-                                                 dtype == torch::kHalf ? "fp16" : "bf16", gated, T, form);
-            ASSERT_TRUE(got[i].defined()) << what;
-            EXPECT_TRUE(ops::all_finite(got[i])) << what;
-            const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
-            // The walks differ in summation order only, but the backward reads 16-bit states and vn: one
-            // rounding step apart where the sums differ.
-            EXPECT_LT(e, i == 1 ? 1e-3 : 5e-3) << what << " rel RMS " << e;
-            if (i < 2) std::printf("  wgmma walk %-40s %.2e\n", what.c_str(), e);
+          const auto ref = run("0");
+          for (const char* wgmma : {"1", "2"}) {
+            const auto got = run(wgmma);
+            const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
+            for (size_t i = 0; i < ref.size(); ++i) {
+              if (!ref[i].defined()) continue;
+              const std::string what = fmt::format("{} {} gated {} T {} {} walk {}", names[i],
+                                                   dtype == torch::kHalf ? "fp16" : "bf16", gated, T, form,
+                                                   *wgmma == '2' ? "half-V" : "whole-V");
+              ASSERT_TRUE(got[i].defined()) << what;
+              EXPECT_TRUE(ops::all_finite(got[i])) << what;
+              const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
+              // The walks differ in summation order only, but the backward reads 16-bit states and vn: one
+              // rounding step apart where the sums differ.
+              EXPECT_LT(e, i == 1 ? 1e-3 : 5e-3) << what << " rel RMS " << e;
+              if (i < 2) std::printf("  wgmma walk %-50s %.2e\n", what.c_str(), e);
+            }
           }
         }
       }
-  // Timing (printed only): one-pass forward without grad, wgmma and mma.sync walks.
-  const auto in = recurrence_inputs(16, 2048, 16, 128, true);
+  // Timing (printed only): one-pass forward without grad, wgmma and mma.sync walks (the default V-split).
   torch::NoGradGuard ng;
-  for (const char* wgmma : {"0", "1"}) {
-    setenv("ATTNLAB_DELTA_FWD_WGMMA", wgmma, 1);
-    setenv("ATTNLAB_DELTA_FWD", "one_pass", 1);
-    auto run = [&] { return ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1, 1); };
-    for (int i = 0; i < 3; ++i) run();
-    torch::cuda::synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < 20; ++i) run();
-    torch::cuda::synchronize();
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
-    std::printf("  gated one-pass walk, B 16 T 2048 H 16 D 128, %s: %.3f ms\n",
-                *wgmma == '1' ? "wgmma" : "mma.sync", ms);
-    unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
-    unsetenv("ATTNLAB_DELTA_FWD");
-  }
+  for (int64_t B : {16, 4})
+    for (const char* wgmma : {"0", "1", "2"}) {
+      const auto in = recurrence_inputs(B, 32768 / B, 16, 128, true);
+      setenv("ATTNLAB_DELTA_FWD_WGMMA", wgmma, 1);
+      setenv("ATTNLAB_DELTA_FWD", "one_pass", 1);
+      auto run = [&] { return ops::cuda::delta_chunk_recurrence(in.q, in.k, in.w, in.u, in.G, in.h0, 0.1); };
+      for (int i = 0; i < 3; ++i) run();
+      torch::cuda::synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 20; ++i) run();
+      torch::cuda::synchronize();
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 20;
+      std::printf("  gated one-pass walk, B %d T %d H 16 D 128, %s: %.3f ms\n", static_cast<int>(B),
+                  static_cast<int>(32768 / B),
+                  *wgmma == '0'   ? "mma.sync"
+                  : *wgmma == '1' ? "wgmma"
+                                  : "wgmma half-V",
+                  ms);
+      unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
+      unsetenv("ATTNLAB_DELTA_FWD");
+    }
 }
 
 // The one-pass backward on wgmma (ATTNLAB_DELTA_BWD_WGMMA=1, the default at K = V = 128 on sm_90a builds)

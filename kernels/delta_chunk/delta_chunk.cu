@@ -23,8 +23,8 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (!backward && p.fwd_wgmma) {
     if (!linear_chunk_has_wgmma())
       return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
-    if (p.K != 128 || p.v_split != 1)
-      return "fwd_wgmma takes K = V = 128 and v_split 1, got K = " + std::to_string(p.K) + ", v_split " +
+    if (p.K != 128 || p.v_split > 2)
+      return "fwd_wgmma takes K = V = 128 and v_split 1 or 2, got K = " + std::to_string(p.K) + ", v_split " +
              std::to_string(p.v_split);
   }
   if (backward) {
@@ -59,8 +59,19 @@ int delta_chunk_default_v_split(int B, int H, int V, int num_sms) {
   return split_64(heads, V, num_sms);
 }
 
-bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms) {
-  return V == 128 && static_cast<long long>(B) * H >= num_sms;
+namespace {
+// Whether B * H blocks fill at least 9 in 10 multiprocessors: 128 heads on the H200's 132 count as full (run
+// 2026-12-03j, below).
+bool heads_fill(int B, int H, int num_sms) {
+  return 10LL * B * H >= 9LL * num_sms;
+}
+}  // namespace
+
+int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms) {
+  // Run 2026-12-03j (H200, D = 128, B * T = 32768, H = 16, forward ms forced wgmma / mma.sync V-split): 128
+  // heads DeltaNet 0.449 / 0.662, gated 0.557 / 0.806; 64 heads DeltaNet 0.631 / 0.650, gated slower on
+  // wgmma, and 16 heads much slower (one block per head leaves 7 in 8 SMs idle).
+  return V == 128 && heads_fill(B, H, num_sms) ? 1 : 0;
 }
 
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) {
@@ -79,11 +90,15 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) 
   return V == 64 ? heads <= num_sms : blocks <= 4LL * num_sms;
 }
 
-bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms) {
+bool delta_chunk_default_two_pass_bwd(int B, int H, int V, int num_sms) {
   // H200 (132 SMs), B * T = 32768, H = 16, forward + backward with the two-pass backward / the one-pass
   // one (bench/results/h200-2026-12-02j): 16 heads 0.58-0.78, 64 heads 0.87-0.96, 256 heads 1.02-1.19,
   // 1024 heads 1.02-1.13, for D = 64 and 128, with and without a gate.
-  return static_cast<long long>(B) * H <= num_sms;
+  // At D = 128 and 128 heads, with the wgmma forward (run 2026-12-03j, f+b ms): one-pass 1.787 / two-pass
+  // 2.018 without a gate, 2.144 / 2.474 gated; so at V = 128 the one-pass backward from 9 in 10 SMs (D = 64
+  // at 128 heads was not measured side by side: it keeps the older bound).
+  const long long heads = static_cast<long long>(B) * H;
+  return V == 128 ? !heads_fill(B, H, num_sms) : heads <= num_sms;
 }
 
 bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated, int num_sms) {
@@ -117,6 +132,18 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
                              WgFwdSmem<true>::kThreads);
       cudaError_t err = launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid,
                                       WgFwdSmem<false>::kBytes, p, WgFwdSmem<false>::kThreads);
+      if (err != cudaSuccess) return err;
+      return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                           OutSmem<kD>::kBytes, p);
+    }
+  }
+  if constexpr (kD == 128 && kVb == 64) {
+    if (p.fwd_wgmma) {  // half the value columns per block (delta_chunk_fwd_wgmma.cuh)
+      if (!p.vn)
+        return launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, true>, grid, WgFwdHalfSmem<true>::kBytes,
+                             p, WgFwdHalfSmem<true>::kThreads);
+      cudaError_t err = launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, false>, grid,
+                                      WgFwdHalfSmem<false>::kBytes, p, WgFwdHalfSmem<false>::kThreads);
       if (err != cudaSuccess) return err;
       return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
                            OutSmem<kD>::kBytes, p);

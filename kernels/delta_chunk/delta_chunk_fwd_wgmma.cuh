@@ -206,3 +206,218 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
 }
 
 }  // namespace attnlab::kernels::delta_chunk
+
+namespace attnlab::kernels::delta_chunk {
+
+// ---------------------------------------------------------------- half the value columns per block
+// The same walk with V-split 2 (DeltaChunkParams::fwd_wgmma with v_split 2): block (x, h, b) owns the
+// value columns 64 x .. + 64, so B * H = 64 heads fill 128 SMs where the whole-V walk above leaves half of
+// them idle and the mma.sync V-split walk is bound by its products' latency (bench/results/h200-2026-12-03j:
+// at 64 heads the whole-V wgmma walk and the mma.sync V-split one both ~3 us per chunk).
+//
+// With 64 value columns the products of a chunk no longer split evenly by columns over two warpgroups (an
+// m64n32 B operand would start inside a 128-byte swizzle atom), so the warpgroups split by product:
+//   warpgroup 0: X = W S (m64n64k128: the walk's critical path) -> vn = U - X and Vw into their tiles;
+//   warpgroup 1: P = q k^T and O = q S (both m64n64k128) -> P masked and decayed, in registers;
+//   barrier 2 (vn, Vw whole) -> both: state rows 64 wg .. + 64: S = exp(G_last) S + k^T Vw (m64n64k64);
+//   warpgroup 1: O = scale exp(G_t) O + P vn (P from registers: wgmma's RS form) -> o out.
+// The state copy is one [128][64] panel; hs gets this block's 64 columns of each entering state. The scores
+// P are formed by both blocks of a head (as the mma.sync V-split walk does): 2 of the chunk's 9 m64n64k64
+// units. Three stages of q, k, w (whole) and u (the block's half); 203 KB (the state pass: 155 KB).
+template <bool kOut>
+struct WgFwdHalfSmem {
+  static constexpr int kD = 128, kVb = 64;
+  static constexpr int kPanel = wgt::kPanel;  // [64][64] 16-bit
+  static constexpr int kTile = 2 * kPanel;    // [64][128] as two 64-column panels
+  static constexpr int kStages = 3;
+  static constexpr int kQ = 0;  // kOut only
+  static constexpr int kK = kOut ? kTile : 0;
+  static constexpr int kW = kK + kTile, kU = kW + kTile, kG = kU + kPanel;
+  static constexpr int kStage = kG + 1024;       // the gates (256 bytes), padded: stages stay 1024-aligned
+  static constexpr int kS = kStages * kStage;    // the 16-bit state copy: one [128][64] panel
+  static constexpr int kVn = kS + kD * kVb * 2;  // vn [64][64]
+  static constexpr int kVw = kVn + kPanel;       // vn exp(G_last - G_s) (gated)
+  static constexpr int kBytes = kVw + kPanel;
+  static constexpr int kThreads = 256;
+  static_assert(kBytes <= 227 * 1024, "one block per SM");
+};
+
+// The block's [128][64] slice of a float32 [128][128] state (zeros when src is null) into warpgroup wg's
+// m64n64 accumulator (rows 64 wg ..), and back.
+__device__ __forceinline__ void load_state_half(float (&S)[32], const float* src, int wg, int wr, int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = wgt::acc_row(wg, wr, lane, half), col = wgt::acc_col(j, lane);
+      const float2 x = src ? *reinterpret_cast<const float2*>(src + row * 128 + col) : make_float2(0.f, 0.f);
+      S[4 * j + 2 * half] = x.x, S[4 * j + 2 * half + 1] = x.y;
+    }
+}
+__device__ __forceinline__ void store_state_half(float* dst, const float (&S)[32], int wg, int wr, int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = wgt::acc_row(wg, wr, lane, half), col = wgt::acc_col(j, lane);
+      *reinterpret_cast<float2*>(dst + row * 128 + col) =
+          make_float2(S[4 * j + 2 * half], S[4 * j + 2 * half + 1]);
+    }
+}
+
+template <typename T, bool kGated, bool kOut>
+__global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const DeltaChunkParams p) {
+  using L = WgFwdHalfSmem<kOut>;
+  constexpr int kD = 128;
+  extern __shared__ __align__(1024) unsigned char wg_smem[];
+  unsigned char* smem = wg_smem;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wg = warp / 4, wr = warp % 4;
+  const int v0 = 64 * blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T);
+  const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
+  const uint32_t s0 = smem_u32(smem);
+
+  auto issue = [&](int c) {
+    if (c < nt) {
+      const int st = c % L::kStages, t0 = c * kC;
+      const uint32_t base = s0 + st * L::kStage;
+      const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
+      if constexpr (kOut)
+        wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
+      wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
+      load_tile<kC, 64, L::kThreads, T>(base + L::kU, static_cast<const T*>(p.u) + off + v0, row_stride,
+                                        p.T - t0, tid);
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < L::kStages - 1; ++i) issue(i);
+
+  float S[32];  // state rows 64 wg .. + 64, the block's 64 value columns
+  load_state_half(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, wg, wr, lane);
+  wgt::store_state_panels<64, T>(smem + L::kS, S, wg, wr, lane);
+  T* hs = p.hs ? static_cast<T*>(p.hs) + bh * nt * kD * kD + v0 : nullptr;
+  const int r0 = 16 * wr + (lane >> 2);  // this thread's token rows r0, r0 + 8 in the m64 outputs
+
+  for (int c = 0; c < nt; ++c) {
+    const int st = c % L::kStages, t0 = c * kC, rows = min(kC, p.T - t0);
+    const uint32_t sst = s0 + st * L::kStage;
+    unsigned char* stage = smem + st * L::kStage;
+    cp_async_wait<L::kStages - 2>();
+    wgmma::fence_proxy_async();  // this chunk's copies and the state copy, before the tensor cores read them
+    __syncthreads();             // ... and every read of chunk c - 1's stage, vn and Vw is done
+    issue(c + L::kStages - 1);
+
+    // Batch 1: X (warpgroup 0), P and q S (warpgroup 1). The first k16 step of each product does not read
+    // its accumulators (scale-d 0).
+    float A[32], O[32];  // warpgroup 0: X in A; warpgroup 1: P in A, q S in O
+    wgmma::fence();
+    if (wg == 0) {
+      wgt::times_state<kD, T>(A, sst + L::kW, s0 + L::kS, 0);
+      wgmma::commit();
+    } else if constexpr (kOut) {
+      wgt::scores<kD, T>(A, sst + L::kQ, sst + L::kK);
+      wgmma::commit();
+      wgt::times_state<kD, T>(O, sst + L::kQ, s0 + L::kS, 0);
+      wgmma::commit();
+    }
+    // The entering state to hs (this block's columns, from the 16-bit copy), under the products.
+    if (!kOut || hs)
+      store_tile<kD, 64, L::kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
+
+    // The gates this thread needs; rows past T take the last real row's G (their q, k, w, u are zero).
+    const float* G = reinterpret_cast<const float*>(stage + L::kG);
+    float g_last = 0.f, gr[2] = {0.f, 0.f}, orow[2] = {p.scale, p.scale}, vrow[2] = {1.f, 1.f};
+    if constexpr (kGated) {
+      g_last = G[rows - 1];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        gr[half] = G[min(r0 + 8 * half, rows - 1)];
+        orow[half] = p.scale * __expf(gr[half]);
+        vrow[half] = __expf(g_last - gr[half]);
+      }
+    }
+
+    uint32_t pf[4][4];  // warpgroup 1: P masked and decayed, as the A fragments of P vn (k16 step kq)
+    if (wg == 0) {
+      wgmma::wait<0>();  // X
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const uint32_t off = panel_off(r0 + 8 * half, wgt::acc_col(j, lane));
+          const float2 u = unpack2<T>(*reinterpret_cast<const uint32_t*>(stage + L::kU + off));
+          const float x0 = u.x - A[4 * j + 2 * half], x1 = u.y - A[4 * j + 2 * half + 1];
+          *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(x0, x1);
+          if constexpr (kGated)
+            *reinterpret_cast<uint32_t*>(smem + L::kVw + off) =
+                MmaType<T>::pack(x0 * vrow[half], x1 * vrow[half]);
+        }
+    } else if constexpr (kOut) {
+      wgmma::wait<1>();  // P
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
+          float d0 = 1.f, d1 = 1.f;
+          if constexpr (kGated) {
+            d0 = __expf(gr[half] - G[min(col, rows - 1)]);
+            d1 = __expf(gr[half] - G[min(col + 1, rows - 1)]);
+          }
+          // Selects, not branches: the mask drops even an overflow to inf where col > r.
+          A[4 * j + 2 * half] = col <= r ? A[4 * j + 2 * half] * p.scale * d0 : 0.f;
+          A[4 * j + 2 * half + 1] = col + 1 <= r ? A[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
+        }
+#pragma unroll
+      for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {  // r: (rows g, cols 0-7), (g + 8, 0-7), (g, 8-15), (g + 8, 8-15)
+          const int i = 8 * kq + 4 * (r >> 1) + 2 * (r & 1);
+          pf[kq][r] = MmaType<T>::pack(A[i], A[i + 1]);
+        }
+      wgmma::wait<0>();  // q S
+      wgt::scale_acc(O, orow);
+    }
+    wgmma::fence_proxy_async();  // vn, Vw
+    __syncthreads();             // they are whole; every read of the state copy (X, q S, hs) is done
+
+    if constexpr (kGated) {
+      const float d = __expf(g_last);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) S[i] *= d;
+    }
+    // Batch 2: the update of this warpgroup's state rows; warpgroup 1 also O += P vn.
+    wgmma::fence();
+    wgt::outer_update<64, T>(S, sst + L::kK, kGated ? s0 + L::kVw : s0 + L::kVn, wg);
+    wgmma::commit();
+    const int64_t off = row_offset(b, t0, h, p.T, p.H, kD) + v0;
+    if constexpr (kOut) {
+      if (wg == 1) {
+#pragma unroll
+        for (int kq = 0; kq < 4; ++kq)
+          wgmma::MmaRs<64, T, 1>::run(O, pf[kq], wgmma::make_desc_mn(s0 + L::kVn + kq * 2048, L::kPanel), 1);
+        wgmma::commit();
+      }
+    } else {
+      // vn out while the update runs (the tile is rewritten only after the next chunk's first barrier).
+      store_tile<kC, 64, L::kThreads, T>(static_cast<T*>(p.vn) + off, row_stride, smem + L::kVn, rows, tid);
+    }
+    wgmma::wait<0>();  // S (and O)
+    // o through the warp's own rows of the q panel 0 (no warp reads q any more in this chunk).
+    if constexpr (kOut) {
+      if (wg == 1)
+        wgt::store_acc_rows<T>(static_cast<T*>(p.o) + off, row_stride, O, stage + L::kQ, rows, wr, lane);
+    }
+    wgt::store_state_panels<64, T>(smem + L::kS, S, wg, wr, lane);
+  }
+  cp_async_wait<0>();
+  if (p.ht) store_state_half(p.ht + bh * kD * kD + v0, S, wg, wr, lane);
+}
+
+}  // namespace attnlab::kernels::delta_chunk

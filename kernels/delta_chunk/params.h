@@ -45,8 +45,8 @@ struct DeltaChunkParams {
   int v_split = 1;            // the walks' blocks per (b, h), each over V / v_split value columns: 1, 2,
                               // or 4 at V = 128 (delta_chunk_default_v_split picks it); the same results
   int fwd_wgmma = 0;          // 1: the forward's walk on Hopper's wgmma (delta_chunk_fwd_wgmma.cuh; K = V =
-                              // 128, v_split 1, and only where linear_chunk_has_wgmma()); 0: mma.sync. Same
-                              // results up to summation order; the binding sets 1 wherever it can
+                      // 128, v_split 1 or 2, and only where linear_chunk_has_wgmma()); 0: mma.sync. Same
+                      // results up to summation order; the binding sets 1 wherever it can
   bool bwd_out_wide = false;  // the two-pass backward's second kernel with every tile resident at D = 128
                               // (one block per SM) instead of its lean layout (two); the same results
   void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two
@@ -99,13 +99,15 @@ bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms);
 
 // Whether the two-pass backward (DeltaChunkParams::dhs) is the faster one for this shape: the one-pass
 // backward runs one block per (b, h), so it leaves multiprocessors idle where B * H is under one per
-// multiprocessor; the two-pass walk splits V as the forward does and its second pass fills the GPU.
-bool delta_chunk_default_two_pass_bwd(int B, int H, int num_sms);
+// multiprocessor (at V = 128, under 9 in 10 of them); the two-pass walk splits V as the forward does and its
+// second pass fills the GPU.
+bool delta_chunk_default_two_pass_bwd(int B, int H, int V, int num_sms);
 
-// Whether the forward's walk runs on wgmma (DeltaChunkParams::fwd_wgmma, with v_split 1) for this shape,
-// given an sm_90a build and K = V = 128: where B * H blocks alone fill every multiprocessor once; with fewer,
-// the mma.sync walk's V-split keeps more of them busy.
-bool delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
+// The V-split of the forward's walk on wgmma (DeltaChunkParams::fwd_wgmma: 1, the whole-V walk, or 2, the
+// half-V one), or 0 for the mma.sync walk, for this shape, given an sm_90a build and K = V = 128: 1 where
+// B * H blocks alone fill 9 in 10 multiprocessors; with fewer, the mma.sync walk's V-split keeps more of
+// them busy.
+int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
 
 // Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local), from the walk's
 // B * H * v_split blocks, since each of them formed the scores again: gated, up to one per two

@@ -36,17 +36,6 @@ struct BwdSmem {
   static_assert(2 * kH16Tile <= kF32Tile, "the hi/lo tiles must fit in a float32 tile's space");
 };
 
-// acc += (hi + lo) B over k blocks ks0 .. ks1 of a 16-bit pair (hi, lo) times a 16-bit B, where the pair is
-// the A operand ([m][k] rows, or [k][m] with kACols); B as in warp_mma.
-template <int NT, bool kACols, bool kBCols, int RB, typename T>
-__device__ __forceinline__ void pair_mma(float (&acc)[1][NT][4], uint32_t sHi, uint32_t sLo, int m0,
-                                         uint32_t sB, int n0, int ks0, int ks1, int lane) {
-  for (int ks = ks0; ks <= ks1; ++ks) {
-    warp_mma<1, NT, 1, kACols, kBCols, kC, RB, T>(acc, sLo, m0, 16 * ks, sB, 16 * ks, n0, lane);
-    warp_mma<1, NT, 1, kACols, kBCols, kC, RB, T>(acc, sHi, m0, 16 * ks, sB, 16 * ks, n0, lane);
-  }
-}
-
 template <int kD, typename T, bool kGated>
 __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kernel(const DeltaWyParams p) {
   using L = BwdSmem<kD>;
@@ -119,9 +108,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   {  // N1 = M^T dM (M_ts = 0 for t < s: key blocks from the warp's own), into R
     float a[1][4][4];
     zero_acc(a);
-    pair_mma<4, true, true, kC, T>(a, sMhi, sMlo, m0, sRhi, n0, warp % 4, kC / 16 - 1, lane);
-    for (int ks = warp % 4; ks < kC / 16; ++ks)  // the hi x lo term
-      warp_mma<1, 4, 1, true, true, kC, kC, T>(a, sMhi, m0, 16 * ks, sRlo, 16 * ks, n0, lane);
+    pair_mma<4, true, true, kC, kC, T, true>(a, sMhi, sMlo, m0, sRhi, sRlo, n0, warp % 4, kC / 16 - 1, lane);
     __syncthreads();  // every read of dM is done
     store_split<T>(rHi, rLo, a, m0, n0, lane);
   }
@@ -133,9 +120,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
     if (n0 < m0 + 16) {  // pieces above the diagonal are zero
       // N1 M^T: B = M^T is M's [s][u] rows; u <= s < t bounds the key blocks
       const int ks1 = min(warp % 4, 2 * (warp / 4) + 1);
-      pair_mma<4, false, false, kC, T>(a, sRhi, sRlo, m0, sMhi, n0, 0, ks1, lane);
-      for (int ks = 0; ks <= ks1; ++ks)
-        warp_mma<1, 4, 1, false, false, kC, kC, T>(a, sRhi, m0, 16 * ks, sMlo, 16 * ks, n0, lane);
+      pair_mma<4, false, false, kC, kC, T, true>(a, sRhi, sRlo, m0, sMhi, sMlo, n0, 0, ks1, lane);
     }
     float rs[2] = {0.f, 0.f}, cs[4][2] = {};
 #pragma unroll
@@ -188,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
     {  // dk = diag(beta e^G) M^T dW + Q K + Q^T K
       float x[1][kNT][4];
       zero_acc(x);
-      pair_mma<kNT, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdW, nt, rb, kC / 16 - 1, lane);
+      pair_mma<kNT, true, true, kC, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdW, 0, nt, rb, kC / 16 - 1, lane);
       const float2 d = row_dot<kD, T>(x, smem + L::kK, mt, nt, lane);  // k_t . dX_t over this warp's columns
       if ((lane & 3) == 0) {
         const float dd[2] = {d.x, d.y};
@@ -200,14 +185,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
         }
       }
       scale_rows(x, mt, lane, [&](int r) { return beta[r] * eg(r); });
-      pair_mma<kNT, false, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, 0, rb, lane);
-      pair_mma<kNT, true, true, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, nt, rb, kC / 16 - 1, lane);
+      pair_mma<kNT, false, true, kC, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, 0, nt, 0, rb, lane);
+      pair_mma<kNT, true, true, kC, kD, T>(x, sRhi, sRlo, mt, s0 + L::kK, 0, nt, rb, kC / 16 - 1, lane);
       store_acc_global<T>(static_cast<T*>(p.dk) + off, row_stride, x, mt, nt, rows, lane);
     }
     {  // dv = diag(beta) M^T dU
       float x[1][kNT][4];
       zero_acc(x);
-      pair_mma<kNT, true, true, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdU, nt, rb, kC / 16 - 1, lane);
+      pair_mma<kNT, true, true, kC, kD, T>(x, sMhi, sMlo, mt, s0 + L::kdU, 0, nt, rb, kC / 16 - 1, lane);
       const float2 d = row_dot<kD, T>(x, smem + L::kV, mt, nt, lane);  // v_t . dY_t
       if ((lane & 3) == 0) {
         atomicAdd(dBs + mt + (lane >> 2), d.x);

@@ -34,6 +34,37 @@ __device__ __forceinline__ void store_vec(float* out, const float* v, int b, int
   if (tid < kC && t0 + tid < T) out[(static_cast<int64_t>(b) * T + t0 + tid) * H + h] = v[tid];
 }
 
+// acc += (A_hi + A_lo) (B_hi [+ B_lo]) over k blocks ks0 .. ks1 (16 each), A ([m][k] rows, or [k][m] with
+// kACols; row length RA) and B (as in warp_mma; row length RB) in 16-bit shared tiles, 1 x NT n-tiles.
+// Each fragment is loaded once per k block, where a warp_mma per term loaded the shared operand once per
+// term (the wy kernels are bound by shared-memory traffic). Per accumulator and k block the terms go in
+// the order A_lo B_hi, A_hi B_hi, then A_hi B_lo (sBlo set: both operands float32, as hi/lo pairs), so the
+// results do not depend on which pieces share a call.
+template <int NT, bool kACols, bool kBCols, int RA, int RB, typename T, bool kBPair = false>
+__device__ __forceinline__ void pair_mma(float (&acc)[1][NT][4], uint32_t sAhi, uint32_t sAlo, int m0,
+                                         uint32_t sBhi, uint32_t sBlo, int n0, int ks0, int ks1, int lane) {
+  static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
+  for (int ks = ks0; ks <= ks1; ++ks) {
+    uint32_t ahi[4], alo[4];
+    load_a_frag<kACols, RA>(alo, sAlo, m0, 16 * ks, lane);
+    load_a_frag<kACols, RA>(ahi, sAhi, m0, 16 * ks, lane);
+#pragma unroll
+    for (int nj = 0; nj < NT; nj += 2) {
+      uint32_t b[4];
+      load_b_frag<kBCols, RB>(b, sBhi, 16 * ks, n0 + nj * 8, lane);
+      mma_16816<T>(acc[0][nj], alo, b[0], b[1]);
+      mma_16816<T>(acc[0][nj + 1], alo, b[2], b[3]);
+      mma_16816<T>(acc[0][nj], ahi, b[0], b[1]);
+      mma_16816<T>(acc[0][nj + 1], ahi, b[2], b[3]);
+      if constexpr (kBPair) {
+        load_b_frag<kBCols, RB>(b, sBlo, 16 * ks, n0 + nj * 8, lane);
+        mma_16816<T>(acc[0][nj], ahi, b[0], b[1]);
+        mma_16816<T>(acc[0][nj + 1], ahi, b[2], b[3]);
+      }
+    }
+  }
+}
+
 // Chunk n's M in the [B, H, nt, C, C] float32 buffer m (DeltaWyParams::m).
 __device__ __forceinline__ float* saved_m(float* m, int b, int h, int n, int H, int T) {
   return m + ((static_cast<int64_t>(b) * H + h) * linear_chunk_count(T) + n) * kC * kC;

@@ -55,10 +55,7 @@ __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t
     const int rb = paired_row_block(warp, half), m0 = 16 * rb;
     float acc[1][kNT][4];
     zero_acc(acc);
-    for (int ks = 0; ks <= rb; ++ks) {
-      warp_mma<1, kNT, 1, false, true, kC, kD, T>(acc, sMlo, m0, 16 * ks, sX, 16 * ks, n0, lane);
-      warp_mma<1, kNT, 1, false, true, kC, kD, T>(acc, sMhi, m0, 16 * ks, sX, 16 * ks, n0, lane);
-    }
+    pair_mma<kNT, false, true, kC, kD, T>(acc, sMhi, sMlo, m0, sX, 0, n0, 0, rb, lane);
     store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
   }
 }

@@ -42,6 +42,25 @@ __device__ __forceinline__ float2 unpack2<__half>(uint32_t x) {
 // ---------------------------------------------------------------- warp products
 // acc[MT][NT] += A[m0 .. m0 + 16 MT, k0 .. k0 + 16 KS] * B[k0 .., n0 .. n0 + 8 NT], all in shared memory.
 // kACols: A stored [k][m] (else [m][k]); kBCols: B stored [k][n] (else [n][k]). RA, RB: row lengths.
+// The fragments warp_mma loads: A's 16 x 16 block at (m0, k0) and B's 16 x 16 block at (k0, n0) (two
+// n-tiles of 8), with the layouts of warp_mma.
+template <bool kACols, int RA>
+__device__ __forceinline__ void load_a_frag(uint32_t (&a)[4], uint32_t sA, int m0, int k0, int lane) {
+  if constexpr (!kACols) {
+    ldmatrix_x4(a, sA + swz<RA>(m0 + (lane & 15), k0 / 8 + (lane >> 4)));
+  } else {
+    ldmatrix_x4_trans(a, sA + swz<RA>(k0 + (lane & 7) + ((lane >> 4) << 3), m0 / 8 + ((lane >> 3) & 1)));
+  }
+}
+template <bool kBCols, int RB>
+__device__ __forceinline__ void load_b_frag(uint32_t (&b)[4], uint32_t sB, int k0, int n0, int lane) {
+  if constexpr (!kBCols) {
+    ldmatrix_x4(b, sB + swz<RB>(n0 + (lane & 7) + ((lane >> 4) << 3), k0 / 8 + ((lane >> 3) & 1)));
+  } else {
+    ldmatrix_x4_trans(b, sB + swz<RB>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), n0 / 8 + (lane >> 4)));
+  }
+}
+
 template <int MT, int NT, int KS, bool kACols, bool kBCols, int RA, int RB, typename T>
 __device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], uint32_t sA, int a_m0, int a_k0,
                                          uint32_t sB, int b_k0, int b_n0, int lane) {
@@ -50,29 +69,11 @@ __device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], uint32_t sA, i
   for (int ks = 0; ks < KS; ++ks) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi) {
-      if constexpr (!kACols) {
-        const int row = a_m0 + mi * 16 + (lane & 15);
-        const int ch = (a_k0 + ks * 16) / 8 + (lane >> 4);
-        ldmatrix_x4(a[mi], sA + swz<RA>(row, ch));
-      } else {
-        const int row = a_k0 + ks * 16 + (lane & 7) + ((lane >> 4) << 3);
-        const int ch = (a_m0 + mi * 16) / 8 + ((lane >> 3) & 1);
-        ldmatrix_x4_trans(a[mi], sA + swz<RA>(row, ch));
-      }
-    }
+    for (int mi = 0; mi < MT; ++mi) load_a_frag<kACols, RA>(a[mi], sA, a_m0 + mi * 16, a_k0 + ks * 16, lane);
 #pragma unroll
     for (int nj = 0; nj < NT; nj += 2) {
       uint32_t b[4];
-      if constexpr (!kBCols) {
-        const int row = b_n0 + nj * 8 + (lane & 7) + ((lane >> 4) << 3);
-        const int ch = (b_k0 + ks * 16) / 8 + ((lane >> 3) & 1);
-        ldmatrix_x4(b, sB + swz<RB>(row, ch));
-      } else {
-        const int row = b_k0 + ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-        const int ch = (b_n0 + nj * 8) / 8 + (lane >> 4);
-        ldmatrix_x4_trans(b, sB + swz<RB>(row, ch));
-      }
+      load_b_frag<kBCols, RB>(b, sB, b_k0 + ks * 16, b_n0 + nj * 8, lane);
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi) {
         mma_16816<T>(acc[mi][nj], a[mi], b[0], b[1]);

@@ -35,22 +35,26 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
                   kOp, f);
     v_split = std::stoi(f);
   }
-  // The forward's walk on wgmma (K = V = 128, no V-split, an sm_90a build) where
-  // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1 says (read per call: the bench
-  // and a test switch it); a V-split (forced, or the default where the wgmma walk is not taken) runs
-  // mma.sync.
+  // The forward's walk on wgmma (K = V = 128, an sm_90a build; V-split 1, or 2 for the half-V walk) where
+  // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1|2 says (the walk's V-split, 0:
+  // mma.sync; read per call: the bench and a test switch it). A V-split given by the caller (or
+  // ATTNLAB_DELTA_V_SPLIT) wins: 4 runs mma.sync.
   const int sms = sm_count(q.device().index());
-  bool wgmma = p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
-  if (const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA")) {
-    const std::string f = wf;
-    ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0 or 1, got '{}'", kOp, f);
-    wgmma = wgmma && f == "1";
-  } else {
-    wgmma = wgmma && kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
+  int wg_split = 0;
+  if (p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma()) {
+    if (const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA")) {
+      const std::string f = wf;
+      ATTNLAB_CHECK(f == "0" || f == "1" || f == "2",
+                    "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0, 1 or 2, got '{}'", kOp, f);
+      wg_split = std::stoi(f);
+    } else {
+      wg_split = kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
+    }
   }
+  if (v_split > 0 && wg_split > 0) wg_split = v_split <= 2 ? static_cast<int>(v_split) : 0;
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
-                          : (wgmma ? 1 : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms));
-  p.fwd_wgmma = wgmma && p.v_split == 1 ? 1 : 0;
+                          : (wg_split > 0 ? wg_split : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms));
+  p.fwd_wgmma = wg_split > 0 ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
@@ -96,7 +100,10 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     if (!grad) hs = torch::empty({0}, q.options());  // no backward follows: nothing to keep
     ctx->save_for_backward({q, k, w, u, G, h0, hs});
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["v_split"] = static_cast<int64_t>(p.v_split);  // the two-pass backward's walk takes it
+    // The two-pass backward's walk takes a V-split given by the caller or ATTNLAB_DELTA_V_SPLIT; else (0) it
+    // picks its own by the shape, since a wgmma forward runs unsplit whatever the backward's walk wants.
+    const bool split_given = v_split > 0 || std::getenv("ATTNLAB_DELTA_V_SPLIT");
+    ctx->saved_data["v_split"] = static_cast<int64_t>(split_given ? p.v_split : 0);
     return {o, ht};
   }
 
@@ -127,18 +134,19 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // ATTNLAB_DELTA_BWD=one_pass|two_pass says; dhs and dsum are workspaces, as vn above.
     torch::Tensor dhs, dsum;
     const char* form = std::getenv("ATTNLAB_DELTA_BWD");
-    const bool two_pass = form ? std::string(form) == "two_pass"
-                               : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, sm_count(q.device().index()));
+    const int sms = sm_count(q.device().index());
+    const bool two_pass =
+        form ? std::string(form) == "two_pass" : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, sms);
     if (two_pass) {
-      p.v_split = static_cast<int>(ctx->saved_data["v_split"].toInt());
+      const auto split = ctx->saved_data["v_split"].toInt();
+      p.v_split = split > 0 ? static_cast<int>(split) : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms);
       // ATTNLAB_DELTA_BWD_OUT=wide: the second kernel's older layout (every tile resident), for comparison.
       const char* out_form = std::getenv("ATTNLAB_DELTA_BWD_OUT");
       p.bwd_out_wide = out_form && std::string(out_form) == "wide";
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
       // P^T do before the walk where delta_chunk_default_bwd_local says, or as ATTNLAB_DELTA_BWD_LOCAL=0|1
       // says (the same bits either way).
-      bool local =
-          kn::delta_chunk_default_bwd_local(p.B, p.H, p.V, p.v_split, given(G), sm_count(q.device().index()));
+      bool local = kn::delta_chunk_default_bwd_local(p.B, p.H, p.V, p.v_split, given(G), sms);
       if (const char* lf = std::getenv("ATTNLAB_DELTA_BWD_LOCAL")) {
         const std::string f = lf;
         ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1, got '{}'", kOp, f);
