@@ -71,7 +71,13 @@ int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms) {
   // Run 2026-12-03j (H200, D = 128, B * T = 32768, H = 16, forward ms forced wgmma / mma.sync V-split): 128
   // heads DeltaNet 0.449 / 0.662, gated 0.557 / 0.806; 64 heads DeltaNet 0.631 / 0.650, gated slower on
   // wgmma, and 16 heads much slower (one block per head leaves 7 in 8 SMs idle).
-  return V == 128 && heads_fill(B, H, num_sms) ? 1 : 0;
+  // The half-V walk (run 2026-12-04a, forward / forward + backward ms against the default then): 64 heads
+  // DeltaNet 0.536 / 2.072 against 0.649 / 2.178, gated 0.675 / 2.607 against 0.800 / 2.708; at 32 heads
+  // (64 blocks) slower than the mma.sync walk's V-split 4 (DeltaNet 0.815 / 2.569 against 0.782 / 2.500),
+  // and at 128 heads and more slower than the whole-V walk (DeltaNet 0.538 against 0.445 at 128).
+  if (V != 128) return 0;
+  if (heads_fill(B, H, num_sms)) return 1;
+  return heads_fill(2 * B, H, num_sms) ? 2 : 0;
 }
 
 bool delta_chunk_default_two_pass(int B, int H, int V, bool gated, int num_sms) {

@@ -105,8 +105,8 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int V, int num_sms);
 
 // The V-split of the forward's walk on wgmma (DeltaChunkParams::fwd_wgmma: 1, the whole-V walk, or 2, the
 // half-V one), or 0 for the mma.sync walk, for this shape, given an sm_90a build and K = V = 128: 1 where
-// B * H blocks alone fill 9 in 10 multiprocessors; with fewer, the mma.sync walk's V-split keeps more of
-// them busy.
+// B * H blocks alone fill 9 in 10 multiprocessors, 2 where 2 B * H blocks do; with fewer, the mma.sync
+// walk's V-split 4 keeps more of them busy.
 int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
 
 // Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local), from the walk's

@@ -40,17 +40,13 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   // mma.sync; read per call: the bench and a test switch it). A V-split given by the caller (or
   // ATTNLAB_DELTA_V_SPLIT) wins: 4 runs mma.sync.
   const int sms = sm_count(q.device().index());
+  const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA");  // checked whatever the head dims
+  const std::string wf_s = wf ? wf : "";
+  ATTNLAB_CHECK(!wf || wf_s == "0" || wf_s == "1" || wf_s == "2",
+                "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0, 1 or 2, got '{}'", kOp, wf_s);
   int wg_split = 0;
-  if (p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma()) {
-    if (const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA")) {
-      const std::string f = wf;
-      ATTNLAB_CHECK(f == "0" || f == "1" || f == "2",
-                    "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0, 1 or 2, got '{}'", kOp, f);
-      wg_split = std::stoi(f);
-    } else {
-      wg_split = kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
-    }
-  }
+  if (p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma())
+    wg_split = wf ? std::stoi(wf_s) : kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
   if (v_split > 0 && wg_split > 0) wg_split = v_split <= 2 ? static_cast<int>(v_split) : 0;
   p.v_split = v_split > 0 ? static_cast<int>(v_split)
                           : (wg_split > 0 ? wg_split : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms));
