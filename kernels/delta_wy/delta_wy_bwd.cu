@@ -32,7 +32,8 @@ struct BwdSmem {
   static constexpr int kdGin = kG + kC * 4;       //   dG from the recurrence
   static constexpr int kdG = kdGin + kC * 4;      //   this preparation's dG (atomics)
   static constexpr int kdB = kdG + kC * 4;        //   dbeta (atomics)
-  static constexpr int kBytes = kdB + kC * 4;
+  static constexpr int kEG = kdB + kC * 4;        //   e^G (gated)
+  static constexpr int kBytes = kEG + kC * 4;
   static_assert(2 * kH16Tile <= kF32Tile, "the hi/lo tiles must fit in a float32 tile's space");
 };
 
@@ -49,6 +50,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   float* dGin = reinterpret_cast<float*>(smem + L::kdGin);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);
   float* dBs = reinterpret_cast<float*>(smem + L::kdB);
+  float* EG = reinterpret_cast<float*>(smem + L::kEG);
   float* KD = reinterpret_cast<float*>(smem + L::kKD);
   float* M = reinterpret_cast<float*>(smem + L::kR);
   unsigned char* mHi = smem + L::kKD;  // M hi / lo after the inverse
@@ -77,8 +79,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   if constexpr (kGated) {
     gate_cumsum(G, warp, lane);
     __syncthreads();
+    if (tid < kC) EG[tid] = __expf(G[tid]);  // read after the barrier below kk_decay
   }
-  auto eg = [&](int r) { return kGated ? expf(G[r]) : 1.f; };
+  // e^G_r, once per row: the products below read it per element (ex2.approx: relative error ~1e-6, far
+  // under the 16-bit rounding of every output).
+  auto eg = [&](int r) { return kGated ? EG[r] : 1.f; };
 
   // ---- KD (also kept in registers, in the layout of the dA piece below), M, M's hi/lo tiles
   const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);  // this warp's 16 x 32 piece of C x C tiles
@@ -132,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
         const float x = dA * kd[0][nj][e];  // kd is 0 where c >= r
         rs[e >> 1] += x;
         cs[nj][e & 1] += beta[r] * x;
-        q[0][nj][e] = c < r ? dA * beta[r] * (kGated ? expf(G[r] - G[c]) : 1.f) : 0.f;
+        q[0][nj][e] = c < r ? dA * beta[r] * (kGated ? __expf(G[r] - G[c]) : 1.f) : 0.f;
       }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {

@@ -110,7 +110,7 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float a = kd[0][nj][2 * half + e];
-        x[e] = c + e < r ? (kGated ? a * expf(G[r] - G[c + e]) : a) : 0.f;
+        x[e] = c + e < r ? (kGated ? a * __expf(G[r] - G[c + e]) : a) : 0.f;
         kd[0][nj][2 * half + e] = x[e];
       }
       *reinterpret_cast<float2*>(KD + r * kF + c) = make_float2(x[0], x[1]);

@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
     gate_cumsum(G, warp, lane);  // padded rows (g = 0) repeat the last real row's G
     __syncthreads();
     store_vec(p.G, G, b, t0, h, p.T, p.H, tid);
-    if (tid < kC) xs[tid] = beta[tid] * expf(G[tid]);  // read after the inverse's barriers
+    if (tid < kC) xs[tid] = beta[tid] * __expf(G[tid]);  // read after the inverse's barriers
   }
 
   {
