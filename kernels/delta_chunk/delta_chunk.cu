@@ -68,7 +68,8 @@ bool heads_fill(int B, int H, int num_sms) {
 }  // namespace
 
 int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms) {
-  // Run 2026-12-03j (H200, D = 128, B * T = 32768, H = 16, forward ms forced wgmma / mma.sync V-split): 128
+  // Run 2026-12-03j (H200, D = 128, B * T = 32768, H = 16, forward ms forced wgmma / mma.sync V-split; its
+  // files were lost, run 2026-12-04a measured the chosen settings again: bench/results/h200-2026-12-04a): 128
   // heads DeltaNet 0.449 / 0.662, gated 0.557 / 0.806; 64 heads DeltaNet 0.631 / 0.650, gated slower on
   // wgmma, and 16 heads much slower (one block per head leaves 7 in 8 SMs idle).
   // The half-V walk (run 2026-12-04a, forward / forward + backward ms against the default then): 64 heads

@@ -212,8 +212,8 @@ namespace attnlab::kernels::delta_chunk {
 // ---------------------------------------------------------------- half the value columns per block
 // The same walk with V-split 2 (DeltaChunkParams::fwd_wgmma with v_split 2): block (x, h, b) owns the
 // value columns 64 x .. + 64, so B * H = 64 heads fill 128 SMs where the whole-V walk above leaves half of
-// them idle and the mma.sync V-split walk is bound by its products' latency (bench/results/h200-2026-12-03j:
-// at 64 heads the whole-V wgmma walk and the mma.sync V-split one both ~3 us per chunk).
+// them idle and the mma.sync V-split walk is bound by its products' latency (bench/results/h200-2026-12-04a;
+// run 2026-12-03j: at 64 heads the whole-V wgmma walk and the mma.sync V-split one both ~3 us per chunk).
 //
 // With 64 value columns the products of a chunk no longer split evenly by columns over two warpgroups (an
 // m64n32 B operand would start inside a 128-byte swizzle atom), so the warpgroups split by product:
