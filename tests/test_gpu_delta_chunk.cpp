@@ -155,6 +155,13 @@ TEST(DeltaChunkKernel, RejectsWhatItCannotRun) {
     EXPECT_ERROR_WITH((again[0].to(torch::kFloat).sum() + again[1].sum()).backward(),
                       "ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1", "on");
     unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
+    // So is the walk's form.
+    auto third = ops::cuda::delta_chunk_recurrence(leaf(in.q), leaf(in.k), leaf(in.w), leaf(in.u), in.G,
+                                                   leaf(in.h0), 0.1);
+    setenv("ATTNLAB_DELTA_BWD_WALK_WGMMA", "yes", 1);
+    EXPECT_ERROR_WITH((third[0].to(torch::kFloat).sum() + third[1].sum()).backward(),
+                      "ATTNLAB_DELTA_BWD_WALK_WGMMA must be 0 or 1", "yes");
+    unsetenv("ATTNLAB_DELTA_BWD_WALK_WGMMA");
     unsetenv("ATTNLAB_DELTA_BWD");
   }
 }
@@ -243,6 +250,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           setenv("ATTNLAB_DELTA_BWD_OUT", bwd_out, 1);
           setenv("ATTNLAB_DELTA_BWD_LOCAL", local, 1);
           setenv("ATTNLAB_DELTA_BWD_WGMMA", "0", 1);  // the mma.sync one-pass backward: the same products
+          setenv("ATTNLAB_DELTA_BWD_WALK_WGMMA", "0", 1);  // and the mma.sync two-pass walk
           auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
           auto lq = leaf(q), lk = leaf(k), lw = leaf(w), lu = leaf(u), lh = leaf(h0);
           auto lG = gated ? leaf(G) : G;
@@ -253,6 +261,7 @@ TEST(DeltaChunkKernel, TwoPassForwardGivesTheSameBits) {
           unsetenv("ATTNLAB_DELTA_BWD_OUT");
           unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
           unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
+          unsetenv("ATTNLAB_DELTA_BWD_WALK_WGMMA");
           return std::vector<torch::Tensor>{
               out[0],    out[1],    lq.grad(), lk.grad(),
               lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
@@ -397,6 +406,66 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
       unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
       unsetenv("ATTNLAB_DELTA_FWD");
     }
+}
+
+// The two-pass backward's walk on wgmma (ATTNLAB_DELTA_BWD_WALK_WGMMA=1, the default at V-split 2 without
+// P^T do before the walk; K = V = 128, sm_90a builds) against the mma.sync walk (=0), from the same forward:
+// dq, dk, dw, du, dh0 and dG, bf16 and fp16, with and without a gate, h0 and dht (through ht's loss), one
+// short chunk, one full chunk and ragged lengths. Then both backwards timed at B = 4, T = 8192, H = 16
+// (printed, not asserted: speed is the bench's).
+TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
+  SKIP_WITHOUT_CUDA();
+  if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
+  torch::manual_seed(15);
+  auto run = [](const RecurrenceInputs& in, bool gated, const char* walk) {
+    setenv("ATTNLAB_DELTA_BWD", "two_pass", 1);
+    setenv("ATTNLAB_DELTA_BWD_LOCAL", "0", 1);
+    setenv("ATTNLAB_DELTA_BWD_WALK_WGMMA", walk, 1);
+    auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
+    auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lh = leaf(in.h0);
+    auto lG = gated ? leaf(in.G) : in.G;
+    auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, 2);
+    ((out[0].to(torch::kFloat) * in.dout).sum() + out[1].sum()).backward();
+    unsetenv("ATTNLAB_DELTA_BWD");
+    unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
+    unsetenv("ATTNLAB_DELTA_BWD_WALK_WGMMA");
+    return std::vector<torch::Tensor>{lq.grad(), lk.grad(), lw.grad(),
+                                      lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
+  };
+  for (auto dtype : {torch::kBFloat16, torch::kHalf})
+    for (bool gated : {false, true})
+      for (int64_t T : {5, 64, 333, 1000}) {
+        if (dtype == torch::kHalf && T != 333) continue;
+        auto in = recurrence_inputs(2, T, 3, 128, gated);
+        for (auto* x : {&in.q, &in.k, &in.w, &in.u}) *x = x->to(dtype);
+        const auto ref = run(in, gated, "0"), got = run(in, gated, "1");
+        const char* names[] = {"dq", "dk", "dw", "du", "dh0", "dG"};
+        for (size_t i = 0; i < ref.size(); ++i) {
+          if (!ref[i].defined()) continue;
+          const std::string what =
+              fmt::format("{} {} gated {} T {}", names[i], dtype == torch::kHalf ? "fp16" : "bf16", gated, T);
+          ASSERT_TRUE(got[i].defined()) << what;
+          EXPECT_TRUE(ops::all_finite(got[i])) << what;
+          const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
+          // Summation order and Dg's rounding (scale exp(G_t) do, where the mma.sync walk rounds Qg), then
+          // the second pass reads the 16-bit dS and dvn: a rounding step apart where those differ.
+          EXPECT_LT(e, 5e-3) << what << " rel RMS " << e;
+          std::printf("  wgmma backward walk %-32s %.2e\n", what.c_str(), e);
+        }
+      }
+  // Timing (printed only): forward + backward, the two walks.
+  auto in = recurrence_inputs(4, 8192, 16, 128, true);
+  for (const char* walk : {"0", "1"}) {
+    for (int i = 0; i < 2; ++i) run(in, true, walk);
+    torch::cuda::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) run(in, true, walk);
+    torch::cuda::synchronize();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 5;
+    std::printf("  gated f+b (v_split 2), B 4 T 8192 H 16 D 128, walk %s: %.3f ms\n",
+                *walk == '1' ? "wgmma" : "mma.sync", ms);
+  }
 }
 
 // The one-pass backward on wgmma (ATTNLAB_DELTA_BWD_WGMMA=1, the default at K = V = 128 on sm_90a builds)

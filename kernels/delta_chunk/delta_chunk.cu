@@ -1,6 +1,7 @@
 // Launchers and checks of the delta_chunk kernels (params.h).
 #include <string>
 
+#include "kernels/delta_chunk/delta_chunk_bwd_walk_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_bwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_fwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_kernels.cuh"
@@ -32,6 +33,15 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (p.G && !p.dG) return "dG must be set when G is";
     if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
     if (p.bwd_local && !p.dhs) return "bwd_local takes the two-pass backward (dhs set)";
+    if (p.bwd_walk_wgmma) {
+      if (!linear_chunk_has_wgmma())
+        return "bwd_walk_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
+      if (p.K != 128 || !p.dhs || p.v_split != 2 || p.bwd_local)
+        return "bwd_walk_wgmma takes K = V = 128 and the two-pass backward (dhs set) with v_split 2 and "
+               "bwd_local 0, got K = " +
+               std::to_string(p.K) + ", v_split " + std::to_string(p.v_split) + ", bwd_local " +
+               std::to_string(p.bwd_local) + (p.dhs ? "" : ", dhs null");
+    }
     if (p.bwd_wgmma) {
       if (!linear_chunk_has_wgmma())
         return "bwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -122,6 +132,11 @@ bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated,
   return V == 64 ? blocks <= num_sms : blocks <= num_sms && (v_split == 4 || 2 * blocks <= num_sms);
 }
 
+bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool bwd_local, int num_sms) {
+  (void)B, (void)H, (void)num_sms;
+  return V == 128 && v_split == 2 && !bwd_local;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }
@@ -200,8 +215,15 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
     err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, true>, walk,
                         BwdWalkSmem<kD, kVb, true>::kBytes, p);
   } else {
-    err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
-                        BwdWalkSmem<kD, kVb, false>::kBytes, p);
+    err = cudaErrorInvalidValue;
+    if constexpr (kD == 128 && kVb == 64) {
+      if (p.bwd_walk_wgmma)  // on wgmma (delta_chunk_bwd_walk_wgmma.cuh)
+        err = launch_kernel(&delta_bwd_walk_wgmma_kernel<T, kGated>, walk, WgBwdWalkSmem<kGated>::kBytes, p,
+                            WgBwdWalkSmem<kGated>::kThreads);
+    }
+    if (!p.bwd_walk_wgmma)
+      err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
+                          BwdWalkSmem<kD, kVb, false>::kBytes, p);
   }
   if (err != cudaSuccess) return err;
   // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless

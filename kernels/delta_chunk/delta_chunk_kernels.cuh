@@ -323,8 +323,9 @@ __device__ __forceinline__ float bwd_state_dot(
 // slice's columns): the first needs nothing of this chunk's dvn, so the two-pass walk runs it before the
 // barrier that dvn waits for, beside dvn's own products.
 template <int kD, int kVb, typename T, bool kGated>
-__device__ __forceinline__ void bwd_state_local(float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4],
-                                                uint32_t sQg, uint32_t sDo, float g_last, int warp, int lane) {
+__device__ __forceinline__ void bwd_state_local(
+    float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4], uint32_t sQg, uint32_t sDo, float g_last,
+    int warp, int lane) {
   using ST = StateTile<kD, kVb>;
   if constexpr (kGated) ST::scale(dS, __expf(g_last));
   warp_mma<ST::MT, ST::NT, kC / 16, true, true, kD, kVb, T>(dS, sQg, ST::m0(warp), 0, sDo, 0, ST::n0(warp),
@@ -639,8 +640,8 @@ struct BwdWalkSmem {
   static constexpr int kQgBytes = kLocalIn ? 0 : kTile;  // kLocalIn: the stage's q slot holds Qg (from dw)
   static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
   static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
-  static constexpr int kQg = kStages * kStage;  // [C][kD] q rows times scale exp(G_t) (!kLocalIn)
-  static constexpr int kdVn = kQg + kQgBytes;   // [C][kVb] -dvn
+  static constexpr int kQg = kStages * kStage;   // [C][kD] q rows times scale exp(G_t) (!kLocalIn)
+  static constexpr int kdVn = kQg + kQgBytes;    // [C][kVb] -dvn
   static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
   static constexpr int kP = kdS + kD * kVb * 2;  // [C][C] (!kLocalIn)
   static constexpr int kRed = kP + kPBytes;      // [kWarps] floats: the warps' <dS, S_in> shares
@@ -734,10 +735,10 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     // dS_in's terms that need no dvn, then dvn (-dvn into its tile): independent products, which the
     // compiler interleaves (the walk is bound by their latency, not their issue)
     bwd_state_local<kD, kVb, T, kGated>(dS, sQg, sst + L::kDo, g_last, warp, lane);
-    bwd_dvn<kD, kVb, T, kGated, kLocalIn, true>(smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP,
-                                                sst + L::kDo, reinterpret_cast<const float*>(stage + L::kLocal),
-                                                static_cast<T*>(p.du) + roff + v0, row_stride, rows, m0, n0o,
-                                                lane, w);
+    bwd_dvn<kD, kVb, T, kGated, kLocalIn, true>(
+        smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
+        reinterpret_cast<const float*>(stage + L::kLocal), static_cast<T*>(p.du) + roff + v0, row_stride,
+        rows, m0, n0o, lane, w);
     __syncthreads();  // -dvn, the warps' shares ready
     if (kGated && tid == 0) {
       float e = 0.f;

@@ -56,16 +56,20 @@ struct DeltaChunkParams {
                               // (delta_chunk_default_two_pass)
 
   // ---- backward
-  void* dhs = nullptr;    // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
-                          // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
-                          // the value columns, as the forward) computes dS and dU only, saving the dS
-                          // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
-                          // Same results (dG up to the order of a float sum)
-  int bwd_local = 0;      // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
-                          // every chunk at once before the walk, which then skips the scores P (float32,
-                          // parked in dq and dk until the last kernel writes them); the same bits
-                          // (delta_chunk_default_bwd_local picks it)
-  float* dsum = nullptr;  // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
+  void* dhs = nullptr;     // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
+                           // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
+                           // the value columns, as the forward) computes dS and dU only, saving the dS
+                           // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
+                           // Same results (dG up to the order of a float sum)
+  int bwd_walk_wgmma = 0;  // with dhs, v_split 2, K = V = 128 and bwd_local 0: 1 runs the two-pass walk on
+                           // Hopper's wgmma (delta_chunk_bwd_walk_wgmma.cuh, only where
+                           // linear_chunk_has_wgmma()); the same results up to summation order and one
+                           // rounding (delta_chunk_default_bwd_walk_wgmma picks it)
+  int bwd_local = 0;       // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
+                           // every chunk at once before the walk, which then skips the scores P (float32,
+                           // parked in dq and dk until the last kernel writes them); the same bits
+                           // (delta_chunk_default_bwd_local picks it)
+  float* dsum = nullptr;   // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
   void* dq = nullptr;          // [B, T, H, K] (written)
@@ -108,6 +112,11 @@ bool delta_chunk_default_two_pass_bwd(int B, int H, int V, int num_sms);
 // B * H blocks alone fill 9 in 10 multiprocessors, 2 where 2 B * H blocks do; with fewer, the mma.sync
 // walk's V-split 4 keeps more of them busy.
 int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
+
+// Whether the two-pass backward's walk runs on wgmma (DeltaChunkParams::bwd_walk_wgmma) for this shape,
+// given an sm_90a build, K = V = 128 and the walk's V-split and bwd_local choice: at V-split 2 without
+// bwd_local.
+bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool bwd_local, int num_sms);
 
 // Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local), from the walk's
 // B * H * v_split blocks, since each of them formed the scores again: gated, up to one per two
