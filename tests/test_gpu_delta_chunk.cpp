@@ -29,11 +29,13 @@ struct Case {
   torch::ScalarType dtype;
   std::string gate;  // none | weak | strong
   bool h0;
+  bool wgmma_walk = false;  // the two-pass backward with its walk on wgmma, forced (V-split 2)
 };
 
 std::string name(const Case& c) {
-  return fmt::format("B{}_T{}_H{}_D{}_{}_{}{}", c.B, c.T, c.H, c.D, c.dtype == torch::kHalf ? "fp16" : "bf16",
-                     c.gate, c.h0 ? "_h0" : "");
+  return fmt::format("B{}_T{}_H{}_D{}_{}_{}{}{}", c.B, c.T, c.H, c.D,
+                     c.dtype == torch::kHalf ? "fp16" : "bf16", c.gate, c.h0 ? "_h0" : "",
+                     c.wgmma_walk ? "_wgmma_walk" : "");
 }
 
 class DeltaChunkKernel : public ::testing::TestWithParam<Case> {};
@@ -70,7 +72,16 @@ TEST_P(DeltaChunkKernel, MatchesChunkForm) {
     r.push_back(c.h0 ? a.h0.grad() : torch::Tensor());
     return r;
   };
-  auto ref = run(torch::kFloat, ops::Impl::chunk), got = run(c.dtype, ops::Impl::kernel);
+  auto ref = run(torch::kFloat, ops::Impl::chunk);
+  const char* forced[] = {"ATTNLAB_DELTA_V_SPLIT", "ATTNLAB_DELTA_BWD", "ATTNLAB_DELTA_BWD_LOCAL",
+                          "ATTNLAB_DELTA_BWD_WALK_WGMMA"};
+  if (c.wgmma_walk) {
+    if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
+    const char* values[] = {"2", "two_pass", "0", "1"};
+    for (int i = 0; i < 4; ++i) setenv(forced[i], values[i], 1);
+  }
+  auto got = run(c.dtype, ops::Impl::kernel);
+  for (const char* var : forced) unsetenv(var);
   const char* names[] = {"o", "ht", "dq", "dk", "dv", "dbeta", "dg", "dh0"};
   // bf16 operands (and the 16-bit copies of W, U and the state) give ~3e-3; the sums into dbeta and dg a
   // little more.
@@ -95,6 +106,13 @@ std::vector<Case> cases() {
     }
   out.push_back({2, 64, 2, 128, torch::kBFloat16, "weak", true});  // one full chunk
   out.push_back({2, 5, 2, 64, torch::kBFloat16, "strong", true});  // one short chunk
+  // The two-pass backward's walk on wgmma (sm_90a builds), forced where the default takes others.
+  for (const char* gate : {"none", "weak", "strong"}) {
+    out.push_back({2, 200, 3, 128, torch::kBFloat16, gate, true, true});
+    out.push_back({1, 1000, 2, 128, torch::kBFloat16, gate, false, true});
+    out.push_back({1, 333, 2, 128, torch::kHalf, gate, true, true});
+  }
+  out.push_back({2, 64, 2, 128, torch::kBFloat16, "weak", true, true});
   return out;
 }
 
@@ -409,10 +427,10 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
 }
 
 // The two-pass backward's walk on wgmma (ATTNLAB_DELTA_BWD_WALK_WGMMA=1, the default at V-split 2 without
-// P^T do before the walk; K = V = 128, sm_90a builds) against the mma.sync walk (=0), from the same forward:
-// dq, dk, dw, du, dh0 and dG, bf16 and fp16, with and without a gate, h0 and dht (through ht's loss), one
-// short chunk, one full chunk and ragged lengths. Then both backwards timed at B = 4, T = 8192, H = 16
-// (printed, not asserted: speed is the bench's).
+// P^T do before the walk and without a gate; K = V = 128, sm_90a builds) against the mma.sync walk (=0), from
+// the same forward: dq, dk, dw, du, dh0 and dG, bf16 and fp16, with and without a gate, h0 and dht (through
+// ht's loss), one short chunk, one full chunk and ragged lengths. Then both backwards timed at B = 4, T =
+// 8192, H = 16 (printed, not asserted: speed is the bench's).
 TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
   SKIP_WITHOUT_CUDA();
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
@@ -448,8 +466,12 @@ TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
           EXPECT_TRUE(ops::all_finite(got[i])) << what;
           const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
           // Summation order and Dg's rounding (scale exp(G_t) do, where the mma.sync walk rounds Qg), then
-          // the second pass reads the 16-bit dS and dvn: a rounding step apart where those differ.
-          EXPECT_LT(e, 5e-3) << what << " rel RMS " << e;
+          // the 16-bit dS and dvn of every later chunk: two 16-bit paths whose roundings part after the
+          // first chunk, each as far from float32 as the other (the bench's rows against the chunk form,
+          // and MatchesChunkForm's wgmma_walk cases). So the bound is the kernels' own against float32,
+          // 1e-2 in bf16 and 2e-3 in fp16: run 2026-12-04d measured up to 7.8e-3 (bf16, T = 1000, 16
+          // chunks; 1.2e-3 at one chunk) and 5.4e-4 (fp16).
+          EXPECT_LT(e, dtype == torch::kHalf ? 2e-3 : 1e-2) << what << " rel RMS " << e;
           std::printf("  wgmma backward walk %-32s %.2e\n", what.c_str(), e);
         }
       }

@@ -115,8 +115,9 @@ int delta_chunk_default_fwd_wgmma(int B, int H, int V, int num_sms);
 
 // Whether the two-pass backward's walk runs on wgmma (DeltaChunkParams::bwd_walk_wgmma) for this shape,
 // given an sm_90a build, K = V = 128 and the walk's V-split and bwd_local choice: at V-split 2 without
-// bwd_local.
-bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool bwd_local, int num_sms);
+// bwd_local, and without a gate (measured on an H200, bench/results/h200-2026-12-04d).
+bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool bwd_local, bool gated,
+                                        int num_sms);
 
 // Whether the two-pass backward forms P^T do before its walk (DeltaChunkParams::bwd_local), from the walk's
 // B * H * v_split blocks, since each of them formed the scores again: gated, up to one per two

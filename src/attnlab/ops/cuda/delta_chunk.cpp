@@ -149,8 +149,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
         local = f == "1";
       }
       p.bwd_local = local ? 1 : 0;
-      // The walk on wgmma where delta_chunk_default_bwd_walk_wgmma says (V-split 2, no bwd_local, an sm_90a
-      // build), or as ATTNLAB_DELTA_BWD_WALK_WGMMA=0|1 says (read per call: the bench and a test switch it).
+      // The walk on wgmma where delta_chunk_default_bwd_walk_wgmma says (V-split 2, no bwd_local, no gate,
+      // an sm_90a build), or as ATTNLAB_DELTA_BWD_WALK_WGMMA=0|1 says (read per call: the bench and a test
+      // switch it).
       bool walk_wgmma = p.K == 128 && p.V == 128 && p.v_split == 2 && !local && kn::linear_chunk_has_wgmma();
       if (const char* ww = std::getenv("ATTNLAB_DELTA_BWD_WALK_WGMMA")) {
         const std::string f = ww;
@@ -158,8 +159,8 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                       f);
         walk_wgmma = walk_wgmma && f == "1";
       } else {
-        walk_wgmma =
-            walk_wgmma && kn::delta_chunk_default_bwd_walk_wgmma(p.B, p.H, p.V, p.v_split, local, sms);
+        walk_wgmma = walk_wgmma &&
+                     kn::delta_chunk_default_bwd_walk_wgmma(p.B, p.H, p.V, p.v_split, local, given(G), sms);
       }
       p.bwd_walk_wgmma = walk_wgmma ? 1 : 0;
       if (given(G))
