@@ -44,6 +44,31 @@ struct WgFwdSmem {
   static_assert(kBytes <= 227 * 1024, "one block per SM");
 };
 
+// Chunk c's stage of the forward walks (q when kOut, k, w; u's kUCols columns from v0; the gates), one
+// commit group either way (nothing past the last chunk). L: the kernel's shared-memory layout.
+template <typename L, typename T, bool kGated, bool kOut, int kUCols>
+__device__ __forceinline__ void wg_fwd_issue(const DeltaChunkParams& p, unsigned char* smem, int c, int nt,
+                                             int b, int h, int v0, int tid) {
+  constexpr int kD = 128;
+  if (c < nt) {
+    const int st = c % L::kStages, t0 = c * kC;
+    const uint32_t base = smem_u32(smem) + st * L::kStage;
+    const int64_t off = row_offset(b, t0, h, p.T, p.H, kD), row_stride = static_cast<int64_t>(p.H) * kD;
+    if constexpr (kOut)
+      wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
+    wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
+    wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
+#pragma unroll
+    for (int pn = 0; pn < kUCols / 64; ++pn)  // all L::kThreads threads (load_panels<64> takes 128)
+      load_tile<kC, 64, L::kThreads, T>(base + L::kU + pn * wgt::kPanel,
+                                        static_cast<const T*>(p.u) + off + v0 + 64 * pn, row_stride, p.T - t0,
+                                        tid);
+    if constexpr (kGated)
+      load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+  }
+  cp_async_commit();
+}
+
 template <typename T, bool kGated, bool kOut>
 __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChunkParams p) {
   using L = WgFwdSmem<kOut>;
@@ -59,21 +84,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   const uint32_t s0 = smem_u32(smem);
 
-  auto issue = [&](int c) {
-    if (c < nt) {
-      const int st = c % L::kStages, t0 = c * kC;
-      const uint32_t base = s0 + st * L::kStage;
-      const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
-      if constexpr (kOut)
-        wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels<kD, T>(base + L::kU, static_cast<const T*>(p.u) + off, row_stride, p.T - t0, tid);
-      if constexpr (kGated)
-        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
-    }
-    cp_async_commit();
-  };
+  auto issue = [&](int c) { wg_fwd_issue<L, T, kGated, kOut, kD>(p, smem, c, nt, b, h, 0, tid); };
 #pragma unroll
   for (int i = 0; i < L::kStages - 1; ++i) issue(i);
 
@@ -279,22 +290,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   const uint32_t s0 = smem_u32(smem);
 
-  auto issue = [&](int c) {
-    if (c < nt) {
-      const int st = c % L::kStages, t0 = c * kC;
-      const uint32_t base = s0 + st * L::kStage;
-      const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
-      if constexpr (kOut)
-        wgt::load_panels<kD, T>(base + L::kQ, static_cast<const T*>(p.q) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels<kD, T>(base + L::kK, static_cast<const T*>(p.k) + off, row_stride, p.T - t0, tid);
-      wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
-      load_tile<kC, 64, L::kThreads, T>(base + L::kU, static_cast<const T*>(p.u) + off + v0, row_stride,
-                                        p.T - t0, tid);
-      if constexpr (kGated)
-        load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
-    }
-    cp_async_commit();
-  };
+  auto issue = [&](int c) { wg_fwd_issue<L, T, kGated, kOut, 64>(p, smem, c, nt, b, h, v0, tid); };
 #pragma unroll
   for (int i = 0; i < L::kStages - 1; ++i) issue(i);
 
