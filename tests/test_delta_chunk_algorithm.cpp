@@ -207,6 +207,46 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
 }
 
 // The launchers' checks (host code): P^T do before the walk belongs to the two-pass backward only.
+// The wgmma walks' checks (host code): the half-V forward walk takes v_split 1 or 2; the backward's walk
+// on wgmma the two-pass backward at v_split 2 without bwd_local. Each names what it got.
+TEST(DeltaChunkForms, WgmmaWalksNameWhatTheyTake) {
+  namespace kn = attnlab::kernels;
+  char buf[16];  // never dereferenced by the checks
+  kn::DeltaChunkParams p;
+  p.B = p.H = 1, p.T = 100, p.K = p.V = 128;
+  p.q = p.k = p.w = p.u = p.o = buf;
+  p.fwd_wgmma = 1, p.v_split = 2;
+  if (!kn::linear_chunk_has_wgmma()) {  // a build without sm_90a code says so, whatever else is set
+    EXPECT_EQ(kn::delta_chunk_check(p, false),
+              "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)");
+    p.fwd_wgmma = 0, p.bwd_walk_wgmma = 1;
+    p.dout = p.hs = p.dhs = p.dq = p.dk = p.dw = p.du = buf;
+    EXPECT_EQ(kn::delta_chunk_check(p, true),
+              "bwd_walk_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)");
+    return;
+  }
+  for (int split : {1, 2}) {
+    p.v_split = split;
+    EXPECT_EQ(kn::delta_chunk_check(p, false), "") << split;
+  }
+  p.v_split = 4;
+  EXPECT_EQ(kn::delta_chunk_check(p, false),
+            "fwd_wgmma takes K = V = 128 and v_split 1 or 2, got K = 128, v_split 4");
+  p.fwd_wgmma = 0;
+  p.dout = p.hs = p.dq = p.dk = p.dw = p.du = buf;
+  p.bwd_walk_wgmma = 1, p.v_split = 2;
+  EXPECT_EQ(
+      kn::delta_chunk_check(p, true),
+      "bwd_walk_wgmma takes K = V = 128 and the two-pass backward (dhs set) with v_split 2 and bwd_local 0, "
+      "got K = 128, v_split 2, bwd_local 0, dhs null");
+  p.dhs = buf;
+  EXPECT_EQ(kn::delta_chunk_check(p, true), "");
+  p.bwd_local = 1;
+  EXPECT_NE(kn::delta_chunk_check(p, true).find("bwd_local 1"), std::string::npos);
+  p.bwd_local = 0, p.v_split = 4;
+  EXPECT_NE(kn::delta_chunk_check(p, true).find("v_split 4"), std::string::npos);
+}
+
 TEST(DeltaChunkForms, BwdLocalNeedsTheTwoPassBackward) {
   namespace kn = attnlab::kernels;
   char buf[16];  // never dereferenced by the checks
