@@ -144,14 +144,9 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
-          float d0 = 1.f, d1 = 1.f;
-          if constexpr (kGated) {
-            d0 = __expf(G[r] - G[col]);
-            d1 = __expf(G[r] - G[col + 1]);
-          }
-          // Selects, not branches: the mask drops even an overflow to inf where col > r.
-          const float x0 = col <= r ? A[4 * j + 2 * half] * p.scale * d0 : 0.f;
-          const float x1 = col + 1 <= r ? A[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
+          float x0 = A[4 * j + 2 * half], x1 = A[4 * j + 2 * half + 1];
+          // G is padded past T (pad_gates above), so the clamp to rows - 1 reads the same values.
+          mask_decay_pair<kGated>(x0, x1, r, col, kGated ? G[r] : 0.f, G, rows, p.scale);
           *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
         }
     } else if constexpr (kGated) {  // Y_s *= w_s = exp(G_last - G_s)

@@ -44,6 +44,42 @@ struct WgFwdSmem {
   static_assert(kBytes <= 227 * 1024, "one block per SM");
 };
 
+// This thread's gates in a chunk's m64 outputs (token rows r0, r0 + 8): G_last, G of its rows, and the row
+// factors of o (scale exp(G_t)) and of Vw (exp(G_last - G_t)). Rows past T take the last real row's G
+// (their q, k, w, u are zero), so every exp stays finite; G_last = G[rows - 1]. Without a gate: 0, scale, 1.
+struct RowGates {
+  float g_last = 0.f, gr[2] = {0.f, 0.f}, orow[2] = {0.f, 0.f}, vrow[2] = {1.f, 1.f};
+};
+template <bool kGated>
+__device__ __forceinline__ RowGates row_gates(const float* G, int rows, int r0, float scale) {
+  RowGates g;
+  g.orow[0] = g.orow[1] = scale;
+  if constexpr (kGated) {
+    g.g_last = G[rows - 1];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      g.gr[half] = G[min(r0 + 8 * half, rows - 1)];
+      g.orow[half] = scale * __expf(g.gr[half]);
+      g.vrow[half] = __expf(g.g_last - g.gr[half]);
+    }
+  }
+  return g;
+}
+
+// The scores pair (row r, columns col and col + 1) in place: scale (q_t . k_s) exp(G_t - G_s) for s <= t,
+// else 0, with gr = G of row r. Selects, not branches: the mask drops even an overflow to inf where col > r.
+template <bool kGated>
+__device__ __forceinline__ void mask_decay_pair(float& a0, float& a1, int r, int col, float gr,
+                                                const float* G, int rows, float scale) {
+  float d0 = 1.f, d1 = 1.f;
+  if constexpr (kGated) {
+    d0 = __expf(gr - G[min(col, rows - 1)]);
+    d1 = __expf(gr - G[min(col + 1, rows - 1)]);
+  }
+  a0 = col <= r ? a0 * scale * d0 : 0.f;
+  a1 = col + 1 <= r ? a1 * scale * d1 : 0.f;
+}
+
 // Chunk c's stage of the forward walks (q when kOut, k, w; u's kUCols columns from v0; the gates), one
 // commit group either way (nothing past the last chunk). L: the kernel's shared-memory layout.
 template <typename L, typename T, bool kGated, bool kOut, int kUCols>
@@ -114,19 +150,9 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
       wgmma::commit();
     }
 
-    // Under the products: the gates this thread needs. Rows past T take the last real row's G (their q, k, w,
-    // u are zero), so every exp stays finite; G_last = G[rows - 1].
+    // Under the products: the gates this thread needs.
     const float* G = reinterpret_cast<const float*>(stage + L::kG);
-    float g_last = 0.f, gr[2] = {0.f, 0.f}, orow[2] = {p.scale, p.scale}, vrow[2] = {1.f, 1.f};
-    if constexpr (kGated) {
-      g_last = G[rows - 1];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        gr[half] = G[min(r0 + 8 * half, rows - 1)];
-        orow[half] = p.scale * __expf(gr[half]);
-        vrow[half] = __expf(g_last - gr[half]);
-      }
-    }
+    const RowGates rg = row_gates<kGated>(G, rows, r0, p.scale);
 
     wgmma::wait<kOut ? 1 : 0>();  // X
     // vn = U - X over this warpgroup's value columns (panel wg of U, vn and Vw): each thread reads and
@@ -141,7 +167,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
         *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(a, e);
         if constexpr (kGated)
           *reinterpret_cast<uint32_t*>(smem + L::kVw + off) =
-              MmaType<T>::pack(a * vrow[half], e * vrow[half]);
+              MmaType<T>::pack(a * rg.vrow[half], e * rg.vrow[half]);
       }
 
     if constexpr (kOut) {
@@ -153,14 +179,8 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
         for (int half = 0; half < 2; ++half) {
           if ((j & 1) != wg) continue;  // compile-time j, warpgroup-uniform test
           const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
-          float d0 = 1.f, d1 = 1.f;
-          if constexpr (kGated) {
-            d0 = __expf(gr[half] - G[min(col, rows - 1)]);
-            d1 = __expf(gr[half] - G[min(col + 1, rows - 1)]);
-          }
-          // Selects, not branches: the mask drops even an overflow to inf where col > r.
-          const float x0 = col <= r ? P[4 * j + 2 * half] * p.scale * d0 : 0.f;
-          const float x1 = col + 1 <= r ? P[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
+          float x0 = P[4 * j + 2 * half], x1 = P[4 * j + 2 * half + 1];
+          mask_decay_pair<kGated>(x0, x1, r, col, rg.gr[half], G, rows, p.scale);
           *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
         }
     }
@@ -176,7 +196,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
     __syncthreads();             // they are whole; every read of the state copy by X and hs is done
 
     if constexpr (kGated) {
-      const float d = __expf(g_last);
+      const float d = __expf(rg.g_last);
 #pragma unroll
       for (int i = 0; i < kD / 2; ++i) S[i] *= d;
     }
@@ -194,7 +214,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_kernel(const DeltaChun
     const int64_t off = row_offset(b, t0, h, p.T, p.H, kD);
     if constexpr (kOut) {
       wgmma::wait<1>();  // q S
-      wgt::scale_acc(O, orow);
+      wgt::scale_acc(O, rg.orow);
       wgmma::fence();
       wgt::scores_times<T>(O, s0 + L::kP, s0 + L::kVn, wg);
       wgmma::commit();
@@ -326,18 +346,8 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
     if (!kOut || hs)
       store_tile<kD, 64, L::kThreads, T>(hs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kS, kD, tid);
 
-    // The gates this thread needs; rows past T take the last real row's G (their q, k, w, u are zero).
     const float* G = reinterpret_cast<const float*>(stage + L::kG);
-    float g_last = 0.f, gr[2] = {0.f, 0.f}, orow[2] = {p.scale, p.scale}, vrow[2] = {1.f, 1.f};
-    if constexpr (kGated) {
-      g_last = G[rows - 1];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        gr[half] = G[min(r0 + 8 * half, rows - 1)];
-        orow[half] = p.scale * __expf(gr[half]);
-        vrow[half] = __expf(g_last - gr[half]);
-      }
-    }
+    const RowGates rg = row_gates<kGated>(G, rows, r0, p.scale);  // the gates this thread needs
 
     uint32_t pf[4][4];  // warpgroup 1: P masked and decayed, as the A fragments of P vn (k16 step kq)
     if (wg == 0) {
@@ -352,7 +362,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
           *reinterpret_cast<uint32_t*>(smem + L::kVn + off) = MmaType<T>::pack(x0, x1);
           if constexpr (kGated)
             *reinterpret_cast<uint32_t*>(smem + L::kVw + off) =
-                MmaType<T>::pack(x0 * vrow[half], x1 * vrow[half]);
+                MmaType<T>::pack(x0 * rg.vrow[half], x1 * rg.vrow[half]);
         }
     } else if constexpr (kOut) {
       wgmma::wait<1>();  // P
@@ -360,15 +370,8 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
-          float d0 = 1.f, d1 = 1.f;
-          if constexpr (kGated) {
-            d0 = __expf(gr[half] - G[min(col, rows - 1)]);
-            d1 = __expf(gr[half] - G[min(col + 1, rows - 1)]);
-          }
-          // Selects, not branches: the mask drops even an overflow to inf where col > r.
-          A[4 * j + 2 * half] = col <= r ? A[4 * j + 2 * half] * p.scale * d0 : 0.f;
-          A[4 * j + 2 * half + 1] = col + 1 <= r ? A[4 * j + 2 * half + 1] * p.scale * d1 : 0.f;
+          mask_decay_pair<kGated>(A[4 * j + 2 * half], A[4 * j + 2 * half + 1], r0 + 8 * half,
+                                  wgt::acc_col(j, lane), rg.gr[half], G, rows, p.scale);
         }
 #pragma unroll
       for (int kq = 0; kq < 4; ++kq)
@@ -378,13 +381,13 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
           pf[kq][r] = MmaType<T>::pack(A[i], A[i + 1]);
         }
       wgmma::wait<0>();  // q S
-      wgt::scale_acc(O, orow);
+      wgt::scale_acc(O, rg.orow);
     }
     wgmma::fence_proxy_async();  // vn, Vw
     __syncthreads();             // they are whole; every read of the state copy (X, q S, hs) is done
 
     if constexpr (kGated) {
-      const float d = __expf(g_last);
+      const float d = __expf(rg.g_last);
 #pragma unroll
       for (int i = 0; i < 32; ++i) S[i] *= d;
     }
