@@ -112,5 +112,7 @@ if [ "${NCU:-0}" = 1 ]; then
     > "$RESULTS/ncu.csv" 2> "$OUT/ncu.log"
   el "ncu rc $?"; python3 bench/ncu_summary.py "$RESULTS/ncu.csv" --top 30 | tee "$OUT/ncu_summary.txt"
 fi
+# NCU_SPECS="delta_rule:128:32768 ...": per-kernel times of those op:D:T shapes (ncu_times.txt), as gpu_ncu_times.sh.
+if [ -n "${NCU_SPECS:-}" ]; then ncu_times_stage "$NCU_SPECS"; grep -E "^====|delta" "$RESULTS/ncu_times.txt" | head -n 40; fi
 # PERF30M=1: also the 30M model's training step beside PyTorch eager (gpu_common.sh), in the same build.
 if [ "${PERF30M:-0}" = 1 ]; then perf30m_stage; fi

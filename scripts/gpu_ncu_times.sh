@@ -8,14 +8,5 @@
 source "$(dirname "$0")/gpu_common.sh"
 gpu_build_cli
 SPECS=${SPECS:-"gated_delta_rule:128:512 gated_delta_rule:128:2048 gated_delta_rule:128:8192 gated_delta_rule:64:2048 gated_delta_rule:64:8192 gated_delta_rule:64:32768 delta_rule:128:2048 delta_rule:128:32768"}
-: > "$RESULTS/ncu_times.txt"
-for spec in $SPECS; do
-  IFS=: read -r op d t <<< "$spec"
-  csv="$OUT/ncu_${op}_${d}_${t}.csv"
-  stage 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
-    -k "regex:${NCU_REGEX:-attnlab::kernels}" "$BUILD/attnlab" bench ops --ops "$op" --dtype bf16 --head-dims "$d" \
-    --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 > "$csv" 2> "$OUT/ncu_${op}_${d}_${t}.log"
-  el "ncu $spec rc $?"
-  { echo "==== $spec (B * T = 32768, H = 16, bf16)"; python3 bench/ncu_summary.py "$csv" --top 20; } >> "$RESULTS/ncu_times.txt"
-done
+ncu_times_stage "$SPECS"
 cat "$RESULTS/ncu_times.txt"

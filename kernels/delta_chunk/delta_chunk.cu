@@ -179,7 +179,7 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
     return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
   // two passes: the walk (states and vn), then o for every chunk at once
   cudaError_t err =
-      launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb>::kBytes, p);
+      launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb, false>::kBytes, p);
   if (err != cudaSuccess) return err;
   return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
                        OutSmem<kD>::kBytes, p);

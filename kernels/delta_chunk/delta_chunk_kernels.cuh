@@ -54,17 +54,26 @@ __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned cha
 // The value columns of the state evolve independently given W and U (vn = U - W S column by column), so
 // the forward may split them: block (x, h, b) owns columns x kVb .. + kVb (kVb = kD: no split), and every
 // block recomputes the chunk's q k^T scores (cheap next to the state products).
-template <int kD, int kVb>
+// kOut: the one-pass kernel's layout (q in each stage, P, two stages). !kOut, the state pass: no q and no
+// P, and as many stages as fit (up to 4). Its blocks are few (it is taken for few heads), one per SM, so
+// nothing else on the SM hides a copy's latency: with two stages the next chunk's copies had one chunk's
+// time (~1.2 us at D = 128, 32-column slices) to land.
+template <int kD, int kVb, bool kOut = true>
 struct FwdSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kVTile = kC * kVb * 2;
-  static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kU = 3 * kTile, kG = 3 * kTile + kVTile;
+  static constexpr int kQ = 0, kK = kOut ? kTile : 0, kW = kK + kTile, kU = kW + kTile, kG = kU + kVTile;
   static constexpr int kStage = kG + kC * 4;
-  static constexpr int kS = 2 * kStage;          // [kD][kVb] entering state, 16-bit
+  static constexpr int kPBytes = kOut ? kC * kC * 2 : 0;
+  static constexpr int kRest = kD * kVb * 2 + 2 * kVTile + kPBytes;
+  static constexpr int kFit = (227 * 1024 - kRest) / kStage;
+  static constexpr int kStages = kOut ? 2 : (kFit < 4 ? kFit : 4);
+  static_assert(kStages >= 2, "the forward walk needs two stages");
+  static constexpr int kS = kStages * kStage;    // [kD][kVb] entering state, 16-bit
   static constexpr int kVn = kS + kD * kVb * 2;  // [C][kVb] vn
   static constexpr int kVw = kVn + kVTile;       // [C][kVb] vn rows times exp(G_last - G_s)
-  static constexpr int kP = kVw + kVTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t
-  static constexpr int kBytes = kP + kC * kC * 2;
+  static constexpr int kP = kVw + kVTile;        // [C][C] scale (q.k) exp(G_t - G_s), s <= t (kOut)
+  static constexpr int kBytes = kP + kPBytes;
   // The one-pass kernel's second state copy where it fits (every shape but D = kVb = 128): chunk c reads
   // copy c % 2 and writes copy (c + 1) % 2, which saves the barrier before the rewrite.
   static constexpr int kS2 = kBytes;
@@ -78,7 +87,7 @@ struct FwdSmem {
 template <int kD, int kVb, typename T, bool kGated, bool kOut = true>
 __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     delta_fwd_kernel(const DeltaChunkParams p) {
-  using L = FwdSmem<kD, kVb>;
+  using L = FwdSmem<kD, kVb, kOut>;
   using ST = StateTile<kD, kVb>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -90,7 +99,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
 
   auto issue = [&](int c) {
     if (c < nt) {
-      const int st = c & 1, t0 = c * kC;
+      const int st = c % L::kStages, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
       if constexpr (kOut) load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
@@ -106,7 +115,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
   constexpr bool kTwoS = kOut && L::kTwoStates;
   auto s_copy = [](int c) { return kTwoS && (c & 1) ? L::kS2 : L::kS; };  // chunk c's entering state copy
   issue(0);
-  if constexpr (!kTwoS) issue(1);
+  if constexpr (!kOut) {
+    for (int i = 1; i < L::kStages - 1; ++i) issue(i);
+  } else if constexpr (!kTwoS) {
+    issue(1);
+  }
 
   float S[ST::MT][ST::NT][4];
   ST::load(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, warp, lane, kD);
@@ -120,11 +133,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
   // after (o = q S), so it writes the other copy (kTwoS; the next chunk's first barrier orders both), or,
   // at D = kVb = 128 where one copy fills the shared memory, takes a third barrier before the rewrite.
   if constexpr (!kOut) {
-    cp_async_wait<1>();
+    cp_async_wait<L::kStages - 2>();
     __syncthreads();  // chunk 0's stage, the state copy
   }
   for (int c = 0; c < nt; ++c) {
-    const int st = c & 1, t0 = c * kC, rows = min(kC, p.T - t0);
+    const int st = c % L::kStages, t0 = c * kC, rows = min(kC, p.T - t0);
     const uint32_t sst = s0 + st * L::kStage;
     unsigned char* stage = smem + st * L::kStage;
     float* G = reinterpret_cast<float*>(stage + L::kG);
@@ -136,6 +149,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     } else if constexpr (kOut) {
       cp_async_wait<1>();
       __syncthreads();
+    } else {
+      issue(c + L::kStages - 1);  // into chunk c - 1's stage, whose reads are behind the last barrier
     }
     if (kGated && rows < kC) {
       pad_gates(G, rows, tid);
@@ -177,10 +192,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
       store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
     } else {
       store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
-      cp_async_wait<0>();  // chunk c + 1's stage: the only copies in flight
-      __syncthreads();     // it and the state copy ready; every read of this stage, vn and Vw is done
+      cp_async_wait<L::kStages - 2>();  // chunk c + 1's stage (the later ones may still be in flight)
+      __syncthreads();  // it and the state copy ready; every read of this stage, vn and Vw is done
     }
-    if constexpr (!kTwoS) issue(c + 2);
+    if constexpr (kOut && !kTwoS) issue(c + 2);
   }
   cp_async_wait<0>();
   if (p.ht) ST::store(p.ht + bh * kD * kD + v0, S, warp, lane, kD);
@@ -558,9 +573,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // float32 in dhs (which fits only at D = 128).
 //
 // The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the entering state
-// slice when gated, the gates) form one stage; where two stages fit in the 227 KB a block may have (the
-// V-splits), the next chunk's stage loads while this one is computed, since the walk's blocks are few and
-// nothing else on the SM would hide the copies' latency.
+// slice when gated, the gates) form one stage; as many stages as fit in the 227 KB a block may have, up to
+// four (three at D = 128 with 32-column slices, two with 64, one unsplit), load ahead while this chunk is
+// computed, since the walk's blocks are few and nothing else on the SM would hide the copies' latency: with
+// two stages the copies of chunk c - 1 had one chunk's time (~1.8 us at D = 128, 32 columns) to land.
 
 // Shared memory of delta_bwd_local_kernel: q, k, do and the scores (58 KB at D = 128).
 template <int kD>
@@ -639,7 +655,9 @@ struct BwdWalkSmem {
   static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
   static constexpr int kQgBytes = kLocalIn ? 0 : kTile;  // kLocalIn: the stage's q slot holds Qg (from dw)
   static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
-  static constexpr int kStages = 2 * kStage + kRest <= 227 * 1024 ? 2 : 1;
+  // As many stages as fit, up to 4 (3 at D = 128 with 32-column slices, 2 with 64, 1 unsplit).
+  static constexpr int kFit = (227 * 1024 - kRest) / kStage;
+  static constexpr int kStages = kFit < 4 ? kFit : 4;
   static constexpr int kQg = kStages * kStage;   // [C][kD] q rows times scale exp(G_t) (!kLocalIn)
   static constexpr int kdVn = kQg + kQgBytes;    // [C][kVb] -dvn
   static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
@@ -663,7 +681,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
   const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD + v0;
   T* dhs = static_cast<T*>(p.dhs) + bh * nt * kD * kD + v0;
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
-  auto stage_of = [](int c) { return L::kStages == 2 ? (c & 1) * L::kStage : 0; };
+  auto stage_of = [](int c) { return (c % L::kStages) * L::kStage; };
   auto issue = [&](int c) {  // chunk c's stage (nothing for c < 0), one commit group either way
     if (c >= 0) {
       const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
@@ -700,7 +718,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
   store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, value columns of the slice
-  if (L::kStages == 2) issue(nt - 1);
+  for (int i = 1; i < L::kStages; ++i) issue(nt - i);  // chunks nt - 1 .. nt - kStages + 1
   for (int c = nt - 1; c >= 0; --c) {
     const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
     const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
@@ -708,10 +726,11 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     unsigned char* stage = smem + st;
     float* G = reinterpret_cast<float*>(stage + L::kG);
     if (L::kStages == 1) issue(c);
-    cp_async_wait<0>();
+    cp_async_wait<(L::kStages > 1 ? L::kStages - 2 : 0)>();  // chunk c's stage (later ones may be in flight)
     __syncthreads();  // the tiles, and the 16-bit dS written at the end of the last chunk (or before the
                       // walk); every read of the other stage (the chunk after this one) is done
-    if (L::kStages == 2) issue(c - 1);
+    // chunk c - kStages + 1 into chunk c + 1's stage (nothing for a chunk below 0, still one commit group)
+    if (L::kStages > 1) issue(c - L::kStages + 1);
     // the dS this chunk uses, saved for the second pass
     store_tile<kD, kVb, kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
     if (kGated && rows < kC) {
