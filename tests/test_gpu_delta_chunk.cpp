@@ -13,6 +13,7 @@
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
+#include "attnlab/ops/cuda/cuda_util.h"
 #include "attnlab/ops/cuda/delta_chunk.h"
 #include "attnlab/ops/delta_rule.h"
 #include "kernels/linear_chunk/params.h"
@@ -564,6 +565,76 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
     unsetenv("ATTNLAB_DELTA_BWD_WGMMA");
   }
   unsetenv("ATTNLAB_DELTA_BWD");
+}
+
+// The streamed forward (ATTNLAB_DELTA_STREAM=1: delta_wy on a side stream, chunk-major with ready flags, the
+// walk reading each chunk as it is posted) against the plain one (=0), through the ops with autograd: o, ht
+// and every gradient the same bits (dg, whose backward sums with float atomics, to 1e-5). Few heads (the
+// walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
+// sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16. Then a shape
+// whose walk would fill the GPU, where the setting is refused and the plain forward runs.
+TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(31);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  struct S {
+    int64_t B, T, H, D;
+    torch::ScalarType dt;
+  };
+  const std::vector<S> shapes = {{1, 100, 3, 64, torch::kBFloat16},   {1, 5000, 2, 128, torch::kBFloat16},
+                                 {2, 1333, 2, 128, torch::kHalf},     {1, 5000, 3, 64, torch::kHalf},
+                                 {16, 200, 16, 128, torch::kBFloat16}};
+  for (const auto& sh : shapes)
+    for (bool gated : {false, true}) {
+      auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
+      auto beta = torch::sigmoid(torch::randn({sh.B, sh.T, sh.H}, f));
+      auto g = torch::log_sigmoid(torch::randn({sh.B, sh.T, sh.H}, f) + 2) / 8;
+      auto dout = torch::randn({sh.B, sh.T, sh.H, sh.D}, f);
+      auto run = [&](const char* stream) {
+        setenv("ATTNLAB_DELTA_STREAM", stream, 1);
+        ops::RecurrentArgs a;
+        a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
+        a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
+        if (gated) a.g = g.detach().requires_grad_(true);
+        a.output_final_state = true;
+        const bool streamed = ops::cuda::delta_chunk_streams_wy(a.q, a.v, gated);
+        auto out = gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
+        ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
+        unsetenv("ATTNLAB_DELTA_STREAM");
+        std::vector<torch::Tensor> r{out.o.detach(), out.ht.detach(), a.q.grad(), a.k.grad(), a.v.grad(),
+                                     a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
+        return std::make_pair(streamed, r);
+      };
+      const auto [plain_streamed, plain] = run("0");
+      const auto [streamed, got] = run("1");
+      // the walk's blocks (V-split 4 at D = 128, 2 at 64) would leave delta_wy no SM
+      const bool fills = sh.B * sh.H * 4 >= ops::cuda::sm_count(0);
+      const std::string what0 = fmt::format("B {} T {} H {} D {} gated {}", sh.B, sh.T, sh.H, sh.D, gated);
+      EXPECT_FALSE(plain_streamed) << what0;
+      EXPECT_EQ(streamed, !fills) << what0 << ": ATTNLAB_DELTA_STREAM=1 taken where the walk "
+                                  << (fills ? "fills the GPU" : "leaves SMs free") << " (or not)";
+      const char* names[] = {"o", "ht", "dq", "dk", "dv", "dbeta", "dg"};
+      for (size_t i = 0; i < plain.size(); ++i) {
+        if (!plain[i].defined()) continue;
+        const std::string what = fmt::format("{}: {}", what0, names[i]);
+        ASSERT_TRUE(got[i].defined()) << what;
+        EXPECT_TRUE(ops::all_finite(got[i])) << what;
+        if (i == 6) {
+          EXPECT_LT(ops::rel_rms_error(got[i], plain[i]), 1e-5) << what;
+        } else {
+          EXPECT_TRUE(torch::equal(got[i], plain[i]))
+              << what << " (rel RMS " << ops::rel_rms_error(got[i], plain[i]) << ")";
+        }
+      }
+    }
+  setenv("ATTNLAB_DELTA_STREAM", "maybe", 1);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({1, 64, 2, 64}, f).to(torch::kBFloat16), a.k = a.q, a.v = a.q;
+  a.beta = torch::sigmoid(torch::randn({1, 64, 2}, f));
+  EXPECT_THROW(ops::delta_rule(a, ops::Impl::kernel), Error);
+  unsetenv("ATTNLAB_DELTA_STREAM");
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
+  if (!backward && p.wy_ready && p.fwd_wgmma) return "wy_ready takes the mma.sync walk (fwd_wgmma 0)";
   if (!backward && p.fwd_wgmma) {
     if (!linear_chunk_has_wgmma())
       return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -141,6 +142,13 @@ bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool b
   return V == 128 && v_split == 2 && !bwd_local && !gated;
 }
 
+bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms) {
+  // The walk's blocks spin on delta_wy's flags, so the producer must keep SMs of its own: at most half of
+  // them taken by the walk (at 16 heads, V-split 4: 64 of 132). Measured: docs/kernels.md, "Streamed forward".
+  const long long blocks = static_cast<long long>(B) * H * v_split;
+  return !fwd_wgmma && two_pass && 2 * blocks <= num_sms;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }
@@ -175,12 +183,17 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
                            OutSmem<kD>::kBytes, p);
     }
   }
-  if (!p.vn)
-    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
+  if (!p.vn) {
+    cudaError_t err =
+        launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
+    if (err == cudaSuccess && p.wy_done) err = cudaStreamWaitEvent(p.stream, p.wy_done, 0);
+    return err;
+  }
   // two passes: the walk (states and vn), then o for every chunk at once
   cudaError_t err =
       launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb, false>::kBytes, p);
   if (err != cudaSuccess) return err;
+  if (p.wy_done && (err = cudaStreamWaitEvent(p.stream, p.wy_done, 0)) != cudaSuccess) return err;
   return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
                        OutSmem<kD>::kBytes, p);
 }

@@ -6,6 +6,7 @@
 // matrices. Built on linear_chunk's building blocks (warp products on swizzled tiles, state tiles).
 #pragma once
 
+#include "kernels/common/flags.cuh"
 #include "kernels/delta_chunk/params.h"
 #include "kernels/linear_chunk/linear_chunk_common.cuh"
 
@@ -55,9 +56,10 @@ __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned cha
 // the forward may split them: block (x, h, b) owns columns x kVb .. + kVb (kVb = kD: no split), and every
 // block recomputes the chunk's q k^T scores (cheap next to the state products).
 // kOut: the one-pass kernel's layout (q in each stage, P, two stages). !kOut, the state pass: no q and no
-// P, and as many stages as fit (up to 4). Its blocks are few (it is taken for few heads), one per SM, so
-// nothing else on the SM hides a copy's latency: with two stages the next chunk's copies had one chunk's
-// time (~1.2 us at D = 128, 32-column slices) to land.
+// P, and kStatePassStages stages where they fit. Four stages (run 2026-12-04e) left its time where it was
+// (ncu, DeltaNet D128 T = 32768: 600 -> 615 us): its chunk step is bound by the latency of its two dependent
+// products, not by the copies, and two stages leave room for delta_wy's blocks beside it (streamed forward).
+constexpr int kStatePassStages = 2;
 template <int kD, int kVb, bool kOut = true>
 struct FwdSmem {
   static constexpr int kTile = kC * kD * 2;
@@ -67,7 +69,7 @@ struct FwdSmem {
   static constexpr int kPBytes = kOut ? kC * kC * 2 : 0;
   static constexpr int kRest = kD * kVb * 2 + 2 * kVTile + kPBytes;
   static constexpr int kFit = (227 * 1024 - kRest) / kStage;
-  static constexpr int kStages = kOut ? 2 : (kFit < 4 ? kFit : 4);
+  static constexpr int kStages = kOut ? 2 : (kFit < kStatePassStages ? kFit : kStatePassStages);
   static_assert(kStages >= 2, "the forward walk needs two stages");
   static constexpr int kS = kStages * kStage;    // [kD][kVb] entering state, 16-bit
   static constexpr int kVn = kS + kD * kVb * 2;  // [C][kVb] vn
@@ -99,6 +101,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
 
   auto issue = [&](int c) {
     if (c < nt) {
+      if (p.wy_ready) wait_flag(p.wy_ready + bh * nt + c);  // w, u, G of chunk c stored (streamed forward)
       const int st = c % L::kStages, t0 = c * kC;
       const uint32_t base = s0 + st * L::kStage;
       if constexpr (kOut) load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);

@@ -54,6 +54,13 @@ struct DeltaChunkParams {
                               // only, then one block per chunk computes o from them (all chunks at once).
                               // Same results, bit for bit; faster where B * H blocks leave SMs idle
                               // (delta_chunk_default_two_pass)
+  const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the mma.sync walk
+                                  // (fwd_wgmma 0) waits for chunk n's flag before it reads that chunk's w, u
+                                  // and G: delta_wy's forward (DeltaWyParams::ready) is still writing them,
+                                  // on another stream, while the walk runs. Only where the walk's blocks
+                                  // leave SMs free for the producer (delta_chunk_default_stream_wy)
+  cudaEvent_t wy_done = nullptr;  // with wy_ready: the producer's completion, which the launcher makes
+                                  // p.stream wait for after the walk (the output pass reads G)
 
   // ---- backward
   void* dhs = nullptr;     // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
@@ -124,6 +131,12 @@ bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool b
 // multiprocessors at V = 128 and one per multiprocessor at V = 64; without a gate, up to one per two at
 // V = 128 only (measured on an H200, bench/results/h200-2026-12-03h).
 bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated, int num_sms);
+
+// Whether the forward's walk should run at the same time as delta_wy's forward (DeltaChunkParams::wy_ready)
+// for this shape: where it is the two-pass mma.sync walk (fwd_wgmma 0; two_pass, v_split as chosen) and its
+// B * H * v_split blocks take at most half the multiprocessors, so the producer has the rest. Never where
+// the walk's blocks would not leave a multiprocessor free (the walk spins on the producer's flags).
+bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms);
 
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);

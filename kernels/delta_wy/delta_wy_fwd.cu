@@ -3,6 +3,7 @@
 // K and V enter the tensor cores exactly as given and nothing but W and U themselves is rounded to 16 bits.
 #include <string>
 
+#include "kernels/common/flags.cuh"
 #include "kernels/delta_wy/delta_wy_common.cuh"
 
 namespace attnlab::kernels {
@@ -17,6 +18,9 @@ std::string delta_wy_check(const DeltaWyParams& p, bool backward) {
   if (!p.k || !p.v || !p.beta) return "k, v and beta must be set";
   if (!backward && (!p.w || !p.u)) return "w and u must be set";
   if (!backward && p.g && !p.G) return "G must be set when g is";
+  if (!backward && p.ready && (linear_chunk_count(p.T) > 65535 || static_cast<long long>(p.B) * p.H > 2147483647))
+    return "ready (the chunk-major grid) takes at most 65535 chunks and 2^31 - 1 heads, got " +
+           std::to_string(linear_chunk_count(p.T)) + " chunks";
   if (backward) {
     if (!p.dw || !p.du || !p.dk || !p.dv || !p.dbeta) return "dw, du, dk, dv and dbeta must be set";
     if (p.g && !p.dg) return "dg must be set when g is";
@@ -68,7 +72,9 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   using L = FwdSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // p.ready: grid (B * H, chunks), so that the blocks run chunk by chunk (the walk's order); else (chunks, H, B)
+  const int n = p.ready ? blockIdx.y : blockIdx.x;
+  const int h = p.ready ? blockIdx.x % p.H : blockIdx.y, b = p.ready ? blockIdx.x / p.H : blockIdx.z;
   const int t0 = n * kC, rows = min(kC, p.T - t0);
   const uint32_t s0 = smem_u32(smem);
   float* beta = reinterpret_cast<float*>(smem + L::kBeta);
@@ -116,6 +122,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   }
   lower_times<kD, T>(static_cast<T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,
                      s0 + L::kV, rows, warp, lane);
+  if (p.ready) {
+    __syncthreads();  // every store of W, U (and G) is done
+    if (tid == 0) post_flag(p.ready + (static_cast<int64_t>(b) * p.H + h) * linear_chunk_count(p.T) + n);
+  }
 }
 
 }  // namespace delta_wy
@@ -125,7 +135,8 @@ cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p) {
   using namespace delta_wy;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
     auto* kernel = p.g ? &delta_wy_fwd_kernel<kD, T, true> : &delta_wy_fwd_kernel<kD, T, false>;
-    return launch_kernel(kernel, dim3(linear_chunk_count(p.T), p.H, p.B), FwdSmem<kD>::kBytes, p);
+    const int nt = linear_chunk_count(p.T);
+    return launch_kernel(kernel, p.ready ? dim3(p.B * p.H, nt) : dim3(nt, p.H, p.B), FwdSmem<kD>::kBytes, p);
   });
 }
 

@@ -215,10 +215,15 @@ RecurrentOut via_chunk_kernel(const char* op, const RecurrentArgs& a, bool gated
 #ifdef ATTNLAB_WITH_CUDA
   const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(static_cast<double>(a.q.size(3)));
   check_kernel_args(op, a, gated);
-  auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor());
+  // The streamed forward where the walk leaves SMs idle (cuda::delta_chunk_streams_wy): the preparation runs
+  // on a side stream while the walk takes each chunk's factors as they are stored. Nothing between the two
+  // calls may read W, U, G (the fork joins the default stream in the second call, or on leaving this scope).
+  cuda::WyFork fork;
+  const bool streamed = cuda::delta_chunk_streams_wy(a.q, a.v, gated);
+  auto wy = cuda::delta_wy_prepare(a.k, a.v, a.beta, gated ? a.g : torch::Tensor(), streamed ? &fork : nullptr);
   torch::Tensor W = wy[0], U = wy[1],
                 G = gated ? wy[2] : torch::Tensor();  // [B, T, H, K], [.., V], [B, T, H]
-  auto out = cuda::delta_chunk_recurrence(a.q, a.k, W, U, G, a.h0, scale);
+  auto out = cuda::delta_chunk_recurrence(a.q, a.k, W, U, G, a.h0, scale, 0, streamed ? &fork : nullptr);
   RecurrentOut r;
   r.o = out[0].to(a.v.scalar_type());
   if (a.output_final_state) r.ht = out[1];

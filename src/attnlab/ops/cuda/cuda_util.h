@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <mutex>
 
 #include "attnlab/core/error.h"
 
@@ -49,6 +50,42 @@ inline int compute_major(int device) {
   check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute_major",
              "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
   return major;
+}
+
+// One of two streams per device that the bindings run work on beside the legacy default stream (the streamed
+// delta forward: delta_wy on the low-priority one, the walk that waits for it on the high-priority one, so
+// that the walk's blocks are placed first). Non-blocking (no implicit order with the default stream: the
+// callers order them with events), created once per device and kept for the process.
+inline cudaStream_t side_stream(int device, bool high_priority) {
+  constexpr int kMaxDevices = 64;
+  static cudaStream_t streams[kMaxDevices][2] = {};
+  static std::mutex mu;
+  ATTNLAB_CHECK(device >= 0 && device < kMaxDevices, "side_stream: device {} out of 0..{}", device,
+                kMaxDevices - 1);
+  std::lock_guard<std::mutex> lock(mu);
+  cudaStream_t& s = streams[device][high_priority ? 1 : 0];
+  if (!s) {
+    int lo = 0, hi = 0;
+    check_cuda(cudaDeviceGetStreamPriorityRange(&lo, &hi), "side_stream", "cudaDeviceGetStreamPriorityRange");
+    check_cuda(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, high_priority ? hi : lo), "side_stream",
+               "cudaStreamCreateWithPriority");
+  }
+  return s;
+}
+
+// An event recorded on `stream` now (no timing), for another stream to wait on; the caller destroys it.
+inline cudaEvent_t record_event(cudaStream_t stream, const char* op) {
+  cudaEvent_t e = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), op, "cudaEventCreateWithFlags");
+  check_cuda(cudaEventRecord(e, stream), op, "cudaEventRecord");
+  return e;
+}
+
+// `waiter` waits for everything queued on `stream` so far.
+inline void stream_after(cudaStream_t waiter, cudaStream_t stream, const char* op) {
+  cudaEvent_t e = record_event(stream, op);
+  check_cuda(cudaStreamWaitEvent(waiter, e, 0), op, "cudaStreamWaitEvent");
+  check_cuda(cudaEventDestroy(e), op, "cudaEventDestroy");  // released once it has completed
 }
 
 // Absent optional inputs (g, h0, ...) cross the bindings' autograd Functions as empty tensors: libtorch

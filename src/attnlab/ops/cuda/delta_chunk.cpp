@@ -8,6 +8,7 @@
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
 #include "attnlab/ops/cuda/cuda_util.h"
+#include "attnlab/ops/cuda/delta_wy.h"
 #include "attnlab/ops/cuda/linear_chunk.h"
 #include "kernels/delta_chunk/params.h"
 
@@ -17,16 +18,14 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "delta_chunk";
 
-kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
-                                 const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0,
-                                 const torch::Tensor& hs, double scale, int64_t v_split) {
-  kn::DeltaChunkParams p;
-  p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
-  p.B = static_cast<int>(q.size(0)), p.T = static_cast<int>(q.size(1)), p.H = static_cast<int>(q.size(2));
-  p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(u.size(3));
-  p.scale = static_cast<float>(scale);
-  p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
-  p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
+// How the forward runs for a shape: the walks' V-split, the wgmma walk or not, and the two-pass form or not.
+struct FwdChoice {
+  int v_split = 1;
+  int fwd_wgmma = 0;
+  bool two_pass = false;
+};
+
+FwdChoice fwd_choice(int B, int H, int K, int V, bool gated, int device, int64_t v_split) {
   // v_split 0: ATTNLAB_DELTA_V_SPLIT when set (the bench compares the splits with it), else by the shape.
   const char* forced = v_split > 0 ? nullptr : std::getenv("ATTNLAB_DELTA_V_SPLIT");
   if (forced) {
@@ -39,20 +38,63 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1|2 says (the walk's V-split, 0:
   // mma.sync; read per call: the bench and a test switch it). A V-split given by the caller (or
   // ATTNLAB_DELTA_V_SPLIT) wins: 4 runs mma.sync.
-  const int sms = sm_count(q.device().index());
+  const int sms = sm_count(device);
   const char* wf = std::getenv("ATTNLAB_DELTA_FWD_WGMMA");  // checked whatever the head dims
   const std::string wf_s = wf ? wf : "";
   ATTNLAB_CHECK(!wf || wf_s == "0" || wf_s == "1" || wf_s == "2",
                 "{}: ATTNLAB_DELTA_FWD_WGMMA must be 0, 1 or 2, got '{}'", kOp, wf_s);
   int wg_split = 0;
-  if (p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma())
-    wg_split = wf ? std::stoi(wf_s) : kn::delta_chunk_default_fwd_wgmma(p.B, p.H, p.V, sms);
+  if (K == 128 && V == 128 && kn::linear_chunk_has_wgmma())
+    wg_split = wf ? std::stoi(wf_s) : kn::delta_chunk_default_fwd_wgmma(B, H, V, sms);
   if (v_split > 0 && wg_split > 0) wg_split = v_split <= 2 ? static_cast<int>(v_split) : 0;
-  p.v_split = v_split > 0 ? static_cast<int>(v_split)
-                          : (wg_split > 0 ? wg_split : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms));
-  p.fwd_wgmma = wg_split > 0 ? 1 : 0;
+  FwdChoice c;
+  c.v_split = v_split > 0 ? static_cast<int>(v_split)
+                          : (wg_split > 0 ? wg_split : kn::delta_chunk_default_v_split(B, H, V, sms));
+  c.fwd_wgmma = wg_split > 0 ? 1 : 0;
+  // The two-pass forward (the walk stores vn, then o for all chunks at once) where it is the faster form
+  // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass /
+  // two_pass forces either (read per call: the bench and a test switch it).
+  // The wgmma walk (fwd_wgmma) computes o faster in the walk than the two passes do (H200, run 2026-12-03a:
+  // Gated DeltaNet D = 128 forward 0.617 / 0.605 ms one-pass, 0.797 / 0.789 two-pass, at 1024 and 256
+  // heads), so it takes the one-pass form unless ATTNLAB_DELTA_FWD says otherwise.
+  const char* form = std::getenv("ATTNLAB_DELTA_FWD");
+  c.two_pass = form ? std::string(form) == "two_pass"
+                    : !c.fwd_wgmma && kn::delta_chunk_default_two_pass(B, H, V, gated, sms);
+  return c;
+}
+
+kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
+                                 const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0,
+                                 const torch::Tensor& hs, double scale, const FwdChoice& c) {
+  kn::DeltaChunkParams p;
+  p.dtype = q.scalar_type() == torch::kBFloat16 ? kn::LinearDtype::kBF16 : kn::LinearDtype::kFP16;
+  p.B = static_cast<int>(q.size(0)), p.T = static_cast<int>(q.size(1)), p.H = static_cast<int>(q.size(2));
+  p.K = static_cast<int>(q.size(3)), p.V = static_cast<int>(u.size(3));
+  p.scale = static_cast<float>(scale);
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.w = w.data_ptr(), p.u = u.data_ptr();
+  p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
+  p.v_split = c.v_split;
+  p.fwd_wgmma = c.fwd_wgmma;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
+}
+
+FwdChoice fwd_choice(const torch::Tensor& q, const torch::Tensor& u, bool gated, int64_t v_split) {
+  return fwd_choice(static_cast<int>(q.size(0)), static_cast<int>(q.size(2)), static_cast<int>(q.size(3)),
+                    static_cast<int>(u.size(3)), gated, q.device().index(), v_split);
+}
+
+// Whether the forward should run its walk beside delta_wy's forward (kn::delta_chunk_default_stream_wy), or
+// as ATTNLAB_DELTA_STREAM=0|1 says; never where the walk's blocks would leave no SM to the producer.
+bool stream_wy(const FwdChoice& c, int B, int H, int device) {
+  const int sms = sm_count(device);
+  const long long blocks = static_cast<long long>(B) * H * c.v_split;
+  if (const char* e = std::getenv("ATTNLAB_DELTA_STREAM")) {
+    const std::string f = e;
+    ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_STREAM must be 0 or 1, got '{}'", kOp, f);
+    return f == "1" && !c.fwd_wgmma && c.two_pass && blocks < sms;
+  }
+  return kn::delta_chunk_default_stream_wy(B, H, c.v_split, c.fwd_wgmma != 0, c.two_pass, sms);
 }
 
 void check_params(const kn::DeltaChunkParams& p, bool backward) {
@@ -65,21 +107,12 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor w, torch::Tensor u,
                                                 torch::Tensor G, torch::Tensor h0, double scale,
-                                                int64_t v_split, bool grad) {
+                                                int64_t v_split, bool grad, WyFork* fork) {
     DeviceScope device(q.device().index());
     const int64_t nt = kn::linear_chunk_count(static_cast<int>(q.size(1)));
-    // The two-pass forward (the walk stores vn, then o for all chunks at once) where it is the faster form
-    // (kn::delta_chunk_default_two_pass); the same bits as the one-pass one. ATTNLAB_DELTA_FWD=one_pass /
-    // two_pass forces either (read per call: the bench and a test switch it). vn is a workspace: freed at
-    // return, after the launches that use it were queued on the same stream.
-    // The wgmma walk (p.fwd_wgmma) computes o faster in the walk than the two passes do (H200, run
-    // 2026-12-03a: Gated DeltaNet D = 128 forward 0.617 / 0.605 ms one-pass, 0.797 / 0.789 two-pass, at 1024
-    // and 256 heads), so it takes the one-pass form unless ATTNLAB_DELTA_FWD says otherwise.
-    auto p = make_params(q, k, w, u, G, h0, torch::Tensor(), scale, v_split);
-    const char* form = std::getenv("ATTNLAB_DELTA_FWD");
-    const bool two_pass = form ? std::string(form) == "two_pass"
-                               : !p.fwd_wgmma && kn::delta_chunk_default_two_pass(
-                                                     p.B, p.H, p.V, given(G), sm_count(q.device().index()));
+    const FwdChoice choice = fwd_choice(q, u, given(G), v_split);
+    const bool two_pass = choice.two_pass;
+    auto p = make_params(q, k, w, u, G, h0, torch::Tensor(), scale, choice);
     // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
     // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
     // at D = 128 it is twice the bytes of q.
@@ -89,10 +122,29 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     auto o = torch::empty(u.sizes(), q.options());
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
     p.o = o.data_ptr(), p.ht = f32(ht);
+    // vn is a workspace: freed at return, after the launches that use it were queued (and, streamed, after
+    // the default stream was made to wait for them).
     torch::Tensor vn;
     if (two_pass) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
+    // The streamed forward (fork from delta_wy_prepare): the walk on the high-priority side stream reads each
+    // chunk's w, u, G as soon as its flag is up, while delta_wy's blocks are still running on the other; the
+    // output pass after both; then the default stream waits for it all. Where this forward does not take the
+    // flags, the default stream first waits for the preparation.
+    const bool streamed = fork && fork->done && fork->ready.defined() && !p.fwd_wgmma &&
+                          static_cast<long long>(p.B) * p.H * p.v_split < sm_count(q.device().index());
+    if (fork && !streamed) fork->join();
+    if (streamed) {
+      p.stream = side_stream(q.device().index(), true);
+      stream_after(p.stream, nullptr, kOp);
+      p.wy_ready = static_cast<const int*>(fork->ready.data_ptr());
+      p.wy_done = fork->done;
+    }
     check_params(p, false);
     check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
+    if (streamed) {
+      stream_after(nullptr, p.stream, kOp);  // after the output pass, which waited for the preparation
+      fork->join();                          // (so this wait is already covered; it releases the event)
+    }
     if (!grad) hs = torch::empty({0}, q.options());  // no backward follows: nothing to keep
     ctx->save_for_backward({q, k, w, u, G, h0, hs});
     ctx->saved_data["scale"] = scale;
@@ -113,7 +165,8 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
         "grad mode on and an input that requires grad",
         kOp);
     DeviceScope device(q.device().index());
-    auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble(), 1);  // (forward only)
+    FwdChoice one;  // v_split 1, no wgmma walk: forward-only settings (the backward's are set below)
+    auto p = make_params(q, k, w, u, G, h0, hs, ctx->saved_data["scale"].toDouble(), one);
     torch::Tensor dout =
         grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::zeros_like(u);
     torch::Tensor dht = grads[1].defined() ? grads[1].to(torch::kFloat).contiguous() : torch::Tensor();
@@ -177,7 +230,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.bwd_wgmma = bwd_wgmma ? 1 : 0;
     check_params(p, true);
     check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
-    return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -197,7 +250,7 @@ std::string delta_chunk_unusable_reason(const RecurrentArgs& a, bool gated) {
 std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& w, const torch::Tensor& u,
                                                   const torch::Tensor& G, const torch::Tensor& h0,
-                                                  double scale, int64_t v_split) {
+                                                  double scale, int64_t v_split, WyFork* fork) {
   auto none = torch::empty({0}, q.options().dtype(torch::kFloat));
   const auto dt = q.scalar_type();
   // Whether a backward can follow, decided here: inside forward grad mode is off and inputs keep their flag.
@@ -207,7 +260,13 @@ std::vector<torch::Tensor> delta_chunk_recurrence(const torch::Tensor& q, const 
   return DeltaChunkFunction::apply(
       q.contiguous(), k.to(dt).contiguous(), w.to(dt).contiguous(), u.to(dt).contiguous(),
       G.defined() ? G.to(torch::kFloat).contiguous() : none,
-      h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split, grad);
+      h0.defined() ? h0.to(torch::kFloat).contiguous() : none, scale, v_split, grad, fork);
+}
+
+bool delta_chunk_streams_wy(const torch::Tensor& q, const torch::Tensor& v, bool gated) {
+  DeviceScope device(q.device().index());
+  return stream_wy(fwd_choice(q, v, gated, 0), static_cast<int>(q.size(0)), static_cast<int>(q.size(2)),
+                   q.device().index());
 }
 
 }  // namespace attnlab::ops::cuda

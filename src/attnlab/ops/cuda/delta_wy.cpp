@@ -40,7 +40,7 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor k,
                                                 torch::Tensor v, torch::Tensor beta, torch::Tensor g,
-                                                bool save_m) {
+                                                bool save_m, WyFork* fork) {
     DeviceScope device(k.device().index());
     auto p = make_params(k, v, beta, g);
     auto w = torch::empty(k.sizes(), k.options()), u = torch::empty(v.sizes(), v.options());
@@ -54,8 +54,20 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
                                             beta.options())
                              : torch::empty({0}, beta.options());
     p.m = save_m ? static_cast<float*>(m.data_ptr()) : nullptr;
+    if (fork) {  // on the low-priority side stream, after the default stream's work so far
+      const int dev = k.device().index();
+      p.stream = side_stream(dev, false);
+      stream_after(p.stream, nullptr, kOp);
+      fork->device = dev;
+      fork->ready = torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T)},
+                                 k.options().dtype(torch::kInt));
+      check_cuda(cudaMemsetAsync(fork->ready.data_ptr(), 0, fork->ready.numel() * sizeof(int), p.stream), kOp,
+                 "cudaMemsetAsync");
+      p.ready = static_cast<int*>(fork->ready.data_ptr());
+    }
     check_params(p, false);
     check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
+    if (fork) fork->done = record_event(p.stream, kOp);
     ctx->save_for_backward({k, v, beta, g, m});
     if (!given(G)) ctx->mark_non_differentiable({G});
     return {w, u, G};
@@ -81,14 +93,23 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     p.dg = dg.defined() ? static_cast<float*>(dg.data_ptr()) : nullptr;
     check_params(p, true);
     check_cuda(kn::launch_delta_wy_bwd(p), kOp, "launch_delta_wy_bwd");
-    return {dk, dv, dbeta, dg, torch::Tensor()};
+    return {dk, dv, dbeta, dg, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
+void WyFork::join() {
+  if (!done) return;
+  DeviceScope scope(device);
+  // Errors here have nowhere to go (a destructor may call this); a failed wait shows at the next sync.
+  (void)cudaStreamWaitEvent(nullptr, done, 0);
+  (void)cudaEventDestroy(done);
+  done = nullptr;
+}
+
 std::vector<torch::Tensor> delta_wy_prepare(const torch::Tensor& k, const torch::Tensor& v,
-                                            const torch::Tensor& beta, const torch::Tensor& g) {
+                                            const torch::Tensor& beta, const torch::Tensor& g, WyFork* fork) {
   check_shape(kOp, "k", k, "B,T,H,K", {-1, -1, -1, -1});
   const int64_t B = k.size(0), T = k.size(1), H = k.size(2), K = k.size(3);
   check_shape(kOp, "v", v, "B,T,H,V", {B, T, H, -1});
@@ -119,7 +140,7 @@ std::vector<torch::Tensor> delta_wy_prepare(const torch::Tensor& k, const torch:
     save_m = save_m && f == "1";
   }
   return DeltaWyFunction::apply(k.contiguous(), v.contiguous(), beta.to(torch::kFloat).contiguous(),
-                                g.defined() ? g.to(torch::kFloat).contiguous() : none, save_m);
+                                g.defined() ? g.to(torch::kFloat).contiguous() : none, save_m, fork);
 }
 
 }  // namespace attnlab::ops::cuda
