@@ -569,7 +569,7 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
 
 // The streamed forward (ATTNLAB_DELTA_STREAM=1: delta_wy on a side stream, chunk-major with ready flags, the
 // walk reading each chunk as it is posted) against the plain one (=0), through the ops with autograd: o, ht
-// and every gradient the same bits (dg, whose backward sums with float atomics, to 1e-5). Few heads (the
+// and every gradient the same bits (dbeta and dg, whose backwards sum with float atomics, to 1e-5). Few heads (the
 // walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
 // sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16. Then a shape
 // whose walk would fill the GPU, where the setting is refused and the plain forward runs.
@@ -621,7 +621,7 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         const std::string what = fmt::format("{}: {}", what0, names[i]);
         ASSERT_TRUE(got[i].defined()) << what;
         EXPECT_TRUE(ops::all_finite(got[i])) << what;
-        if (i == 6) {
+        if (i >= 5) {  // dbeta, dg: sums with float atomics, not the same bits even run to run
           EXPECT_LT(ops::rel_rms_error(got[i], plain[i]), 1e-5) << what;
         } else {
           EXPECT_TRUE(torch::equal(got[i], plain[i]))

@@ -126,24 +126,37 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // the default stream was made to wait for them).
     torch::Tensor vn;
     if (two_pass) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
-    // The streamed forward (fork from delta_wy_prepare): the walk on the high-priority side stream reads each
-    // chunk's w, u, G as soon as its flag is up, while delta_wy's blocks are still running on the other; the
-    // output pass after both; then the default stream waits for it all. Where this forward does not take the
-    // flags, the default stream first waits for the preparation.
-    const bool streamed = fork && fork->done && fork->ready.defined() && !p.fwd_wgmma &&
-                          static_cast<long long>(p.B) * p.H * p.v_split < sm_count(q.device().index());
+    // The streamed forward (fork from delta_wy_prepare): the walk on the high-priority side stream, then
+    // delta_wy's forward on the low-priority one (so that the walk's blocks are placed first), the walk
+    // reading each chunk's w, u, G as soon as its flag is up; the output pass once both are done; then the
+    // default stream waits for it all. A fork this forward does not take runs first, in order.
+    const int dev = q.device().index();
+    const bool streamed = fork && fork->pending() && !p.fwd_wgmma &&
+                          static_cast<long long>(p.B) * p.H * p.v_split < sm_count(dev);
     if (fork && !streamed) fork->join();
-    if (streamed) {
-      p.stream = side_stream(q.device().index(), true);
-      stream_after(p.stream, nullptr, kOp);
+    if (!streamed) {
+      check_params(p, false);
+      check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
+    } else {
+      cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
+      cudaEvent_t start = record_event(nullptr, kOp);  // both after the default stream's work so far
+      check_cuda(cudaStreamWaitEvent(hi, start, 0), kOp, "cudaStreamWaitEvent");
+      check_cuda(cudaStreamWaitEvent(lo, start, 0), kOp, "cudaStreamWaitEvent");
+      check_cuda(cudaEventDestroy(start), kOp, "cudaEventDestroy");
+      p.stream = hi;
       p.wy_ready = static_cast<const int*>(fork->ready.data_ptr());
-      p.wy_done = fork->done;
-    }
-    check_params(p, false);
-    check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
-    if (streamed) {
-      stream_after(nullptr, p.stream, kOp);  // after the output pass, which waited for the preparation
-      fork->join();                          // (so this wait is already covered; it releases the event)
+      // ATTNLAB_DELTA_WALK_SMEM=<KB>: the walk asks for that much shared memory (keeps delta_wy's blocks off
+      // its SMs), for the comparison.
+      if (const char* e = std::getenv("ATTNLAB_DELTA_WALK_SMEM")) p.walk_smem = std::atoi(e) * 1024;
+      p.fwd_part = 1;
+      check_params(p, false);
+      check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the walk)");
+      fork->launch(lo);
+      check_cuda(cudaStreamWaitEvent(hi, fork->done, 0), kOp, "cudaStreamWaitEvent");
+      p.fwd_part = 2, p.wy_ready = nullptr;
+      check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the output pass)");
+      stream_after(nullptr, hi, kOp);  // after the output pass, which waited for the preparation
+      fork->join();                    // (so its wait is already covered; releases the event and tensors)
     }
     if (!grad) hs = torch::empty({0}, q.options());  // no backward follows: nothing to keep
     ctx->save_for_backward({q, k, w, u, G, h0, hs});

@@ -5,6 +5,8 @@
 
 #include <climits>
 #include <cstdlib>
+#include <exception>
+#include <memory>
 #include <string>
 
 #include "attnlab/core/error.h"
@@ -54,20 +56,20 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
                                             beta.options())
                              : torch::empty({0}, beta.options());
     p.m = save_m ? static_cast<float*>(m.data_ptr()) : nullptr;
-    if (fork) {  // on the low-priority side stream, after the default stream's work so far
-      const int dev = k.device().index();
-      p.stream = side_stream(dev, false);
-      stream_after(p.stream, nullptr, kOp);
-      fork->device = dev;
+    check_params(p, false);
+    if (fork) {  // launched by the recurrence, after its walk (WyFork::launch)
+      fork->device = k.device().index();
       fork->ready = torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T)},
                                  k.options().dtype(torch::kInt));
-      check_cuda(cudaMemsetAsync(fork->ready.data_ptr(), 0, fork->ready.numel() * sizeof(int), p.stream), kOp,
+      // zeroed here, on the default stream, so before the walk (launched first, on another stream) can read them
+      check_cuda(cudaMemsetAsync(fork->ready.data_ptr(), 0, fork->ready.numel() * sizeof(int), nullptr), kOp,
                  "cudaMemsetAsync");
       p.ready = static_cast<int*>(fork->ready.data_ptr());
+      fork->keep = {k, v, beta, g, w, u, G, m};
+      fork->params = std::make_shared<kn::DeltaWyParams>(p);
+    } else {
+      check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
     }
-    check_params(p, false);
-    check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
-    if (fork) fork->done = record_event(p.stream, kOp);
     ctx->save_for_backward({k, v, beta, g, m});
     if (!given(G)) ctx->mark_non_differentiable({G});
     return {w, u, G};
@@ -99,13 +101,32 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
 
 }  // namespace
 
-void WyFork::join() {
-  if (!done) return;
+void WyFork::launch(cudaStream_t stream) {
+  if (!pending()) return;
   DeviceScope scope(device);
-  // Errors here have nowhere to go (a destructor may call this); a failed wait shows at the next sync.
-  (void)cudaStreamWaitEvent(nullptr, done, 0);
-  (void)cudaEventDestroy(done);
+  auto p = *static_cast<const kn::DeltaWyParams*>(params.get());
+  p.stream = stream;
+  check_cuda(kn::launch_delta_wy_fwd(p), kOp, "launch_delta_wy_fwd");
+  done = record_event(stream, kOp);
+}
+
+void WyFork::join() {
+  if (!params) return;
+  DeviceScope scope(device);
+  if (!done) {  // nobody took it: run it in order on the default stream
+    try {
+      launch(nullptr);
+    } catch (const std::exception&) {  // a destructor may call this: the error shows at the next sync
+    }
+  }
+  if (done) {
+    (void)cudaStreamWaitEvent(nullptr, done, 0);
+    (void)cudaEventDestroy(done);
+  }
   done = nullptr;
+  params.reset();
+  keep.clear();  // freed after the default stream's wait: later allocations there cannot overlap its use
+  ready = torch::Tensor();
 }
 
 std::vector<torch::Tensor> delta_wy_prepare(const torch::Tensor& k, const torch::Tensor& v,
