@@ -573,9 +573,7 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
 // walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
 // sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16. Then a shape
 // whose walk would fill the GPU, where the setting is refused and the plain forward runs.
-// Disabled while the streamed forward is off by default (delta_chunk_default_stream_wy: it hung on the H200,
-// 2026-12-04); run with --gtest_also_run_disabled_tests when working on it.
-TEST(DeltaChunkKernel, DISABLED_StreamedForwardGivesTheSameBits) {
+TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(31);
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);

@@ -149,11 +149,8 @@ bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool b
 bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms) {
   // The walk's blocks spin on delta_wy's flags, so the producer must keep SMs of its own: at most half of
   // them taken by the walk (at 16 heads, V-split 4: 64 of 132). Measured: docs/kernels.md, "Streamed forward".
-  // Off by default for now: the v2 launch order (the walk first, then the producer) hung the automatic
-  // gated op at B = 2, H = 2, T = 200 on the H200 (2026-12-04, bench/results/h200-2026-12-04f), cause not
-  // yet found; ATTNLAB_DELTA_STREAM=1 still takes it, for the investigation.
-  (void)B, (void)H, (void)v_split, (void)fwd_wgmma, (void)two_pass, (void)num_sms;
-  return false;
+  const long long blocks = static_cast<long long>(B) * H * v_split;
+  return !fwd_wgmma && two_pass && 2 * blocks <= num_sms;
 }
 
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {

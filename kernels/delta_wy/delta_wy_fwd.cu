@@ -140,4 +140,16 @@ cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p) {
   });
 }
 
+cudaError_t load_delta_wy_fwd(const DeltaWyParams& p) {
+  if (!delta_wy_check(p, false).empty()) return cudaErrorInvalidValue;
+  using namespace delta_wy;
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    auto* kernel = p.g ? &delta_wy_fwd_kernel<kD, T, true> : &delta_wy_fwd_kernel<kD, T, false>;
+    cudaFuncAttributes attr;
+    cudaError_t err = cudaFuncGetAttributes(&attr, kernel);  // loads the module under lazy loading
+    if (err != cudaSuccess) return err;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdSmem<kD>::kBytes);
+  });
+}
+
 }  // namespace attnlab::kernels

@@ -61,6 +61,10 @@ std::string delta_wy_check(const DeltaWyParams& p, bool backward);
 
 // Launch on p.stream; return the first CUDA error (cudaErrorInvalidValue when delta_wy_check fails).
 cudaError_t launch_delta_wy_fwd(const DeltaWyParams& p);
+// Loads the forward's kernel for p (and sets its shared-memory limit) without launching it: the streamed
+// forward calls it before its walk, whose blocks spin on the flags, because a kernel loaded lazily while
+// another kernel runs may wait for that kernel to finish (CUDA's lazy loading), which here never comes.
+cudaError_t load_delta_wy_fwd(const DeltaWyParams& p);
 cudaError_t launch_delta_wy_bwd(const DeltaWyParams& p);
 
 }  // namespace attnlab::kernels

@@ -138,6 +138,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_params(p, false);
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
     } else {
+      fork->preload();
       cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
       cudaEvent_t start = record_event(nullptr, kOp);  // both after the default stream's work so far
       check_cuda(cudaStreamWaitEvent(hi, start, 0), kOp, "cudaStreamWaitEvent");

@@ -110,6 +110,12 @@ void WyFork::launch(cudaStream_t stream) {
   done = record_event(stream, kOp);
 }
 
+void WyFork::preload() {
+  if (!pending()) return;
+  DeviceScope scope(device);
+  check_cuda(kn::load_delta_wy_fwd(*static_cast<const kn::DeltaWyParams*>(params.get())), kOp, "load_delta_wy_fwd");
+}
+
 void WyFork::join() {
   if (!params) return;
   DeviceScope scope(device);

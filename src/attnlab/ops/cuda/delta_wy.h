@@ -37,6 +37,9 @@ struct WyFork {
   // Queues the preparation on `stream` and records `done`; once only. The flags were zeroed on the default
   // stream by delta_wy_prepare: `stream` must be ordered after that (the recurrence's start event).
   void launch(cudaStream_t stream);
+  // Loads the preparation's kernel without launching it: before the walk, which must not spin while a lazily
+  // loaded kernel waits for it (kernels::load_delta_wy_fwd).
+  void preload();
   // The default stream waits for the preparation (launching it there first if nobody did), then the kept
   // tensors are released. Idempotent; errors are left to the next synchronizing call.
   void join();
