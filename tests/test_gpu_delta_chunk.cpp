@@ -569,8 +569,8 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
 
 // The streamed forward (ATTNLAB_DELTA_STREAM=1: delta_wy on a side stream, chunk-major with ready flags, the
 // walk reading each chunk as it is posted) against the plain one (=0), through the ops with autograd: o, ht
-// and every gradient the same bits (dbeta and dg, whose backwards sum with float atomics, to 1e-5). Few heads (the
-// walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
+// and every gradient the same bits (dbeta and dg, whose backwards sum with float atomics, to 1e-5). Few heads
+// (the walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
 // sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16. Then a shape
 // whose walk would fill the GPU, where the setting is refused and the plain forward runs.
 TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
@@ -581,8 +581,10 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
     int64_t B, T, H, D;
     torch::ScalarType dt;
   };
-  const std::vector<S> shapes = {{1, 100, 3, 64, torch::kBFloat16},   {1, 5000, 2, 128, torch::kBFloat16},
-                                 {2, 1333, 2, 128, torch::kHalf},     {1, 5000, 3, 64, torch::kHalf},
+  const std::vector<S> shapes = {{1, 100, 3, 64, torch::kBFloat16},
+                                 {1, 5000, 2, 128, torch::kBFloat16},
+                                 {2, 1333, 2, 128, torch::kHalf},
+                                 {1, 5000, 3, 64, torch::kHalf},
                                  {16, 200, 16, 128, torch::kBFloat16}};
   for (const auto& sh : shapes)
     for (bool gated : {false, true}) {
@@ -600,11 +602,17 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         if (gated) a.g = g.detach().requires_grad_(true);
         a.output_final_state = true;
         const bool streamed = ops::cuda::delta_chunk_streams_wy(a.q, a.v, gated);
-        auto out = gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
+        auto out =
+            gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
         ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
         unsetenv("ATTNLAB_DELTA_STREAM");
-        std::vector<torch::Tensor> r{out.o.detach(), out.ht.detach(), a.q.grad(), a.k.grad(), a.v.grad(),
-                                     a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
+        std::vector<torch::Tensor> r{out.o.detach(),
+                                     out.ht.detach(),
+                                     a.q.grad(),
+                                     a.k.grad(),
+                                     a.v.grad(),
+                                     a.beta.grad(),
+                                     gated ? a.g.grad() : torch::Tensor()};
         return std::make_pair(streamed, r);
       };
       const auto [plain_streamed, plain] = run("0");

@@ -21,11 +21,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
-  if (!backward && (p.wy_ready || p.fwd_part || p.walk_smem) && p.fwd_wgmma)
-    return "wy_ready, fwd_part and walk_smem take the mma.sync walk (fwd_wgmma 0)";
-  if (!backward && (p.fwd_part < 0 || p.fwd_part > 2 || p.walk_smem < 0 || p.walk_smem > 227 * 1024))
-    return "fwd_part must be 0, 1 or 2 and walk_smem 0 .. 227 KB, got " + std::to_string(p.fwd_part) + " and " +
-           std::to_string(p.walk_smem);
+  if (!backward && (p.wy_ready || p.fwd_part) && p.fwd_wgmma)
+    return "wy_ready and fwd_part take the mma.sync walk (fwd_wgmma 0)";
+  if (!backward && (p.fwd_part < 0 || p.fwd_part > 2))
+    return "fwd_part must be 0, 1 or 2, got " + std::to_string(p.fwd_part);
   if (!backward && p.fwd_wgmma) {
     if (!linear_chunk_has_wgmma())
       return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -148,7 +147,8 @@ bool delta_chunk_default_bwd_walk_wgmma(int B, int H, int V, int v_split, bool b
 
 bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms) {
   // The walk's blocks spin on delta_wy's flags, so the producer must keep SMs of its own: at most half of
-  // them taken by the walk (at 16 heads, V-split 4: 64 of 132). Measured: docs/kernels.md, "Streamed forward".
+  // them taken by the walk (at 16 heads, V-split 4: 64 of 132). Measured: docs/kernels.md, "Streamed
+  // forward".
   const long long blocks = static_cast<long long>(B) * H * v_split;
   return !fwd_wgmma && two_pass && 2 * blocks <= num_sms;
 }
@@ -187,16 +187,14 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
                            OutSmem<kD>::kBytes, p);
     }
   }
-  const auto smem = [&](int own) { return p.walk_smem > own ? p.walk_smem : own; };
   if (!p.vn) {
     if (p.fwd_part == 2) return cudaSuccess;
-    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, smem(FwdSmem<kD, kVb>::kOutBytes),
-                         p);
+    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
   }
   // two passes: the walk (states and vn), then o for every chunk at once
   if (p.fwd_part != 2) {
-    cudaError_t err = launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
-                                    smem(FwdSmem<kD, kVb, false>::kBytes), p);
+    cudaError_t err =
+        launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb, false>::kBytes, p);
     if (err != cudaSuccess || p.fwd_part == 1) return err;
   }
   return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),

@@ -18,7 +18,8 @@ std::string delta_wy_check(const DeltaWyParams& p, bool backward) {
   if (!p.k || !p.v || !p.beta) return "k, v and beta must be set";
   if (!backward && (!p.w || !p.u)) return "w and u must be set";
   if (!backward && p.g && !p.G) return "G must be set when g is";
-  if (!backward && p.ready && (linear_chunk_count(p.T) > 65535 || static_cast<long long>(p.B) * p.H > 2147483647))
+  if (!backward && p.ready &&
+      (linear_chunk_count(p.T) > 65535 || static_cast<long long>(p.B) * p.H > 2147483647))
     return "ready (the chunk-major grid) takes at most 65535 chunks and 2^31 - 1 heads, got " +
            std::to_string(linear_chunk_count(p.T)) + " chunks";
   if (backward) {
@@ -72,7 +73,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   using L = FwdSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  // p.ready: grid (B * H, chunks), so that the blocks run chunk by chunk (the walk's order); else (chunks, H, B)
+  // p.ready: grid (B * H, chunks), so that the blocks run chunk by chunk (the walk's order); else (chunks, H,
+  // B)
   const int n = p.ready ? blockIdx.y : blockIdx.x;
   const int h = p.ready ? blockIdx.x % p.H : blockIdx.y, b = p.ready ? blockIdx.x / p.H : blockIdx.z;
   const int t0 = n * kC, rows = min(kC, p.T - t0);

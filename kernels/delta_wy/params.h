@@ -39,10 +39,10 @@ struct DeltaWyParams {
   float* m = nullptr;           // [B, H, ceil(T / 64), C, C] float32, or nullptr: each chunk's M, written by
                                 // the forward when set (zero above the diagonal) and then read by the
                                 // backward instead of recomputing the inverse (the same bits either way)
-  int* ready = nullptr;         // [B, H, ceil(T / 64)] int32 zeros, or nullptr. When set, the forward runs its
-                                // blocks chunk-major (chunk 0 of every (b, h), then chunk 1, ...) and sets
-                                // chunk n's flag once its W, U and G are stored, for delta_chunk's walk that
-                                // runs at the same time on another stream (DeltaChunkParams::wy_ready)
+  int* ready = nullptr;  // [B, H, ceil(T / 64)] int32 zeros, or nullptr. When set, the forward runs its
+                         // blocks chunk-major (chunk 0 of every (b, h), then chunk 1, ...) and sets
+                         // chunk n's flag once its W, U and G are stored, for delta_chunk's walk that
+                         // runs at the same time on another stream (DeltaChunkParams::wy_ready)
 
   // ---- backward (reads k, v, beta, g as above)
   const void* dw = nullptr;   // [B, T, H, K] gradient of W

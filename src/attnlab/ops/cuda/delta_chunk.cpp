@@ -146,9 +146,6 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_cuda(cudaEventDestroy(start), kOp, "cudaEventDestroy");
       p.stream = hi;
       p.wy_ready = static_cast<const int*>(fork->ready.data_ptr());
-      // ATTNLAB_DELTA_WALK_SMEM=<KB>: the walk asks for that much shared memory (keeps delta_wy's blocks off
-      // its SMs), for the comparison.
-      if (const char* e = std::getenv("ATTNLAB_DELTA_WALK_SMEM")) p.walk_smem = std::atoi(e) * 1024;
       p.fwd_part = 1;
       check_params(p, false);
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the walk)");

@@ -59,9 +59,10 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     check_params(p, false);
     if (fork) {  // launched by the recurrence, after its walk (WyFork::launch)
       fork->device = k.device().index();
-      fork->ready = torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T)},
-                                 k.options().dtype(torch::kInt));
-      // zeroed here, on the default stream, so before the walk (launched first, on another stream) can read them
+      fork->ready =
+          torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T)}, k.options().dtype(torch::kInt));
+      // zeroed here, on the default stream, so before the walk (launched first, on another stream) can read
+      // them
       check_cuda(cudaMemsetAsync(fork->ready.data_ptr(), 0, fork->ready.numel() * sizeof(int), nullptr), kOp,
                  "cudaMemsetAsync");
       p.ready = static_cast<int*>(fork->ready.data_ptr());
@@ -113,7 +114,8 @@ void WyFork::launch(cudaStream_t stream) {
 void WyFork::preload() {
   if (!pending()) return;
   DeviceScope scope(device);
-  check_cuda(kn::load_delta_wy_fwd(*static_cast<const kn::DeltaWyParams*>(params.get())), kOp, "load_delta_wy_fwd");
+  check_cuda(kn::load_delta_wy_fwd(*static_cast<const kn::DeltaWyParams*>(params.get())), kOp,
+             "load_delta_wy_fwd");
 }
 
 void WyFork::join() {
