@@ -645,6 +645,78 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
   unsetenv("ATTNLAB_DELTA_STREAM");
 }
 
+// The streamed backward (the output pass behind the walk on a second stream, ATTNLAB_DELTA_BWD_STREAM) gives
+// the plain two-pass backward's bits: shapes whose walk leaves half the SMs free, D = 64 and 128, with and
+// without a gate, short and long (about 80 chunks), bf16 and fp16, with and without P^T do before the walk.
+TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(37);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  struct S {
+    int64_t B, T, H, D;
+    torch::ScalarType dt;
+    const char* local;
+  };
+  const std::vector<S> shapes = {{1, 100, 3, 64, torch::kBFloat16, "0"},
+                                 {1, 5000, 2, 128, torch::kBFloat16, "1"},
+                                 {1, 5000, 2, 128, torch::kBFloat16, "0"},
+                                 {2, 1333, 2, 128, torch::kHalf, "1"},
+                                 {1, 5000, 3, 64, torch::kHalf, "1"}};
+  setenv("ATTNLAB_DELTA_BWD", "two_pass", 1);
+  for (const auto& sh : shapes)
+    for (bool gated : {false, true}) {
+      auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
+      auto beta = torch::sigmoid(torch::randn({sh.B, sh.T, sh.H}, f));
+      auto g = torch::log_sigmoid(torch::randn({sh.B, sh.T, sh.H}, f) + 2) / 8;
+      auto h0 = torch::randn({sh.B, sh.H, sh.D, sh.D}, f) / 4;
+      auto dout = torch::randn({sh.B, sh.T, sh.H, sh.D}, f);
+      auto run = [&](const char* stream) {
+        setenv("ATTNLAB_DELTA_BWD_STREAM", stream, 1);
+        setenv("ATTNLAB_DELTA_BWD_LOCAL", sh.local, 1);
+        ops::RecurrentArgs a;
+        a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
+        a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
+        if (gated) a.g = g.detach().requires_grad_(true);
+        a.h0 = h0.detach().requires_grad_(true);
+        a.output_final_state = true;
+        auto out =
+            gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
+        ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
+        unsetenv("ATTNLAB_DELTA_BWD_STREAM");
+        unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
+        return std::vector<torch::Tensor>{a.q.grad(),  a.k.grad(),    a.v.grad(),
+                                          a.h0.grad(), a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
+      };
+      const auto plain = run("0");
+      const auto got = run("1");
+      const char* names[] = {"dq", "dk", "dv", "dh0", "dbeta", "dg"};
+      for (size_t i = 0; i < plain.size(); ++i) {
+        if (!plain[i].defined()) continue;
+        const std::string what = fmt::format("B {} T {} H {} D {} gated {} bwd_local {}: {}", sh.B, sh.T,
+                                             sh.H, sh.D, gated, sh.local, names[i]);
+        ASSERT_TRUE(got[i].defined()) << what;
+        EXPECT_TRUE(ops::all_finite(got[i])) << what;
+        // dbeta, dg, and through dG the gated dk and dv: float atomics, not the same bits run to run
+        if (i >= 4 || gated) {
+          EXPECT_LT(ops::rel_rms_error(got[i], plain[i]), 1e-5) << what;
+        } else {
+          EXPECT_TRUE(torch::equal(got[i], plain[i]))
+              << what << " (rel RMS " << ops::rel_rms_error(got[i], plain[i]) << ")";
+        }
+      }
+    }
+  unsetenv("ATTNLAB_DELTA_BWD");
+  setenv("ATTNLAB_DELTA_BWD_STREAM", "yes", 1);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({1, 64, 2, 64}, f).to(torch::kBFloat16).requires_grad_(true), a.k = a.q, a.v = a.q;
+  a.beta = torch::sigmoid(torch::randn({1, 64, 2}, f));
+  auto out = ops::delta_rule(a, ops::Impl::kernel);
+  EXPECT_THROW(out.o.to(torch::kFloat).sum().backward(), std::exception);
+  unsetenv("ATTNLAB_DELTA_BWD_STREAM");
+}
+
 }  // namespace
 #else
 TEST(DeltaChunkKernel, NotBuilt) {

@@ -37,6 +37,13 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (p.G && !p.dG) return "dG must be set when G is";
     if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
     if (p.bwd_local && !p.dhs) return "bwd_local takes the two-pass backward (dhs set)";
+    if (p.bwd_part < 0 || p.bwd_part > 4) return "bwd_part must be 0 .. 4, got " + std::to_string(p.bwd_part);
+    if ((p.bwd_part || p.bwd_sync) && !p.dhs)
+      return "bwd_part and bwd_sync take the two-pass backward (dhs set)";
+    if ((p.bwd_part == 3 || p.bwd_part == 4) && !p.bwd_sync) return "bwd_part 3 and 4 need bwd_sync";
+    if (p.bwd_sync && p.bwd_walk_wgmma) return "bwd_sync takes the mma.sync walk (bwd_walk_wgmma 0)";
+    if (p.bwd_sync && linear_chunk_count(p.T) > 65535)
+      return "bwd_sync: at most 65535 chunks (T <= 4194240), got T = " + std::to_string(p.T);
     if (p.bwd_walk_wgmma) {
       if (!linear_chunk_has_wgmma())
         return "bwd_walk_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -153,6 +160,13 @@ bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bo
   return !fwd_wgmma && two_pass && 2 * blocks <= num_sms;
 }
 
+bool delta_chunk_default_stream_bwd(int B, int H, int v_split, bool bwd_walk_wgmma, int num_sms) {
+  // The output pass's blocks wait for the walk's chunks, so they need SMs of their own to be worth it (at 16
+  // heads, V-split 4: 64 of 132 walk blocks). Measured: docs/kernels.md, "Streamed backward".
+  const long long blocks = static_cast<long long>(B) * H * v_split;
+  return !bwd_walk_wgmma && 2 * blocks <= num_sms;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }
@@ -226,15 +240,20 @@ namespace {
 
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
-  const dim3 grid(linear_chunk_count(p.T), p.H, p.B), walk(kD / kVb, p.H, p.B);
-  cudaError_t err;
-  if (p.bwd_local) {  // P^T do of every chunk first, for the walk (delta_chunk_kernels.cuh, "two-pass
-                      // backward")
+  const int nt = linear_chunk_count(p.T), part = p.bwd_part;  // params.h: bwd_part
+  const dim3 grid(nt, p.H, p.B), walk(kD / kVb, p.H, p.B);
+  cudaError_t err = cudaSuccess;
+  if (p.bwd_local && (part == 0 || part == 1)) {  // P^T do of every chunk first, for the walk
+                                                  // (delta_chunk_kernels.cuh, "two-pass backward")
     err = launch_kernel(&delta_bwd_local_kernel<kD, T, kGated>, grid, BwdLocalSmem<kD>::kBytes, p);
     if (err != cudaSuccess) return err;
+  }
+  if (part == 1) return err;
+  const bool walk_now = part == 0 || part == 2;  // parts 3 and 4: the output pass only
+  if (walk_now && p.bwd_local) {
     err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, true>, walk,
                         BwdWalkSmem<kD, kVb, true>::kBytes, p);
-  } else {
+  } else if (walk_now) {
     err = cudaErrorInvalidValue;
     if constexpr (kD == 128 && kVb == 64) {
       if (p.bwd_walk_wgmma)  // on wgmma (delta_chunk_bwd_walk_wgmma.cuh)
@@ -245,14 +264,18 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
       err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
                           BwdWalkSmem<kD, kVb, false>::kBytes, p);
   }
-  if (err != cudaSuccess) return err;
+  if (err != cudaSuccess || part == 2) return err;
+  // The output pass; streamed (part 3) over (B * H, chunks), the last chunk first (delta_bwd_out_kernel).
+  const dim3 out_grid = part == 3 ? dim3(static_cast<unsigned>(p.B) * p.H, nt) : grid;
   // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless
   // p.bwd_out_wide.
   if constexpr (kD == 128) {
     if (!p.bwd_out_wide)
-      return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, true>, grid, BwdOutSmem<kD, true>::kBytes, p);
+      return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, true>, out_grid, BwdOutSmem<kD, true>::kBytes,
+                           p);
   }
-  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, false>, grid, BwdOutSmem<kD, false>::kBytes, p);
+  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, false>, out_grid, BwdOutSmem<kD, false>::kBytes,
+                       p);
 }
 
 template <int kD, int kVb, typename T>

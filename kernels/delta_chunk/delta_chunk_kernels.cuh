@@ -716,12 +716,14 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     cp_async_commit();
   };
 
+  // Streamed: the output pass's blocks start waiting on this walk's chunks only once every walk block runs.
+  if (p.bwd_sync && tid == 0) atomicAdd(p.bwd_sync, 1);
   float dS[ST::MT][ST::NT][4];
   ST::load(dS, p.dht ? p.dht + bh * kD * kD + v0 : nullptr, warp, lane, kD);
   store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
 
   const int m0 = 16 * (warp % 4), n0o = (kVb / 2) * (warp / 4);  // token rows, value columns of the slice
-  for (int i = 1; i < L::kStages; ++i) issue(nt - i);  // chunks nt - 1 .. nt - kStages + 1
+  for (int i = 1; i < L::kStages; ++i) issue(nt - i);            // chunks nt - 1 .. nt - kStages + 1
   for (int c = nt - 1; c >= 0; --c) {
     const int t0 = c * kC, rows = min(kC, p.T - t0), st = stage_of(c);
     const int64_t roff = row_offset(b, t0, h, p.T, p.H, kD);
@@ -767,6 +769,9 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       for (int i = 0; i < kWarps; ++i) e += red[i];
       p.dsum[(bh * nt + c) * n_vb + vb] = e;
     }
+    // This slice of chunk c is done (dhs and du stored before the barrier above, dsum just now): the
+    // streamed output pass may take the chunk once every slice has posted.
+    if (p.bwd_sync && tid == 0) post_count(p.bwd_sync + 1 + bh * nt + c);
     bwd_state_dvn<kD, kVb, T>(dS, sst + L::kW, s0 + L::kdVn, warp, lane);  // + W^T (-dvn)
     // dS's 16-bit copy is read no more in this chunk (its last readers, the dhs store and dvn, are behind the
     // barrier above), so each warp rewrites its piece at once. One stage: the next chunk's copies go into
@@ -806,9 +811,31 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
   using L = BwdOutSmem<kD, kLean>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
+  const int nt = linear_chunk_count(p.T);
+  // Parts 0 and 4: grid (chunks, H, B). Part 3 (streamed): grid (B * H, chunks), the last chunk first, the
+  // order in which the walk finishes them.
+  const bool streamed = p.bwd_part == 3;
+  const int c = streamed ? nt - 1 - static_cast<int>(blockIdx.y) : static_cast<int>(blockIdx.x);
+  const int h = streamed ? static_cast<int>(blockIdx.x) % p.H : static_cast<int>(blockIdx.y);
+  const int b = streamed ? static_cast<int>(blockIdx.x) / p.H : static_cast<int>(blockIdx.z);
+  const int t0 = c * kC, rows = min(kC, p.T - t0);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  if (p.bwd_sync) {
+    int* count = p.bwd_sync + 1 + bh * nt + c;
+    if (p.bwd_part == 4) {
+      if (*count == p.v_split + 1) return;  // done by part 3 (which the stream order put before this)
+    } else if (streamed) {
+      __shared__ int go;
+      if (tid == 0) {
+        const int walk_blocks = p.B * p.H * p.v_split;
+        // every walk block running (else give the chunk to part 4: the walk may not be placed while this
+        // pass's blocks hold the SMs), then chunk c's slices posted (a walk that runs finishes them)
+        go = wait_count(p.bwd_sync, walk_blocks, 50000) && wait_count(count, p.v_split);
+      }
+      __syncthreads();
+      if (!go) return;
+    }
+  }
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);
@@ -890,6 +917,10 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
       }
       p.dG[(static_cast<int64_t>(b) * p.T + t0 + tid) * p.H + h] = d;
     }
+  }
+  if (streamed) {  // for part 4, which the stream order puts after this pass
+    __syncthreads();
+    if (tid == 0) p.bwd_sync[1 + bh * nt + c] = p.v_split + 1;
   }
 }
 

@@ -239,8 +239,40 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       bwd_wgmma = bwd_wgmma && f == "1";
     }
     p.bwd_wgmma = bwd_wgmma ? 1 : 0;
-    check_params(p, true);
-    check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
+    // The streamed backward (docs/kernels.md "Streamed backward"): the output pass on a low-priority stream
+    // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it,
+    // where kn::delta_chunk_default_stream_bwd says or ATTNLAB_DELTA_BWD_STREAM=0|1 says (read per call).
+    bool streamed =
+        two_pass && kn::delta_chunk_default_stream_bwd(p.B, p.H, p.v_split, p.bwd_walk_wgmma != 0, sms);
+    if (const char* e = std::getenv("ATTNLAB_DELTA_BWD_STREAM")) {
+      const std::string f = e;
+      ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_STREAM must be 0 or 1, got '{}'", kOp, f);
+      streamed = f == "1" && two_pass && !p.bwd_walk_wgmma;
+    }
+    if (!streamed) {
+      check_params(p, true);
+      check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
+    } else {
+      const int dev = q.device().index();
+      // zeroed on the default stream, which both side streams follow; freed at return, after the default
+      // stream was made to wait for them
+      auto sync = torch::zeros({1 + p.B * p.H * hs.size(2)}, q.options().dtype(torch::kInt));
+      p.bwd_sync = static_cast<int*>(sync.data_ptr());
+      cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
+      stream_after(hi, nullptr, kOp);
+      p.stream = hi, p.bwd_part = 1;  // P^T do (if bwd_local), which the output pass overwrites
+      check_params(p, true);
+      check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (P^T do)");
+      stream_after(lo, hi, kOp);  // the walk and the output pass become ready together; the walk first
+      p.bwd_part = 2;
+      check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the walk)");
+      p.stream = lo, p.bwd_part = 3;
+      check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the streamed output pass)");
+      stream_after(hi, lo, kOp);
+      p.stream = hi, p.bwd_part = 4;  // the chunks the streamed pass gave up, if any
+      check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the rest of the output pass)");
+      stream_after(nullptr, hi, kOp);
+    }
     return {dq, dk, dw, du, dG, dh0, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
