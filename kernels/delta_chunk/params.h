@@ -149,11 +149,6 @@ bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated,
 // the walk's blocks would not leave a multiprocessor free (the walk spins on the producer's flags).
 bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms);
 
-// Whether the two-pass backward's output pass should run behind its walk on another stream
-// (DeltaChunkParams::bwd_sync) for this shape: the mma.sync walk (bwd_walk_wgmma 0) whose B * H * v_split
-// blocks take at most half the multiprocessors, so that the output pass has the rest.
-bool delta_chunk_default_stream_bwd(int B, int H, int v_split, bool bwd_walk_wgmma, int num_sms);
-
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
 

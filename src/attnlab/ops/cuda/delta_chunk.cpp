@@ -240,10 +240,10 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     }
     p.bwd_wgmma = bwd_wgmma ? 1 : 0;
     // The streamed backward (docs/kernels.md "Streamed backward"): the output pass on a low-priority stream
-    // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it,
-    // where kn::delta_chunk_default_stream_bwd says or ATTNLAB_DELTA_BWD_STREAM=0|1 says (read per call).
-    bool streamed =
-        two_pass && kn::delta_chunk_default_stream_bwd(p.B, p.H, p.v_split, p.bwd_walk_wgmma != 0, sms);
+    // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it.
+    // Opt-in (ATTNLAB_DELTA_BWD_STREAM=1, read per call) until it has run on a GPU: written and compiled in a
+    // session that got no device; where it is taken, the mma.sync walk's blocks should leave SMs free.
+    bool streamed = false;
     if (const char* e = std::getenv("ATTNLAB_DELTA_BWD_STREAM")) {
       const std::string f = e;
       ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_STREAM must be 0 or 1, got '{}'", kOp, f);
