@@ -586,8 +586,9 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
                                  {2, 1333, 2, 128, torch::kHalf},
                                  {1, 5000, 3, 64, torch::kHalf},
                                  {16, 200, 16, 128, torch::kBFloat16}};
-  for (const auto& sh : shapes)
+  for (size_t si = 0; si < shapes.size(); ++si)
     for (bool gated : {false, true}) {
+      const auto& sh = shapes[si];
       auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
@@ -596,6 +597,8 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
       auto dout = torch::randn({sh.B, sh.T, sh.H, sh.D}, f);
       auto run = [&](const char* stream) {
         setenv("ATTNLAB_DELTA_STREAM", stream, 1);
+        // every other shape with the walk alone on its SMs (DeltaChunkParams::walk_alone): the same bits
+        setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);
         ops::RecurrentArgs a;
         a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
         a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
@@ -606,6 +609,7 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
             gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
         ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
         unsetenv("ATTNLAB_DELTA_STREAM");
+        unsetenv("ATTNLAB_DELTA_WALK_ALONE");
         std::vector<torch::Tensor> r{out.o.detach(),
                                      out.ht.detach(),
                                      a.q.grad(),
@@ -663,8 +667,9 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
                                  {2, 1333, 2, 128, torch::kHalf, "1"},
                                  {1, 5000, 3, 64, torch::kHalf, "1"}};
   setenv("ATTNLAB_DELTA_BWD", "two_pass", 1);
-  for (const auto& sh : shapes)
+  for (size_t si = 0; si < shapes.size(); ++si)
     for (bool gated : {false, true}) {
+      const auto& sh = shapes[si];
       auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
@@ -675,6 +680,7 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
       auto run = [&](const char* stream) {
         setenv("ATTNLAB_DELTA_BWD_STREAM", stream, 1);
         setenv("ATTNLAB_DELTA_BWD_LOCAL", sh.local, 1);
+        setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);  // the walk alone on its SMs or not
         ops::RecurrentArgs a;
         a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
         a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
@@ -686,6 +692,7 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
         ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
         unsetenv("ATTNLAB_DELTA_BWD_STREAM");
         unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
+        unsetenv("ATTNLAB_DELTA_WALK_ALONE");
         return std::vector<torch::Tensor>{a.q.grad(),  a.k.grad(),    a.v.grad(),
                                           a.h0.grad(), a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
       };

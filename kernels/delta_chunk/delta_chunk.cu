@@ -21,6 +21,8 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
            std::to_string(p.v_split) + " at V = " + std::to_string(p.V);
   if (!backward && !p.o) return "o must be set";
+  if (p.walk_alone != 0 && p.walk_alone != 1)
+    return "walk_alone must be 0 or 1, got " + std::to_string(p.walk_alone);
   if (!backward && (p.wy_ready || p.fwd_part) && p.fwd_wgmma)
     return "wy_ready and fwd_part take the mma.sync walk (fwd_wgmma 0)";
   if (!backward && (p.fwd_part < 0 || p.fwd_part > 2))
@@ -167,6 +169,17 @@ size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
 namespace delta_chunk {
 namespace {
 
+// The dynamic shared memory of an mma.sync walk that needs `own` bytes: all that a block may have on this
+// device where p.walk_alone (params.h), so that no other kernel's block is placed on the walk's SMs.
+int walk_smem(const DeltaChunkParams& p, int own) {
+  if (!p.walk_alone) return own;
+  int dev = 0, most = own;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return own;
+  return most > own ? most : own;
+}
+
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   const dim3 grid(kD / kVb, p.H, p.B);
@@ -196,12 +209,13 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   }
   if (!p.vn) {
     if (p.fwd_part == 2) return cudaSuccess;
-    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid, FwdSmem<kD, kVb>::kOutBytes, p);
+    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid,
+                         walk_smem(p, FwdSmem<kD, kVb>::kOutBytes), p);
   }
   // two passes: the walk (states and vn), then o for every chunk at once
   if (p.fwd_part != 2) {
-    cudaError_t err =
-        launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid, FwdSmem<kD, kVb, false>::kBytes, p);
+    cudaError_t err = launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
+                                    walk_smem(p, FwdSmem<kD, kVb, false>::kBytes), p);
     if (err != cudaSuccess || p.fwd_part == 1) return err;
   }
   return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
@@ -245,7 +259,7 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
   const bool walk_now = part == 0 || part == 2;  // parts 3 and 4: the output pass only
   if (walk_now && p.bwd_local) {
     err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, true>, walk,
-                        BwdWalkSmem<kD, kVb, true>::kBytes, p);
+                        walk_smem(p, BwdWalkSmem<kD, kVb, true>::kBytes), p);
   } else if (walk_now) {
     err = cudaErrorInvalidValue;
     if constexpr (kD == 128 && kVb == 64) {
@@ -255,7 +269,7 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
     }
     if (!p.bwd_walk_wgmma)
       err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
-                          BwdWalkSmem<kD, kVb, false>::kBytes, p);
+                          walk_smem(p, BwdWalkSmem<kD, kVb, false>::kBytes), p);
   }
   if (err != cudaSuccess || part == 2) return err;
   // The output pass; streamed (part 3) over (B * H, chunks), the last chunk first (delta_bwd_out_kernel).

@@ -59,9 +59,14 @@ struct DeltaChunkParams {
                                   // and G: delta_wy's forward (DeltaWyParams::ready) is still writing them,
                                   // on another stream, while the walk runs. Only where the walk's blocks
                                   // leave SMs free for the producer (delta_chunk_default_stream_wy)
-  int fwd_part = 0;  // 0: the whole forward; 1: the walk only; 2: only what follows the walk (the
-                     // two-pass output pass; nothing for a one-pass forward). The streamed forward
-                     // launches the walk, then the producer, then waits for the producer before part 2
+  int walk_alone = 0;  // 1: the mma.sync walks (the forward's and the two-pass backward's) ask for all the
+                       // shared memory a block may have, so that no block of a kernel running beside them
+                       // (the streamed forms' producer or output pass) shares their multiprocessors: the
+                       // walk is the critical path, and a few hundred us of co-resident blocks slow every
+                       // chunk of it. The same results; pointless where nothing runs beside the walk
+  int fwd_part = 0;    // 0: the whole forward; 1: the walk only; 2: only what follows the walk (the
+                       // two-pass output pass; nothing for a one-pass forward). The streamed forward
+                       // launches the walk, then the producer, then waits for the producer before part 2
   // ---- backward
   void* dhs = nullptr;      // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
                             // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over

@@ -97,6 +97,16 @@ bool stream_wy(const FwdChoice& c, int B, int H, int device) {
   return kn::delta_chunk_default_stream_wy(B, H, c.v_split, c.fwd_wgmma != 0, c.two_pass, sms);
 }
 
+// Whether a streamed walk keeps its SMs to itself (DeltaChunkParams::walk_alone): as
+// ATTNLAB_DELTA_WALK_ALONE=0|1 says (read per call: the bench compares both), else off.
+int walk_alone() {
+  const char* e = std::getenv("ATTNLAB_DELTA_WALK_ALONE");
+  if (!e) return 0;
+  const std::string f = e;
+  ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_WALK_ALONE must be 0 or 1, got '{}'", kOp, f);
+  return f == "1" ? 1 : 0;
+}
+
 void check_params(const kn::DeltaChunkParams& p, bool backward) {
   auto why = kn::delta_chunk_check(p, backward);
   if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
@@ -146,7 +156,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_cuda(cudaEventDestroy(start), kOp, "cudaEventDestroy");
       p.stream = hi;
       p.wy_ready = static_cast<const int*>(fork->ready.data_ptr());
-      p.fwd_part = 1;
+      p.fwd_part = 1, p.walk_alone = walk_alone();
       check_params(p, false);
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the walk)");
       fork->launch(lo);
@@ -264,8 +274,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_params(p, true);
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (P^T do)");
       stream_after(lo, hi, kOp);  // the walk and the output pass become ready together; the walk first
-      p.bwd_part = 2;
+      p.bwd_part = 2, p.walk_alone = walk_alone();
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the walk)");
+      p.walk_alone = 0;
       p.stream = lo, p.bwd_part = 3;
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the streamed output pass)");
       stream_after(hi, lo, kOp);
