@@ -597,8 +597,10 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
       auto dout = torch::randn({sh.B, sh.T, sh.H, sh.D}, f);
       auto run = [&](const char* stream) {
         setenv("ATTNLAB_DELTA_STREAM", stream, 1);
-        // every other shape with the walk alone on its SMs (DeltaChunkParams::walk_alone): the same bits
+        // the walk alone on its SMs (DeltaChunkParams::walk_alone) and the output pass streamed behind the
+        // walk (fwd_part 3) on, off and both, shape by shape: the same bits
         setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);
+        setenv("ATTNLAB_DELTA_OUT_STREAM", (si / 2) % 2 ? "1" : "0", 1);
         ops::RecurrentArgs a;
         a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
         a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
@@ -610,6 +612,7 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         ((out.o.to(torch::kFloat) * dout).sum() + out.ht.sum()).backward();
         unsetenv("ATTNLAB_DELTA_STREAM");
         unsetenv("ATTNLAB_DELTA_WALK_ALONE");
+        unsetenv("ATTNLAB_DELTA_OUT_STREAM");
         std::vector<torch::Tensor> r{out.o.detach(),
                                      out.ht.detach(),
                                      a.q.grad(),

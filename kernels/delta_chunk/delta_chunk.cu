@@ -25,8 +25,14 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "walk_alone must be 0 or 1, got " + std::to_string(p.walk_alone);
   if (!backward && (p.wy_ready || p.fwd_part) && p.fwd_wgmma)
     return "wy_ready and fwd_part take the mma.sync walk (fwd_wgmma 0)";
-  if (!backward && (p.fwd_part < 0 || p.fwd_part > 2))
-    return "fwd_part must be 0, 1 or 2, got " + std::to_string(p.fwd_part);
+  if (!backward && (p.fwd_part < 0 || p.fwd_part > 4))
+    return "fwd_part must be 0 .. 4, got " + std::to_string(p.fwd_part);
+  if (!backward && (p.fwd_part == 3 || p.fwd_part == 4) && !(p.walk_sync && p.vn))
+    return "fwd_part 3 and 4 need walk_sync and the two-pass forward (vn set)";
+  if (!backward && p.walk_sync && (p.fwd_wgmma || !p.vn))
+    return "walk_sync in the forward takes the two-pass mma.sync walk (vn set, fwd_wgmma 0)";
+  if (p.walk_sync && linear_chunk_count(p.T) > 65535)
+    return "walk_sync: at most 65535 chunks (T <= 4194240), got T = " + std::to_string(p.T);
   if (!backward && p.fwd_wgmma) {
     if (!linear_chunk_has_wgmma())
       return "fwd_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -40,12 +46,10 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
     if (p.bwd_local && !p.dhs) return "bwd_local takes the two-pass backward (dhs set)";
     if (p.bwd_part < 0 || p.bwd_part > 4) return "bwd_part must be 0 .. 4, got " + std::to_string(p.bwd_part);
-    if ((p.bwd_part || p.bwd_sync) && !p.dhs)
-      return "bwd_part and bwd_sync take the two-pass backward (dhs set)";
-    if ((p.bwd_part == 3 || p.bwd_part == 4) && !p.bwd_sync) return "bwd_part 3 and 4 need bwd_sync";
-    if (p.bwd_sync && p.bwd_walk_wgmma) return "bwd_sync takes the mma.sync walk (bwd_walk_wgmma 0)";
-    if (p.bwd_sync && linear_chunk_count(p.T) > 65535)
-      return "bwd_sync: at most 65535 chunks (T <= 4194240), got T = " + std::to_string(p.T);
+    if ((p.bwd_part || p.walk_sync) && !p.dhs)
+      return "bwd_part and walk_sync take the two-pass backward (dhs set)";
+    if ((p.bwd_part == 3 || p.bwd_part == 4) && !p.walk_sync) return "bwd_part 3 and 4 need walk_sync";
+    if (p.walk_sync && p.bwd_walk_wgmma) return "walk_sync takes the mma.sync walk (bwd_walk_wgmma 0)";
     if (p.bwd_walk_wgmma) {
       if (!linear_chunk_has_wgmma())
         return "bwd_walk_wgmma: this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a)";
@@ -208,18 +212,20 @@ cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
     }
   }
   if (!p.vn) {
-    if (p.fwd_part == 2) return cudaSuccess;
+    if (p.fwd_part >= 2) return cudaSuccess;
     return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid,
                          walk_smem(p, FwdSmem<kD, kVb>::kOutBytes), p);
   }
-  // two passes: the walk (states and vn), then o for every chunk at once
-  if (p.fwd_part != 2) {
+  // two passes: the walk (states and vn), then o for every chunk at once; params.h: fwd_part
+  if (p.fwd_part <= 1) {
     cudaError_t err = launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
                                     walk_smem(p, FwdSmem<kD, kVb, false>::kBytes), p);
     if (err != cudaSuccess || p.fwd_part == 1) return err;
   }
-  return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                       OutSmem<kD>::kBytes, p);
+  // streamed (part 3): over (B * H, chunks), chunk 0 first (delta_out_kernel)
+  const int nt = linear_chunk_count(p.T);
+  const dim3 out_grid = p.fwd_part == 3 ? dim3(static_cast<unsigned>(p.B) * p.H, nt) : dim3(nt, p.H, p.B);
+  return launch_kernel(&delta_out_kernel<kD, T, kGated>, out_grid, OutSmem<kD>::kBytes, p);
 }
 
 template <int kD, int kVb, typename T>

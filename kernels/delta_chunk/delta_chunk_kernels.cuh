@@ -60,6 +60,46 @@ __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned cha
 // (ncu, DeltaNet D128 T = 32768: 600 -> 615 us): its chunk step is bound by the latency of its two dependent
 // products, not by the copies, and two stages leave room for delta_wy's blocks beside it (streamed forward).
 constexpr int kStatePassStages = 2;
+// ---- The streamed output passes (docs/kernels.md "Streamed forward", "Streamed backward"): the two-pass
+// forms' output pass runs on another stream beside the walk and takes each chunk as soon as the walk has
+// stored it. p.walk_sync (params.h): the walk counts its started blocks in [0] and, after the barrier that
+// follows its stores of chunk c, adds one to [1 + (b H + h) nt + c] per value slice. The output pass's part 3
+// runs over (B * H, chunks) in the order the walk finishes them; part 4, after both in stream order, does the
+// chunks that part 3 gave up.
+
+struct OutBlock {
+  int c, h, b;
+};
+
+// Block -> (chunk, head, batch) of an output pass: grid (chunks, H, B), or (B * H, chunks) for part 3, chunk
+// 0 first, or the last first (last_first: the backward's walk runs in reverse).
+__device__ __forceinline__ OutBlock out_block(int part, bool last_first, int nt, int H) {
+  if (part != 3)
+    return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+  const int c = static_cast<int>(blockIdx.y);
+  return {last_first ? nt - 1 - c : c, static_cast<int>(blockIdx.x) % H, static_cast<int>(blockIdx.x) / H};
+}
+
+// Whether this block of an output pass does its chunk (slot = (b H + h) nt + c); every thread calls it. Part
+// 3 waits, one thread then a barrier, until every walk block runs (or gives the chunk up after 50 us: the
+// walk may not be placed while this pass's blocks hold the SMs; once every walk block runs, waiting cannot
+// block, since the walk waits for nothing this pass does) and then until the chunk's v_split slices are
+// posted. Part 4 skips what part 3 did; parts 0 and 2 (no sync) do every chunk.
+__device__ __forceinline__ bool out_block_go(int* sync, int part, int walk_blocks, int v_split,
+                                             int64_t slot) {
+  if (!sync || (part != 3 && part != 4)) return true;
+  if (part == 4) return sync[1 + slot] != v_split + 1;
+  __shared__ int go;
+  if (threadIdx.x == 0) go = wait_count(sync, walk_blocks, 50000) && wait_count(sync + 1 + slot, v_split);
+  __syncthreads();
+  return go != 0;
+}
+
+// Part 3 marks its chunk done for part 4 (which the stream order runs after the whole of part 3).
+__device__ __forceinline__ void out_block_done(int* sync, int part, int v_split, int64_t slot) {
+  if (sync && part == 3 && threadIdx.x == 0) sync[1 + slot] = v_split + 1;
+}
+
 template <int kD, int kVb, bool kOut = true>
 struct FwdSmem {
   static constexpr int kTile = kC * kD * 2;
@@ -124,6 +164,9 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     issue(1);
   }
 
+  // Streamed output pass (two-pass form only): the output pass's blocks start waiting on this walk's chunks
+  // only once every walk block runs.
+  if (!kOut && p.walk_sync && tid == 0) atomicAdd(p.walk_sync, 1);
   float S[ST::MT][ST::NT][4];
   ST::load(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, warp, lane, kD);
   store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
@@ -197,6 +240,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
       store_acc_smem<kVb, T>(smem + L::kS, S, ST::m0(warp), ST::n0(warp), lane);
       cp_async_wait<L::kStages - 2>();  // chunk c + 1's stage (the later ones may still be in flight)
       __syncthreads();  // it and the state copy ready; every read of this stage, vn and Vw is done
+      // chunk c's hs and vn slices are stored (before this barrier): the streamed output pass may take it
+      if (p.walk_sync && tid == 0) post_count(p.walk_sync + 1 + bh * nt + c);
     }
     if constexpr (kOut && !kTwoS) issue(c + 2);
   }
@@ -221,9 +266,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   using L = OutSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int nt = linear_chunk_count(p.T), t0 = c * kC, rows = min(kC, p.T - t0);
+  const int nt = linear_chunk_count(p.T);
+  const OutBlock ob = out_block(p.fwd_part, false, nt, p.H);  // streamed (part 3): chunk 0 first
+  const int c = ob.c, h = ob.h, b = ob.b, t0 = c * kC, rows = min(kC, p.T - t0);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
+  if (!out_block_go(p.walk_sync, p.fwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c)) return;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   // Two copy groups: the scores need q, k and the gates only, so they are formed while S and vn land.
@@ -252,6 +299,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   warp_mma<1, kD / 16, kC / 16, false, true, kC, kD, T>(O, s0 + L::kP, m0, 0, s0 + L::kVn, 0, n0o, lane);
   store_acc_global<T>(static_cast<T*>(p.o) + row_offset(b, t0, h, p.T, p.H, kD),
                       static_cast<int64_t>(p.H) * kD, O, m0, n0o, rows, lane);
+  out_block_done(p.walk_sync, p.fwd_part, p.v_split, bh * nt + c);
 }
 
 // ---------------------------------------------------------------- backward
@@ -717,7 +765,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
   };
 
   // Streamed: the output pass's blocks start waiting on this walk's chunks only once every walk block runs.
-  if (p.bwd_sync && tid == 0) atomicAdd(p.bwd_sync, 1);
+  if (p.walk_sync && tid == 0) atomicAdd(p.walk_sync, 1);
   float dS[ST::MT][ST::NT][4];
   ST::load(dS, p.dht ? p.dht + bh * kD * kD + v0 : nullptr, warp, lane, kD);
   store_acc_smem<kVb, T>(smem + L::kdS, dS, ST::m0(warp), ST::n0(warp), lane);
@@ -771,7 +819,7 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
     }
     // This slice of chunk c is done (dhs and du stored before the barrier above, dsum just now): the
     // streamed output pass may take the chunk once every slice has posted.
-    if (p.bwd_sync && tid == 0) post_count(p.bwd_sync + 1 + bh * nt + c);
+    if (p.walk_sync && tid == 0) post_count(p.walk_sync + 1 + bh * nt + c);
     bwd_state_dvn<kD, kVb, T>(dS, sst + L::kW, s0 + L::kdVn, warp, lane);  // + W^T (-dvn)
     // dS's 16-bit copy is read no more in this chunk (its last readers, the dhs store and dvn, are behind the
     // barrier above), so each warp rewrites its piece at once. One stage: the next chunk's copies go into
@@ -812,30 +860,11 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int nt = linear_chunk_count(p.T);
-  // Parts 0 and 4: grid (chunks, H, B). Part 3 (streamed): grid (B * H, chunks), the last chunk first, the
-  // order in which the walk finishes them.
-  const bool streamed = p.bwd_part == 3;
-  const int c = streamed ? nt - 1 - static_cast<int>(blockIdx.y) : static_cast<int>(blockIdx.x);
-  const int h = streamed ? static_cast<int>(blockIdx.x) % p.H : static_cast<int>(blockIdx.y);
-  const int b = streamed ? static_cast<int>(blockIdx.x) / p.H : static_cast<int>(blockIdx.z);
-  const int t0 = c * kC, rows = min(kC, p.T - t0);
+  // streamed (part 3): the last chunk first, the order in which the walk finishes them
+  const OutBlock ob = out_block(p.bwd_part, true, nt, p.H);
+  const int c = ob.c, h = ob.h, b = ob.b, t0 = c * kC, rows = min(kC, p.T - t0);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  if (p.bwd_sync) {
-    int* count = p.bwd_sync + 1 + bh * nt + c;
-    if (p.bwd_part == 4) {
-      if (*count == p.v_split + 1) return;  // done by part 3 (which the stream order put before this)
-    } else if (streamed) {
-      __shared__ int go;
-      if (tid == 0) {
-        const int walk_blocks = p.B * p.H * p.v_split;
-        // every walk block running (else give the chunk to part 4: the walk may not be placed while this
-        // pass's blocks hold the SMs), then chunk c's slices posted (a walk that runs finishes them)
-        go = wait_count(p.bwd_sync, walk_blocks, 50000) && wait_count(count, p.v_split);
-      }
-      __syncthreads();
-      if (!go) return;
-    }
-  }
+  if (!out_block_go(p.walk_sync, p.bwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c)) return;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);
@@ -918,10 +947,7 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
       p.dG[(static_cast<int64_t>(b) * p.T + t0 + tid) * p.H + h] = d;
     }
   }
-  if (streamed) {  // for part 4, which the stream order puts after this pass
-    __syncthreads();
-    if (tid == 0) p.bwd_sync[1 + bh * nt + c] = p.v_split + 1;
-  }
+  out_block_done(p.walk_sync, p.bwd_part, p.v_split, bh * nt + c);
 }
 
 }  // namespace attnlab::kernels::delta_chunk

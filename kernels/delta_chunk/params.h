@@ -66,33 +66,37 @@ struct DeltaChunkParams {
                        // chunk of it. The same results; pointless where nothing runs beside the walk
   int fwd_part = 0;    // 0: the whole forward; 1: the walk only; 2: only what follows the walk (the
                        // two-pass output pass; nothing for a one-pass forward). The streamed forward
-                       // launches the walk, then the producer, then waits for the producer before part 2
+                       // launches the walk, then the producer, then waits for the producer before part 2.
+                       // With walk_sync (two-pass only): 3 the output pass streamed behind the walk (grid
+                       // B * H by chunks, chunk 0 first; as bwd_part 3), 4 the chunks that 3 gave up
+  int* walk_sync = nullptr;  // workspace int32 [1 + B * H * ceil(T / 64)], zeroed, or nullptr: the streamed
+                             // output pass of the two-pass forms, forward or backward (docs/kernels.md
+                             // "Streamed forward", "Streamed backward"). [0] counts the walk's blocks that
+                             // have started; [1 + (b H + h) nt + c] counts the walk's slices done with chunk
+                             // c (forward: hs, vn stored; backward: dhs, du, dsum), then v_split + 1 once the
+                             // output pass has done it. Only with the mma.sync walks (fwd_wgmma and
+                             // bwd_walk_wgmma 0); a fresh zeroed buffer for each forward or backward
   // ---- backward
-  void* dhs = nullptr;      // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
-                            // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
-                            // the value columns, as the forward) computes dS and dU only, saving the dS
-                            // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
-                            // Same results (dG up to the order of a float sum)
-  int bwd_walk_wgmma = 0;   // with dhs, v_split 2, K = V = 128 and bwd_local 0: 1 runs the two-pass walk on
-                            // Hopper's wgmma (delta_chunk_bwd_walk_wgmma.cuh, only where
-                            // linear_chunk_has_wgmma()); the same results up to summation order and one
-                            // rounding (delta_chunk_default_bwd_walk_wgmma picks it)
-  int bwd_local = 0;        // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
-                            // every chunk at once before the walk, which then skips the scores P (float32,
-                            // parked in dq and dk until the last kernel writes them); the same bits
-                            // (delta_chunk_default_bwd_local picks it)
-  float* dsum = nullptr;    // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
-  int* bwd_sync = nullptr;  // workspace int32 [1 + B * H * ceil(T / 64)], zeroed, or nullptr: the streamed
-                            // two-pass backward (docs/kernels.md "Streamed backward"). [0] counts the walk's
-                            // blocks that have started; [1 + (b H + h) nt + c] counts the walk's slices
-                            // done with chunk c (dhs, du, dsum stored), then v_split + 1 once the output
-                            // pass has done it. Only with the mma.sync walk (bwd_walk_wgmma 0)
+  void* dhs = nullptr;     // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
+                           // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over
+                           // the value columns, as the forward) computes dS and dU only, saving the dS
+                           // of every chunk here; then one block per chunk computes dq, dk, dW, dG.
+                           // Same results (dG up to the order of a float sum)
+  int bwd_walk_wgmma = 0;  // with dhs, v_split 2, K = V = 128 and bwd_local 0: 1 runs the two-pass walk on
+                           // Hopper's wgmma (delta_chunk_bwd_walk_wgmma.cuh, only where
+                           // linear_chunk_has_wgmma()); the same results up to summation order and one
+                           // rounding (delta_chunk_default_bwd_walk_wgmma picks it)
+  int bwd_local = 0;       // with dhs: 1 forms P^T do (the part of dU that does not depend on the state) for
+                           // every chunk at once before the walk, which then skips the scores P (float32,
+                           // parked in dq and dk until the last kernel writes them); the same bits
+                           // (delta_chunk_default_bwd_local picks it)
+  float* dsum = nullptr;   // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   int bwd_part = 0;  // with dhs: 0 the whole backward in order; 1 P^T do only (bwd_local; nothing without);
                      // 2 the walk only; 3 the output pass streamed behind the walk (grid B * H by chunks,
                      // last chunk first; each block waits for its chunk's count, and gives the chunk up if
                      // the walk's blocks are not all running within 50 us, so it never waits on a walk that
                      // cannot be placed); 4 the output pass for the chunks that 3 gave up (after 3 and the
-                     // walk). 3 and 4 need bwd_sync
+                     // walk). 3 and 4 need walk_sync
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
   void* dq = nullptr;          // [B, T, H, K] (written)

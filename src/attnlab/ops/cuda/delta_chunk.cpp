@@ -107,6 +107,17 @@ int walk_alone() {
   return f == "1" ? 1 : 0;
 }
 
+// Whether the streamed forward's output pass runs behind its walk (fwd_part 3): as
+// ATTNLAB_DELTA_OUT_STREAM=0|1 says (read per call), else off until measured; only where the walk's blocks
+// leave at least half the SMs (the output pass needs SMs of its own beside the walk).
+bool out_stream(int B, int H, int v_split, int device) {
+  const char* e = std::getenv("ATTNLAB_DELTA_OUT_STREAM");
+  if (!e) return false;
+  const std::string f = e;
+  ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_OUT_STREAM must be 0 or 1, got '{}'", kOp, f);
+  return f == "1" && 2LL * B * H * v_split <= sm_count(device);
+}
+
 void check_params(const kn::DeltaChunkParams& p, bool backward) {
   auto why = kn::delta_chunk_check(p, backward);
   if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
@@ -149,6 +160,16 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
     } else {
       fork->preload();
+      // The streamed output pass (out_stream): o of each chunk as soon as the walk has stored it, on the
+      // low-priority stream after the producer (so that its waiting blocks never hold SMs that the producer,
+      // which the walk waits for, needs); the walk posts per chunk in `sync`, zeroed here on the default
+      // stream before either side stream starts (a reused buffer's stale counts would let it run ahead).
+      const bool stream_out = out_stream(p.B, p.H, p.v_split, dev);
+      torch::Tensor sync;
+      if (stream_out) {
+        sync = torch::zeros({1 + p.B * p.H * nt}, q.options().dtype(torch::kInt));
+        p.walk_sync = static_cast<int*>(sync.data_ptr());
+      }
       cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
       cudaEvent_t start = record_event(nullptr, kOp);  // both after the default stream's work so far
       check_cuda(cudaStreamWaitEvent(hi, start, 0), kOp, "cudaStreamWaitEvent");
@@ -160,9 +181,19 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       check_params(p, false);
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the walk)");
       fork->launch(lo);
-      check_cuda(cudaStreamWaitEvent(hi, fork->done, 0), kOp, "cudaStreamWaitEvent");
-      p.fwd_part = 2, p.wy_ready = nullptr;
-      check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the output pass)");
+      p.wy_ready = nullptr, p.walk_alone = 0;
+      if (stream_out) {
+        p.stream = lo, p.fwd_part = 3;
+        check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the streamed output pass)");
+        stream_after(hi, lo, kOp);
+        p.stream = hi, p.fwd_part = 4;  // the chunks the streamed pass gave up, if any
+        check_cuda(kn::launch_delta_chunk_fwd(p), kOp,
+                   "launch_delta_chunk_fwd (the rest of the output pass)");
+      } else {
+        check_cuda(cudaStreamWaitEvent(hi, fork->done, 0), kOp, "cudaStreamWaitEvent");
+        p.fwd_part = 2;
+        check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the output pass)");
+      }
       stream_after(nullptr, hi, kOp);  // after the output pass, which waited for the preparation
       fork->join();                    // (so its wait is already covered; releases the event and tensors)
     }
@@ -267,7 +298,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       // zeroed on the default stream, which both side streams follow; freed at return, after the default
       // stream was made to wait for them
       auto sync = torch::zeros({1 + p.B * p.H * hs.size(2)}, q.options().dtype(torch::kInt));
-      p.bwd_sync = static_cast<int*>(sync.data_ptr());
+      p.walk_sync = static_cast<int*>(sync.data_ptr());
       cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
       stream_after(hi, nullptr, kOp);
       p.stream = hi, p.bwd_part = 1;  // P^T do (if bwd_local), which the output pass overwrites
