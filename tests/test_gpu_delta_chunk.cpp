@@ -601,6 +601,8 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         // walk (fwd_part 3) on, off and both, shape by shape: the same bits
         setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);
         setenv("ATTNLAB_DELTA_OUT_STREAM", (si / 2) % 2 ? "1" : "0", 1);
+        // and, with the output pass streamed, every chunk left to its cleanup launch on the fp16 shape
+        setenv("ATTNLAB_DELTA_SYNC_GIVE_UP", si == 3 ? "1" : "0", 1);
         ops::RecurrentArgs a;
         a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
         a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
@@ -613,6 +615,7 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         unsetenv("ATTNLAB_DELTA_STREAM");
         unsetenv("ATTNLAB_DELTA_WALK_ALONE");
         unsetenv("ATTNLAB_DELTA_OUT_STREAM");
+        unsetenv("ATTNLAB_DELTA_SYNC_GIVE_UP");
         std::vector<torch::Tensor> r{out.o.detach(),
                                      out.ht.detach(),
                                      a.q.grad(),
@@ -684,6 +687,8 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
         setenv("ATTNLAB_DELTA_BWD_STREAM", stream, 1);
         setenv("ATTNLAB_DELTA_BWD_LOCAL", sh.local, 1);
         setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);  // the walk alone on its SMs or not
+        // every chunk left to the cleanup launch (DeltaChunkParams::sync_give_up) on one shape
+        setenv("ATTNLAB_DELTA_SYNC_GIVE_UP", si == 2 ? "1" : "0", 1);
         ops::RecurrentArgs a;
         a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
         a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
@@ -696,6 +701,7 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
         unsetenv("ATTNLAB_DELTA_BWD_STREAM");
         unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
         unsetenv("ATTNLAB_DELTA_WALK_ALONE");
+        unsetenv("ATTNLAB_DELTA_SYNC_GIVE_UP");
         return std::vector<torch::Tensor>{a.q.grad(),  a.k.grad(),    a.v.grad(),
                                           a.h0.grad(), a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
       };

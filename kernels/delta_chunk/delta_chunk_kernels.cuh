@@ -85,10 +85,11 @@ __device__ __forceinline__ OutBlock out_block(int part, bool last_first, int nt,
 // walk may not be placed while this pass's blocks hold the SMs; once every walk block runs, waiting cannot
 // block, since the walk waits for nothing this pass does) and then until the chunk's v_split slices are
 // posted. Part 4 skips what part 3 did; parts 0 and 2 (no sync) do every chunk.
-__device__ __forceinline__ bool out_block_go(int* sync, int part, int walk_blocks, int v_split,
-                                             int64_t slot) {
+__device__ __forceinline__ bool out_block_go(int* sync, int part, int walk_blocks, int v_split, int64_t slot,
+                                             bool give_up) {
   if (!sync || (part != 3 && part != 4)) return true;
   if (part == 4) return sync[1 + slot] != v_split + 1;
+  if (give_up) return false;  // DeltaChunkParams::sync_give_up (tests)
   __shared__ int go;
   if (threadIdx.x == 0) go = wait_count(sync, walk_blocks, 50000) && wait_count(sync + 1 + slot, v_split);
   __syncthreads();
@@ -270,7 +271,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   const OutBlock ob = out_block(p.fwd_part, false, nt, p.H);  // streamed (part 3): chunk 0 first
   const int c = ob.c, h = ob.h, b = ob.b, t0 = c * kC, rows = min(kC, p.T - t0);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  if (!out_block_go(p.walk_sync, p.fwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c)) return;
+  if (!out_block_go(p.walk_sync, p.fwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c, p.sync_give_up))
+    return;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   // Two copy groups: the scores need q, k and the gates only, so they are formed while S and vn land.
@@ -864,7 +866,8 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
   const OutBlock ob = out_block(p.bwd_part, true, nt, p.H);
   const int c = ob.c, h = ob.h, b = ob.b, t0 = c * kC, rows = min(kC, p.T - t0);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  if (!out_block_go(p.walk_sync, p.bwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c)) return;
+  if (!out_block_go(p.walk_sync, p.bwd_part, p.B * p.H * p.v_split, p.v_split, bh * nt + c, p.sync_give_up))
+    return;
   const uint32_t s0 = smem_u32(smem);
   float* G = reinterpret_cast<float*>(smem + L::kG);
   float* dGs = reinterpret_cast<float*>(smem + L::kdG);

@@ -76,6 +76,8 @@ struct DeltaChunkParams {
                              // c (forward: hs, vn stored; backward: dhs, du, dsum), then v_split + 1 once the
                              // output pass has done it. Only with the mma.sync walks (fwd_wgmma and
                              // bwd_walk_wgmma 0); a fresh zeroed buffer for each forward or backward
+  int sync_give_up = 0;      // tests only: 1 makes a streamed output pass (part 3) give every chunk up, so
+                             // that part 4 does them all (the path a walk that is not placed in time takes)
   // ---- backward
   void* dhs = nullptr;     // workspace [B, H, ceil(T / 64), K, V] 16-bit, or nullptr. When set, the backward
                            // runs in two passes: the walk over the chunks (v_split blocks per (b, h) over

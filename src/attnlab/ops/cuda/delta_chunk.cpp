@@ -118,6 +118,13 @@ bool out_stream(int B, int H, int v_split, int device) {
   return f == "1" && 2LL * B * H * v_split <= sm_count(device);
 }
 
+// ATTNLAB_DELTA_SYNC_GIVE_UP=1 (tests only): a streamed output pass gives every chunk to its cleanup launch
+// (DeltaChunkParams::sync_give_up), the path taken when the walk is not placed in time.
+int sync_give_up() {
+  const char* e = std::getenv("ATTNLAB_DELTA_SYNC_GIVE_UP");
+  return e && std::string(e) == "1" ? 1 : 0;
+}
+
 void check_params(const kn::DeltaChunkParams& p, bool backward) {
   auto why = kn::delta_chunk_check(p, backward);
   if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
@@ -168,7 +175,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       torch::Tensor sync;
       if (stream_out) {
         sync = torch::zeros({1 + p.B * p.H * nt}, q.options().dtype(torch::kInt));
-        p.walk_sync = static_cast<int*>(sync.data_ptr());
+        p.walk_sync = static_cast<int*>(sync.data_ptr()), p.sync_give_up = sync_give_up();
       }
       cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
       cudaEvent_t start = record_event(nullptr, kOp);  // both after the default stream's work so far
@@ -298,7 +305,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       // zeroed on the default stream, which both side streams follow; freed at return, after the default
       // stream was made to wait for them
       auto sync = torch::zeros({1 + p.B * p.H * hs.size(2)}, q.options().dtype(torch::kInt));
-      p.walk_sync = static_cast<int*>(sync.data_ptr());
+      p.walk_sync = static_cast<int*>(sync.data_ptr()), p.sync_give_up = sync_give_up();
       cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
       stream_after(hi, nullptr, kOp);
       p.stream = hi, p.bwd_part = 1;  // P^T do (if bwd_local), which the output pass overwrites
