@@ -60,6 +60,7 @@ __device__ __forceinline__ void corrected_values(unsigned char* vn, unsigned cha
 // (ncu, DeltaNet D128 T = 32768: 600 -> 615 us): its chunk step is bound by the latency of its two dependent
 // products, not by the copies, and two stages leave room for delta_wy's blocks beside it (streamed forward).
 constexpr int kStatePassStages = 2;
+
 // ---- The streamed output passes (docs/kernels.md "Streamed forward", "Streamed backward"): the two-pass
 // forms' output pass runs on another stream beside the walk and takes each chunk as soon as the walk has
 // stored it. p.walk_sync (params.h): the walk counts its started blocks in [0] and, after the barrier that
