@@ -74,7 +74,8 @@ ncu_times_stage() {
     csv="$OUT/ncu_${op}_${d}_${t}.csv"
     # ncu runs one kernel at a time, so the streamed forms (a consumer spinning on a producer launched beside
     # it) cannot run under it: the plain forms are what it times.
-    stage 120 env ATTNLAB_DELTA_STREAM=0 ATTNLAB_DELTA_BWD_STREAM=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
+    stage 120 env ATTNLAB_DELTA_STREAM=0 ATTNLAB_DELTA_BWD_STREAM=0 \
+      ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
       -k "regex:${NCU_REGEX:-attnlab::kernels}" "$BUILD/attnlab" bench ops --ops "$op" --dtype bf16 --head-dims "$d" \
       --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 > "$csv" 2> "$OUT/ncu_${op}_${d}_${t}.log"
     el "ncu $spec rc $?"

@@ -3,6 +3,7 @@
 
 #include <climits>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "attnlab/core/error.h"
@@ -17,6 +18,16 @@ namespace {
 
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "delta_chunk";
+
+// A 0|1 switch from the environment (read per call: the bench and the tests flip them): unset gives
+// nullopt, anything but 0 or 1 fails naming the variable and the value.
+std::optional<bool> env_switch(const char* name) {
+  const char* e = std::getenv(name);
+  if (!e) return std::nullopt;
+  const std::string f = e;
+  ATTNLAB_CHECK(f == "0" || f == "1", "{}: {} must be 0 or 1, got '{}'", kOp, name, f);
+  return f == "1";
+}
 
 // How the forward runs for a shape: the walks' V-split, the wgmma walk or not, and the two-pass form or not.
 struct FwdChoice {
@@ -89,40 +100,28 @@ FwdChoice fwd_choice(const torch::Tensor& q, const torch::Tensor& u, bool gated,
 bool stream_wy(const FwdChoice& c, int B, int H, int device) {
   const int sms = sm_count(device);
   const long long blocks = static_cast<long long>(B) * H * c.v_split;
-  if (const char* e = std::getenv("ATTNLAB_DELTA_STREAM")) {
-    const std::string f = e;
-    ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_STREAM must be 0 or 1, got '{}'", kOp, f);
-    return f == "1" && !c.fwd_wgmma && c.two_pass && blocks < sms;
-  }
+  if (const auto on = env_switch("ATTNLAB_DELTA_STREAM"))
+    return *on && !c.fwd_wgmma && c.two_pass && blocks < sms;
   return kn::delta_chunk_default_stream_wy(B, H, c.v_split, c.fwd_wgmma != 0, c.two_pass, sms);
 }
 
 // Whether a streamed walk keeps its SMs to itself (DeltaChunkParams::walk_alone): as
 // ATTNLAB_DELTA_WALK_ALONE=0|1 says (read per call: the bench compares both), else off.
 int walk_alone() {
-  const char* e = std::getenv("ATTNLAB_DELTA_WALK_ALONE");
-  if (!e) return 0;
-  const std::string f = e;
-  ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_WALK_ALONE must be 0 or 1, got '{}'", kOp, f);
-  return f == "1" ? 1 : 0;
+  return env_switch("ATTNLAB_DELTA_WALK_ALONE").value_or(false) ? 1 : 0;
 }
 
 // Whether the streamed forward's output pass runs behind its walk (fwd_part 3): as
 // ATTNLAB_DELTA_OUT_STREAM=0|1 says (read per call), else off until measured; only where the walk's blocks
 // leave at least half the SMs (the output pass needs SMs of its own beside the walk).
 bool out_stream(int B, int H, int v_split, int device) {
-  const char* e = std::getenv("ATTNLAB_DELTA_OUT_STREAM");
-  if (!e) return false;
-  const std::string f = e;
-  ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_OUT_STREAM must be 0 or 1, got '{}'", kOp, f);
-  return f == "1" && 2LL * B * H * v_split <= sm_count(device);
+  return env_switch("ATTNLAB_DELTA_OUT_STREAM").value_or(false) && 2LL * B * H * v_split <= sm_count(device);
 }
 
 // ATTNLAB_DELTA_SYNC_GIVE_UP=1 (tests only): a streamed output pass gives every chunk to its cleanup launch
 // (DeltaChunkParams::sync_give_up), the path taken when the walk is not placed in time.
 int sync_give_up() {
-  const char* e = std::getenv("ATTNLAB_DELTA_SYNC_GIVE_UP");
-  return e && std::string(e) == "1" ? 1 : 0;
+  return env_switch("ATTNLAB_DELTA_SYNC_GIVE_UP").value_or(false) ? 1 : 0;
 }
 
 void check_params(const kn::DeltaChunkParams& p, bool backward) {
@@ -255,21 +254,14 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
       // P^T do before the walk where delta_chunk_default_bwd_local says, or as ATTNLAB_DELTA_BWD_LOCAL=0|1
       // says (the same bits either way).
       bool local = kn::delta_chunk_default_bwd_local(p.B, p.H, p.V, p.v_split, given(G), sms);
-      if (const char* lf = std::getenv("ATTNLAB_DELTA_BWD_LOCAL")) {
-        const std::string f = lf;
-        ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_LOCAL must be 0 or 1, got '{}'", kOp, f);
-        local = f == "1";
-      }
+      if (const auto on = env_switch("ATTNLAB_DELTA_BWD_LOCAL")) local = *on;
       p.bwd_local = local ? 1 : 0;
       // The walk on wgmma where delta_chunk_default_bwd_walk_wgmma says (V-split 2, no bwd_local, no gate,
       // an sm_90a build), or as ATTNLAB_DELTA_BWD_WALK_WGMMA=0|1 says (read per call: the bench and a test
       // switch it).
       bool walk_wgmma = p.K == 128 && p.V == 128 && p.v_split == 2 && !local && kn::linear_chunk_has_wgmma();
-      if (const char* ww = std::getenv("ATTNLAB_DELTA_BWD_WALK_WGMMA")) {
-        const std::string f = ww;
-        ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_WALK_WGMMA must be 0 or 1, got '{}'", kOp,
-                      f);
-        walk_wgmma = walk_wgmma && f == "1";
+      if (const auto on = env_switch("ATTNLAB_DELTA_BWD_WALK_WGMMA")) {
+        walk_wgmma = walk_wgmma && *on;
       } else {
         walk_wgmma = walk_wgmma &&
                      kn::delta_chunk_default_bwd_walk_wgmma(p.B, p.H, p.V, p.v_split, local, given(G), sms);
@@ -281,22 +273,14 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // The one-pass backward on wgmma (K = V = 128, an sm_90a build) unless ATTNLAB_DELTA_BWD_WGMMA=0 (read
     // per call: the bench and a test switch it).
     bool bwd_wgmma = !two_pass && p.K == 128 && p.V == 128 && kn::linear_chunk_has_wgmma();
-    if (const char* wf = std::getenv("ATTNLAB_DELTA_BWD_WGMMA")) {
-      const std::string f = wf;
-      ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_WGMMA must be 0 or 1, got '{}'", kOp, f);
-      bwd_wgmma = bwd_wgmma && f == "1";
-    }
+    if (const auto on = env_switch("ATTNLAB_DELTA_BWD_WGMMA")) bwd_wgmma = bwd_wgmma && *on;
     p.bwd_wgmma = bwd_wgmma ? 1 : 0;
     // The streamed backward (docs/kernels.md "Streamed backward"): the output pass on a low-priority stream
     // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it.
     // Opt-in (ATTNLAB_DELTA_BWD_STREAM=1, read per call) until it has run on a GPU: written and compiled in a
     // session that got no device; where it is taken, the mma.sync walk's blocks should leave SMs free.
-    bool streamed = false;
-    if (const char* e = std::getenv("ATTNLAB_DELTA_BWD_STREAM")) {
-      const std::string f = e;
-      ATTNLAB_CHECK(f == "0" || f == "1", "{}: ATTNLAB_DELTA_BWD_STREAM must be 0 or 1, got '{}'", kOp, f);
-      streamed = f == "1" && two_pass && !p.bwd_walk_wgmma;
-    }
+    const bool streamed =
+        env_switch("ATTNLAB_DELTA_BWD_STREAM").value_or(false) && two_pass && !p.bwd_walk_wgmma;
     if (!streamed) {
       check_params(p, true);
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
