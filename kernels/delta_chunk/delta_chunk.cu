@@ -43,7 +43,6 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (backward) {
     if (!p.dout || !p.dq || !p.dk || !p.dw || !p.du) return "dout, dq, dk, dw and du must be set";
     if (p.G && !p.dG) return "dG must be set when G is";
-    if (p.dhs && p.G && !p.dsum) return "dsum must be set with dhs when G is (the two-pass backward)";
     if (p.bwd_local && !p.dhs) return "bwd_local takes the two-pass backward (dhs set)";
     if (p.bwd_part < 0 || p.bwd_part > 4) return "bwd_part must be 0 .. 4, got " + std::to_string(p.bwd_part);
     if ((p.bwd_part || p.walk_sync) && !p.dhs)

@@ -13,19 +13,20 @@
 // 64 wg .. + 64, an m64n64 accumulator), walking the chunks from the last. The warpgroups split by product,
 // as in the half-V forward walk:
 //   barrier 1 (the chunk's stage and the 16-bit dS copy: the dS entering from the chunk after) -> dS to
-//   dhs -> batch 1: warpgroup 0 Y = K dS (m64n64k128), warpgroup 1 P = q k^T (m64n64k128); gated, every
-//   thread its share of exp(G_last) <dS, S_in>; everyone Dg = scale exp(G_t) do -> warpgroup 1 P masked
+//   dhs -> batch 1: warpgroup 0 Y = K dS (m64n64k128), warpgroup 1 P = q k^T (m64n64k128); everyone
+//   Dg = scale exp(G_t) do -> warpgroup 1 P masked
 //   and decayed into its tile, warpgroup 0 Y scaled by w_s = exp(G_last - G_s) -> barrier 2 ->
 //   batch 2: warpgroup 0 Y += P^T do (P's tile read M-major: P^T as A); both dS = exp(G_last) dS + q^T Dg
 //   over their rows -> warpgroup 0 dvn = Y to du and -dvn into its tile -> barrier 3 -> batch 3: both
 //   dS += W^T (-dvn) over their rows -> the new 16-bit dS copy.
 // Run 2026-12-04d (bench/results/h200-2026-12-04d, 64 heads, T = 8192): forward + backward 2.067 -> 2.010 ms
 // without a gate; gated 2.611 -> 2.627 (no gain: warpgroup 1 forms P's exponentials, and every thread
-// reads S_in for dsum, before barrier 2), so the default takes it without a gate only.
+// read S_in's slice for exp(G_last) <dS, S_in>, before barrier 2), so the default takes it without a gate
+// only. That dot has since moved to the second kernel (delta_bwd_out_kernel), and with it S_in's loads.
 //
 // Dg: q^T Dg = Qg^T do with Qg = scale exp(G_t) q (the mma.sync walk's form), but the 16-bit rounding falls
-// on the 64 x 64 Dg rather than the 64 x 128 Qg (half the scaling work). Two stages of q, k, w (whole), the
-// block's do and, gated, its slice of S_in; 186 KB gated, one block per SM.
+// on the 64 x 64 Dg rather than the 64 x 128 Qg (half the scaling work). Two stages of q, k, w (whole) and
+// the block's do; 154 KB, one block per SM.
 #pragma once
 
 #include "kernels/delta_chunk/delta_chunk_fwd_wgmma.cuh"
@@ -39,15 +40,13 @@ struct WgBwdWalkSmem {
   static constexpr int kTile = 2 * kPanel;    // [64][128] as two 64-column panels
   static constexpr int kSlice = kD * 64 * 2;  // [128][64] 16-bit: a state slice
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
-  static constexpr int kSin = kDo + kPanel;                // S_in's slice (gated)
-  static constexpr int kG = kSin + (kGated ? kSlice : 0);  // [C] floats
-  static constexpr int kStage = kG + 1024;                 // stages stay 1024-aligned
+  static constexpr int kG = kDo + kPanel;   // [C] floats
+  static constexpr int kStage = kG + 1024;  // stages stay 1024-aligned
   static constexpr int kdS = 2 * kStage;                   // the 16-bit dS copy, one [128][64] panel
   static constexpr int kP = kdS + kSlice;                  // [64 t][64 s] masked, decayed scores
   static constexpr int kDg = kP + kPanel;                  // [64][64] scale exp(G_t) do
   static constexpr int kdVn = kDg + kPanel;                // [64][64] -dvn
-  static constexpr int kRed = kdVn + kPanel;               // [8] floats: the warps' <dS, S_in> shares
-  static constexpr int kBytes = kRed + 64;
+  static constexpr int kBytes = kdVn + kPanel;
   static constexpr int kThreads = 256;
   static_assert(kBytes <= 227 * 1024, "one block per SM");
 };
@@ -65,8 +64,6 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   const uint32_t s0 = smem_u32(smem);
-  float* red = reinterpret_cast<float*>(smem + L::kRed);
-  const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD + v0;
   T* dhs = static_cast<T*>(p.dhs) + bh * nt * kD * kD + v0;
 
   auto issue = [&](int c) {  // chunk c's stage (nothing for c < 0), one commit group either way
@@ -79,11 +76,7 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
       wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
       load_tile<kC, 64, L::kThreads, T>(base + L::kDo, static_cast<const T*>(p.dout) + off + v0, row_stride,
                                         p.T - t0, tid);
-      if constexpr (kGated) {
-        load_tile<kD, 64, L::kThreads, T>(base + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD,
-                                          tid);
-        load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
-      }
+      if constexpr (kGated) load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
     }
     cp_async_commit();
   };
@@ -119,21 +112,6 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
     // The dS this chunk uses, for the second pass, under the products.
     store_tile<kD, 64, L::kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
     const float g_last = kGated ? G[kC - 1] : 0.f;
-    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>, from dS before this chunk's step
-      float e = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = wgt::acc_row(wg, wr, lane, half), col = wgt::acc_col(j, lane);
-          const float2 x =
-              unpack2<T>(*reinterpret_cast<const uint32_t*>(stage + L::kSin + panel_off(row, col)));
-          e += dS[4 * j + 2 * half] * x.x + dS[4 * j + 2 * half + 1] * x.y;
-        }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
-      if (lane == 0) red[warp] = e * __expf(g_last);
-    }
     // Dg = scale exp(G_t) do (all threads; read by batch 2 after the barrier)
     scale_tile_rows<64, T, L::kThreads>(smem + L::kDg, stage + L::kDo, tid,
                                         [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
@@ -154,13 +132,7 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
       wgt::scale_acc(A, wr2);
     }
     wgmma::fence_proxy_async();  // P, Dg
-    __syncthreads();             // they are whole, and so are the warps' shares
-
-    if (kGated && tid == 0) {
-      float e = 0.f;
-      for (int i = 0; i < 8; ++i) e += red[i];
-      p.dsum[(bh * nt + c) * 2 + vb] = e;
-    }
+    __syncthreads();             // they are whole
     // Batch 2: warpgroup 0 dvn = Y + P^T do; both dS = exp(G_last) dS + q^T Dg over their rows.
     if constexpr (kGated) {
       const float d = __expf(g_last);

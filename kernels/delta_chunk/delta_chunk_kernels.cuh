@@ -363,12 +363,13 @@ __device__ __forceinline__ void bwd_dvn(unsigned char* dvn, uint32_t sK, uint32_
   }
 }
 
-// exp(G_last) <dS, S_in> over this warp's piece of the state slice (dS in registers, S_in the 16-bit
-// [kD][kVb] tile), summed over the warp: every lane gets it.
+// exp(G_last) <dS, S_in> over this warp's piece of the state (kD x kVb: rows and columns as StateTile's),
+// both 16-bit tiles in the same swizzled layout (dS from its 16-bit copy, the one every product reads, so
+// the one-pass backward and the two-pass one's second kernel sum the same values), summed over the warp:
+// every lane gets it.
 template <int kD, int kVb, typename T>
-__device__ __forceinline__ float bwd_state_dot(
-    const float (&dS)[StateTile<kD, kVb>::MT][StateTile<kD, kVb>::NT][4], const unsigned char* sin,
-    float g_last, int warp, int lane) {
+__device__ __forceinline__ float bwd_state_dot(const unsigned char* sds, const unsigned char* sin,
+                                               float g_last, int warp, int lane) {
   using ST = StateTile<kD, kVb>;
   float e = 0.f;
 #pragma unroll
@@ -379,10 +380,48 @@ __device__ __forceinline__ float bwd_state_dot(
       for (int half = 0; half < 2; ++half) {
         const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
         const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
-        const float2 x =
-            unpack2<T>(*reinterpret_cast<const uint32_t*>(sin + swz<kVb>(r, col / 8) + (col % 8) * 2));
-        e += dS[mi][nj][2 * half] * x.x + dS[mi][nj][2 * half + 1] * x.y;
+        const uint32_t off = swz<kVb>(r, col / 8) + (col % 8) * 2;
+        const float2 d = unpack2<T>(*reinterpret_cast<const uint32_t*>(sds + off));
+        const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(sin + off));
+        e += d.x * x.x + d.y * x.y;
       }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
+  return e * __expf(g_last);
+}
+
+// The lean output pass's refill of the state slot with dS, gated: the [kD][kD] 16-bit tile at s (S_in, in
+// load_tile's layout) is replaced by dS from global memory (src, row-major [kD][kD], as load_tile would copy
+// it), piece by piece through registers, and each thread sums its pieces' <dS, S_in> before it overwrites
+// them: the dot needs both tiles, and the slot holds one. Returns exp(G_last) times the warp's share (every
+// lane). dS is read through L2 (ld.global.cg): in the streamed backward another kernel wrote it moments ago.
+template <int kD, typename T>
+__device__ __forceinline__ float swap_in_state_dot(unsigned char* s, const T* src, float g_last, int tid,
+                                                   int lane) {
+  constexpr int kChunksPerRow = kD / 8, kRowStep = kThreads / kChunksPerRow, kN = kD / kRowStep;
+  constexpr int kBatch = kN < 2 ? kN : 2;  // pieces in flight per thread (4 registers each)
+  const int row = tid / kChunksPerRow, ch = tid % kChunksPerRow;
+  float e = 0.f;
+#pragma unroll
+  for (int i0 = 0; i0 < kN; i0 += kBatch) {
+    uint4 d[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j)
+      d[j] = __ldcg(reinterpret_cast<const uint4*>(src + (row + (i0 + j) * kRowStep) * kD + ch * 8));
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      uint4* slot = reinterpret_cast<uint4*>(s + swz<kD>(row, ch) + (i0 + j) * kRowStep * (kD * 2));
+      const uint4 x = *slot;
+      const uint32_t* dp = reinterpret_cast<const uint32_t*>(&d[j]);
+      const uint32_t* xp = reinterpret_cast<const uint32_t*>(&x);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 a = unpack2<T>(dp[q]), b = unpack2<T>(xp[q]);
+        e += a.x * b.x + a.y * b.y;
+      }
+      *slot = d[j];
+    }
+  }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) e += __shfl_xor_sync(0xffffffffu, e, off);
   return e * __expf(g_last);
@@ -574,8 +613,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
     bwd_dvn<kD, kD, T, kGated, false>(smem + L::kdVn, s0 + L::kK, s0 + L::kdS, s0 + L::kP, s0 + L::kDo,
                                       nullptr, static_cast<T*>(p.du) + row_offset(b, t0, h, p.T, p.H, kD),
                                       row_stride, rows, m0, n0o, lane, w);
-    if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the registers and the 16-bit S_in
-      const float e = bwd_state_dot<kD, kD, T>(dS, smem + L::kSin, g_last, warp, lane);
+    if constexpr (kGated) {  // exp(G_last) <dS, S_in>, from the 16-bit dS copy and S_in
+      const float e = bwd_state_dot<kD, kD, T>(smem + L::kdS, smem + L::kSin, g_last, warp, lane);
       if (lane == 0) atomicAdd(sums + 1, e);
     }
     __syncthreads();  // Pg, dvn ready
@@ -612,11 +651,13 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // dS needs:
 //   P, dvn = w_s (K dS)[s] + P^T do (= dU, written), dS_in = exp(G_last) dS + Qg^T do - W^T dvn
 // (vn is not among them: it enters dq, dk and dW only) and saves the dS each chunk used (16-bit, as the
-// one-pass kernel's products read it) into dhs, and, gated, its share of exp(G_last) <dS, S_in> into dsum
-// (the only read of S_in here). Every one of these is column-local in the value axis, so the walk splits V
-// over v_split blocks like the forward. Then delta_bwd_out_kernel, one block per chunk, forms
-// dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's products in
-// its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its float atomics.
+// one-pass kernel's products read it) into dhs. Every one of these is column-local in the value axis, so the
+// walk splits V over v_split blocks like the forward, and reads no state: gated, dG_last's term
+// exp(G_last) <dS, S_in> is summed by the second kernel, which holds both tiles anyway (the walk used to
+// load S_in's slice for it alone, on its critical path). Then delta_bwd_out_kernel, one block per chunk,
+// forms dW, dq, dk and dG from the saved S_in (hs), dS (dhs) and dvn (du) with the one-pass kernel's
+// products in its order: dq, dk, dw, du and dh0 are the same bits; dG the same sums up to the order of its
+// float atomics.
 //
 // p.bwd_local takes the scores P and P^T do out of the walk, into delta_bwd_local_kernel, one block per
 // chunk before it: at 16 heads each of the walk's v_split blocks formed them again, chunk after chunk, on
@@ -626,8 +667,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // halves of each float32, in du and dhs, with 4-byte stores: forward + backward 5-9% slower than run f's
 // float32 in dhs (which fits only at D = 128).
 //
-// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the entering state
-// slice when gated, the gates) form one stage; as many stages as fit in the 227 KB a block may have, up to
+// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the gates) form one stage; as many stages as fit in the 227 KB a block may have, up to
 // four (three at D = 128 with 32-column slices, two with 64, one unsplit), load ahead while this chunk is
 // computed, since the walk's blocks are few and nothing else on the SM would hide the copies' latency: with
 // two stages the copies of chunk c - 1 had one chunk's time (~1.8 us at D = 128, 32 columns) to land.
@@ -702,22 +742,21 @@ struct BwdWalkSmem {
   static constexpr int kVTile = kC * kVb * 2;
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
   static constexpr int kLocal = kDo + kVTile;  // LocalTile<kVb>: P^T do (kLocalIn)
-  // [kD][kVb] entering state slice (gated)
-  static constexpr int kSin = kLocal + (kLocalIn ? LocalTile<kVb>::kBytes : 0);
-  static constexpr int kG = kSin + kD * kVb * 2;  // [C] floats
-  static constexpr int kStage = kG + kC * 4;      // one stage's bytes (a multiple of 128)
+  static constexpr int kG = kLocal + (kLocalIn ? LocalTile<kVb>::kBytes : 0);  // [C] floats
+  static constexpr int kStage = kG + kC * 4;  // one stage's bytes (a multiple of 128)
   static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
   static constexpr int kQgBytes = kLocalIn ? 0 : kTile;  // kLocalIn: the stage's q slot holds Qg (from dw)
-  static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes + kWarps * 4;
+  static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes;
   // As many stages as fit, up to 4 (3 at D = 128 with 32-column slices, 2 with 64, 1 unsplit).
   static constexpr int kFit = (227 * 1024 - kRest) / kStage;
-  static constexpr int kStages = kFit < 4 ? kFit : 4;
+  // The unsplit walk at D = 128 keeps one stage: two fit (since the gated walk stopped loading S_in), but
+  // they spill 44 bytes (ptxas, sm_90) where one spills 4.
+  static constexpr int kStages = kD == 128 && kVb == 128 ? 1 : (kFit < 4 ? kFit : 4);
   static constexpr int kQg = kStages * kStage;   // [C][kD] q rows times scale exp(G_t) (!kLocalIn)
   static constexpr int kdVn = kQg + kQgBytes;    // [C][kVb] -dvn
   static constexpr int kdS = kdVn + kVTile;      // [kD][kVb] dS slice, 16-bit
   static constexpr int kP = kdS + kD * kVb * 2;  // [C][C] (!kLocalIn)
-  static constexpr int kRed = kP + kPBytes;      // [kWarps] floats: the warps' <dS, S_in> shares
-  static constexpr int kBytes = kRed + kWarps * 4;
+  static constexpr int kBytes = kP + kPBytes;
   static_assert(kStage % 128 == 0 && kBytes <= 227 * 1024, "the walk's tiles must fit one block");
 };
 
@@ -728,11 +767,9 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int vb = blockIdx.x, v0 = vb * kVb, h = blockIdx.y, b = blockIdx.z;
-  const int nt = linear_chunk_count(p.T), n_vb = kD / kVb;
+  const int nt = linear_chunk_count(p.T);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
-  float* red = reinterpret_cast<float*>(smem + L::kRed);
-  const T* hs = static_cast<const T*>(p.hs) + bh * nt * kD * kD + v0;
   T* dhs = static_cast<T*>(p.dhs) + bh * nt * kD * kD + v0;
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;
   auto stage_of = [](int c) { return (c % L::kStages) * L::kStage; };
@@ -758,11 +795,8 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
             cp_async_16(dst, p.dq, false);
         }
       }
-      if constexpr (kGated) {
-        load_tile<kD, kVb, kThreads, T>(s0 + st + L::kSin, hs + static_cast<int64_t>(c) * kD * kD, kD, kD,
-                                        tid);
+      if constexpr (kGated)
         load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
-      }
     }
     cp_async_commit();
   };
@@ -803,10 +837,6 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
       sQg = s0 + L::kQg;
       __syncthreads();  // P, Qg ready
     }
-    if constexpr (kGated) {  // this slice's exp(G_last) <dS, S_in>, from dS before this chunk's step
-      const float e = bwd_state_dot<kD, kVb, T>(dS, stage + L::kSin, g_last, warp, lane);
-      if (lane == 0) red[warp] = e;
-    }
     // dS_in's terms that need no dvn, then dvn (-dvn into its tile): independent products, which the
     // compiler interleaves (the walk is bound by their latency, not their issue)
     bwd_state_local<kD, kVb, T, kGated>(dS, sQg, sst + L::kDo, g_last, warp, lane);
@@ -814,14 +844,9 @@ __global__ void __launch_bounds__(kThreads, 1) delta_bwd_walk_kernel(const Delta
         smem + L::kdVn, sst + L::kK, s0 + L::kdS, s0 + L::kP, sst + L::kDo,
         reinterpret_cast<const float*>(stage + L::kLocal), static_cast<T*>(p.du) + roff + v0, row_stride,
         rows, m0, n0o, lane, w);
-    __syncthreads();  // -dvn, the warps' shares ready
-    if (kGated && tid == 0) {
-      float e = 0.f;
-      for (int i = 0; i < kWarps; ++i) e += red[i];
-      p.dsum[(bh * nt + c) * n_vb + vb] = e;
-    }
-    // This slice of chunk c is done (dhs and du stored before the barrier above, dsum just now): the
-    // streamed output pass may take the chunk once every slice has posted.
+    __syncthreads();  // -dvn ready
+    // This slice of chunk c is done (dhs and du stored before the barrier above): the streamed output pass
+    // may take the chunk once every slice has posted.
     if (p.walk_sync && tid == 0) post_count(p.walk_sync + 1 + bh * nt + c);
     bwd_state_dvn<kD, kVb, T>(dS, sst + L::kW, s0 + L::kdVn, warp, lane);  // + W^T (-dvn)
     // dS's 16-bit copy is read no more in this chunk (its last readers, the dhs store and dvn, are behind the
@@ -852,7 +877,8 @@ struct BwdOutSmem {
   static constexpr int kPg = kdS + kD * kD * 2;                  // [C][C]
   static constexpr int kG = kPg + kC * kC * 2;                   // [C] floats
   static constexpr int kdG = kG + kC * 4;                        // [C] floats
-  static constexpr int kSums = kdG + kC * 4;                     // 1 float: sum_s k_s . (w_s (vn dS^T)[s])
+  // 2 floats: sum_s k_s . (w_s (vn dS^T)[s]) and exp(G_last) <dS, S_in>
+  static constexpr int kSums = kdG + kC * 4;
   static constexpr int kBytes = kSums + 16;
 };
 
@@ -892,7 +918,7 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
     load_tile<kD, kD, kThreads, T>(s0 + L::kdS, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
   cp_async_commit();
   if (tid < kC) dGs[tid] = 0.f;
-  if (tid == 0) sums[0] = 0.f;
+  if (tid < 2) sums[tid] = 0.f;
   cp_async_wait<1>();
   __syncthreads();
   if (kGated && rows < kC) {
@@ -931,23 +957,31 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
             load_chunk<kD>(dst, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
           });
         },
-        [&] {  // S_in read: dS into its slot
-          refill(s0 + L::kdS, [&](uint32_t dst) {
-            load_tile<kD, kD, kThreads, T>(dst, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
-          });
+        [&] {  // S_in read by the products: dS into its slot (gated: and exp(G_last) <dS, S_in> on the way)
+          if constexpr (kGated) {
+            __syncthreads();  // every product's read of S_in is done; each thread now reads only its pieces
+            const float e = swap_in_state_dot<kD, T>(smem + L::kdS, static_cast<const T*>(p.dhs) + st, g_last,
+                                                     tid, lane);
+            if (lane == 0) atomicAdd(sums + 1, e);
+            __syncthreads();
+          } else {
+            refill(s0 + L::kdS, [&](uint32_t dst) {
+              load_tile<kD, kD, kThreads, T>(dst, static_cast<const T*>(p.dhs) + st, kD, kD, tid);
+            });
+          }
         });
   } else {
+    if constexpr (kGated) {  // exp(G_last) <dS, S_in>, both tiles resident (as the one-pass kernel sums it)
+      const float e = bwd_state_dot<kD, kD, T>(smem + L::kdS, smem + L::kSin, g_last, warp, lane);
+      if (lane == 0) atomicAdd(sums + 1, e);
+    }
     bwd_chunk_grads<kD, L, T, kGated>(p, smem, s0, roff, rows, G, w, dGs, sums, m0, n0o, lane);
   }
   if constexpr (kGated) {
     __syncthreads();
     if (tid < rows) {
       float d = dGs[tid];
-      if (tid == rows - 1) {
-        float e = 0.f;  // the walk's slices of exp(G_last) <dS, S_in>, in slice order
-        for (int i = 0; i < p.v_split; ++i) e += p.dsum[(bh * nt + c) * p.v_split + i];
-        d += sums[0] + e;
-      }
+      if (tid == rows - 1) d += sums[0] + sums[1];
       p.dG[(static_cast<int64_t>(b) * p.T + t0 + tid) * p.H + h] = d;
     }
   }

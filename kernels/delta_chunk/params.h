@@ -73,7 +73,7 @@ struct DeltaChunkParams {
                              // output pass of the two-pass forms, forward or backward (docs/kernels.md
                              // "Streamed forward", "Streamed backward"). [0] counts the walk's blocks that
                              // have started; [1 + (b H + h) nt + c] counts the walk's slices done with chunk
-                             // c (forward: hs, vn stored; backward: dhs, du, dsum), then v_split + 1 once the
+                             // c (forward: hs, vn stored; backward: dhs, du), then v_split + 1 once the
                              // output pass has done it. Only with the mma.sync walks (fwd_wgmma and
                              // bwd_walk_wgmma 0); a fresh zeroed buffer for each forward or backward
   int sync_give_up = 0;      // tests only: 1 makes a streamed output pass (part 3) give every chunk up, so
@@ -92,7 +92,6 @@ struct DeltaChunkParams {
                            // every chunk at once before the walk, which then skips the scores P (float32,
                            // parked in dq and dk until the last kernel writes them); the same bits
                            // (delta_chunk_default_bwd_local picks it)
-  float* dsum = nullptr;   // workspace [B, H, ceil(T / 64), v_split] float32, with dhs (gated only)
   int bwd_part = 0;  // with dhs: 0 the whole backward in order; 1 P^T do only (bwd_local; nothing without);
                      // 2 the walk only; 3 the output pass streamed behind the walk (grid B * H by chunks,
                      // last chunk first; each block waits for its chunk's count, and gives the chunk up if

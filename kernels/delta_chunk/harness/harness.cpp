@@ -68,7 +68,7 @@ struct Case {
 struct Inputs {
   Buf q, k, v, w, u, o1, o2, vn, hs1, hs2, beta, g, G, h0, ht1, ht2;
   // backward: dout, dht in; per form dq, dk, dw, du, dG, dh0 out; the two-pass workspaces
-  Buf dout, dht, dq1, dk1, dw1, du1, dG1, dh01, dq2, dk2, dw2, du2, dG2, dh02, dhs, dsum;
+  Buf dout, dht, dq1, dk1, dw1, du1, dG1, dh01, dq2, dk2, dw2, du2, dG2, dh02, dhs;
   Inputs(const Case& c, size_t nt)
       : q(size_t(c.B) * c.T * c.H * c.D * 2),
         k(q.bytes),
@@ -100,8 +100,7 @@ struct Inputs {
         du2(q.bytes),
         dG2(beta.bytes),
         dh02(h0.bytes),
-        dhs(hs1.bytes),
-        dsum(size_t(c.B) * c.H * nt * 2 * 4) {}
+        dhs(hs1.bytes) {}
 };
 
 void upload_random(const Case& c, Inputs& in, uint64_t seed) {
@@ -272,9 +271,9 @@ int main(int argc, char** argv) {
     b2.dq = in.dq2.p, b2.dk = in.dk2.p, b2.dw = in.dw2.p, b2.du = in.du2.p;
     b2.dG = c.gated ? static_cast<float*>(in.dG2.p) : nullptr;
     b2.dh0 = c.h0 ? static_cast<float*>(in.dh02.p) : nullptr;
-    b2.dhs = in.dhs.p, b2.dsum = static_cast<float*>(in.dsum.p);
+    b2.dhs = in.dhs.p;
     for (Buf* bf : {&in.dq1, &in.dk1, &in.dw1, &in.du1, &in.dG1, &in.dh01, &in.dq2, &in.dk2, &in.dw2, &in.du2,
-                    &in.dG2, &in.dh02, &in.dhs, &in.dsum})
+                    &in.dG2, &in.dh02, &in.dhs})
       CK(cudaMemset(bf->p, 0xFF, bf->bytes));
     CK(attnlab::kernels::launch_delta_chunk_bwd(b1));
     CK(attnlab::kernels::launch_delta_chunk_bwd(b2));

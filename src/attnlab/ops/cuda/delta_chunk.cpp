@@ -238,8 +238,8 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.dG = f32(dG), p.dh0 = f32(dh0);
     // The two-pass backward (the walk, split over the value columns, keeps only dS and dU; one block per
     // chunk then forms dq, dk, dW, dG) where delta_chunk_default_two_pass_bwd says it is the faster, or as
-    // ATTNLAB_DELTA_BWD=one_pass|two_pass says; dhs and dsum are workspaces, as vn above.
-    torch::Tensor dhs, dsum;
+    // ATTNLAB_DELTA_BWD=one_pass|two_pass says; dhs is a workspace, as vn above.
+    torch::Tensor dhs;
     const char* form = std::getenv("ATTNLAB_DELTA_BWD");
     const int sms = sm_count(q.device().index());
     const bool two_pass =
@@ -267,8 +267,6 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                      kn::delta_chunk_default_bwd_walk_wgmma(p.B, p.H, p.V, p.v_split, local, given(G), sms);
       }
       p.bwd_walk_wgmma = walk_wgmma ? 1 : 0;
-      if (given(G))
-        dsum = torch::empty({q.size(0), q.size(2), hs.size(2), p.v_split}, f32opt), p.dsum = f32(dsum);
     }
     // The one-pass backward on wgmma (K = V = 128, an sm_90a build) unless ATTNLAB_DELTA_BWD_WGMMA=0 (read
     // per call: the bench and a test switch it).
