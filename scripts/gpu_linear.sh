@@ -80,10 +80,13 @@ for vs in ${DELTA_V_SPLITS:-}; do
   delta_variant "vsplit$vs" "$([ "$vs" = 4 ] && echo 128 || echo 128,64)" "ATTNLAB_DELTA_V_SPLIT=$vs"
 done
 # DELTA_ENVS="VAR=VALUE ...": the delta ops at D = DELTA_ENV_DIMS (default 128) benched once per setting
-# (bench_delta_<setting>.csv), e.g. ATTNLAB_DELTA_FWD_WGMMA=0 for the mma.sync walk beside the default; a setting of several variables
-# joins them with commas (ATTNLAB_DELTA_FWD_WGMMA=1,ATTNLAB_DELTA_BWD=one_pass).
+# (bench_delta_<setting>.csv), e.g. ATTNLAB_DELTA_FWD_WGMMA=0 for the mma.sync walk beside the default; a
+# setting of several variables joins them with commas (ATTNLAB_DELTA_FWD_WGMMA=1,ATTNLAB_DELTA_BWD=one_pass),
+# and one that ends in @DIMS runs at those head dims only (ATTNLAB_DELTA_BWD_WALK_WGMMA=1@128).
 for setting in ${DELTA_ENVS:-}; do
-  delta_variant "$(echo "$setting" | sed 's/ATTNLAB_DELTA_//g' | tr 'A-Z=,' 'a-z_-')" "${DELTA_ENV_DIMS:-128}" "$setting"
+  dims=${DELTA_ENV_DIMS:-128}
+  case "$setting" in *@*) dims=${setting##*@}; setting=${setting%@*} ;; esac
+  delta_variant "$(echo "$setting" | sed 's/ATTNLAB_DELTA_//g' | tr 'A-Z=,' 'a-z_-')" "$dims" "$setting"
 done
 # linear_chunk's mma.sync forward (the default is the wgmma one on sm_90a; MMA_DIMS, default 128,64), validated
 # and timed the same way, for the comparison (MMA_FWD=0 skips it).
