@@ -40,12 +40,12 @@ struct WgBwdWalkSmem {
   static constexpr int kTile = 2 * kPanel;    // [64][128] as two 64-column panels
   static constexpr int kSlice = kD * 64 * 2;  // [128][64] 16-bit: a state slice
   static constexpr int kQ = 0, kK = kTile, kW = 2 * kTile, kDo = 3 * kTile;
-  static constexpr int kG = kDo + kPanel;   // [C] floats
-  static constexpr int kStage = kG + 1024;  // stages stay 1024-aligned
-  static constexpr int kdS = 2 * kStage;                   // the 16-bit dS copy, one [128][64] panel
-  static constexpr int kP = kdS + kSlice;                  // [64 t][64 s] masked, decayed scores
-  static constexpr int kDg = kP + kPanel;                  // [64][64] scale exp(G_t) do
-  static constexpr int kdVn = kDg + kPanel;                // [64][64] -dvn
+  static constexpr int kG = kDo + kPanel;    // [C] floats
+  static constexpr int kStage = kG + 1024;   // stages stay 1024-aligned
+  static constexpr int kdS = 2 * kStage;     // the 16-bit dS copy, one [128][64] panel
+  static constexpr int kP = kdS + kSlice;    // [64 t][64 s] masked, decayed scores
+  static constexpr int kDg = kP + kPanel;    // [64][64] scale exp(G_t) do
+  static constexpr int kdVn = kDg + kPanel;  // [64][64] -dvn
   static constexpr int kBytes = kdVn + kPanel;
   static constexpr int kThreads = 256;
   static_assert(kBytes <= 227 * 1024, "one block per SM");
@@ -76,7 +76,8 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
       wgt::load_panels<kD, T>(base + L::kW, static_cast<const T*>(p.w) + off, row_stride, p.T - t0, tid);
       load_tile<kC, 64, L::kThreads, T>(base + L::kDo, static_cast<const T*>(p.dout) + off + v0, row_stride,
                                         p.T - t0, tid);
-      if constexpr (kGated) load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
+      if constexpr (kGated)
+        load_gates(reinterpret_cast<float*>(smem + st + L::kG), p.G, b, t0, h, p.T, p.H, tid);
     }
     cp_async_commit();
   };

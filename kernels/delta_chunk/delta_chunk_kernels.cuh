@@ -667,10 +667,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 2 : 1) delta_bwd_kernel(c
 // halves of each float32, in du and dhs, with 4-byte stores: forward + backward 5-9% slower than run f's
 // float32 in dhs (which fits only at D = 128).
 //
-// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the gates) form one stage; as many stages as fit in the 227 KB a block may have, up to
-// four (three at D = 128 with 32-column slices, two with 64, one unsplit), load ahead while this chunk is
-// computed, since the walk's blocks are few and nothing else on the SM would hide the copies' latency: with
-// two stages the copies of chunk c - 1 had one chunk's time (~1.8 us at D = 128, 32 columns) to land.
+// The tiles read from global memory per chunk (q, k, w, the slice's do and P^T do, the gates) form one
+// stage; as many stages as fit in the 227 KB a block may have, up to four (at D = 128: three with 32-column
+// slices, two or three with 64, one unsplit), load ahead while this chunk is computed, since the walk's
+// blocks are few and nothing else on the SM would hide the copies' latency: with two stages the copies of
+// chunk c - 1 had one chunk's time (~1.8 us at D = 128, 32 columns) to land.
 
 // Shared memory of delta_bwd_local_kernel: q, k, do and the scores (58 KB at D = 128).
 template <int kD>
@@ -747,7 +748,8 @@ struct BwdWalkSmem {
   static constexpr int kPBytes = kLocalIn ? 0 : kC * kC * 2;
   static constexpr int kQgBytes = kLocalIn ? 0 : kTile;  // kLocalIn: the stage's q slot holds Qg (from dw)
   static constexpr int kRest = kQgBytes + kVTile + kD * kVb * 2 + kPBytes;
-  // As many stages as fit, up to 4 (3 at D = 128 with 32-column slices, 2 with 64, 1 unsplit).
+  // As many stages as fit, up to 4 (at D = 128: 3 with 32-column slices, 3 with 64 without P^T do in and 2
+  // with it, 1 unsplit).
   static constexpr int kFit = (227 * 1024 - kRest) / kStage;
   // The unsplit walk at D = 128 keeps one stage: two fit (since the gated walk stopped loading S_in), but
   // they spill 44 bytes (ptxas, sm_90) where one spills 4.
@@ -960,8 +962,8 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
         [&] {  // S_in read by the products: dS into its slot (gated: and exp(G_last) <dS, S_in> on the way)
           if constexpr (kGated) {
             __syncthreads();  // every product's read of S_in is done; each thread now reads only its pieces
-            const float e = swap_in_state_dot<kD, T>(smem + L::kdS, static_cast<const T*>(p.dhs) + st, g_last,
-                                                     tid, lane);
+            const float e =
+                swap_in_state_dot<kD, T>(smem + L::kdS, static_cast<const T*>(p.dhs) + st, g_last, tid, lane);
             if (lane == 0) atomicAdd(sums + 1, e);
             __syncthreads();
           } else {
