@@ -350,8 +350,9 @@ TEST(DeltaChunkKernel, ForwardWithoutGradGivesTheSameBits) {
 }
 
 // The forward's walk on wgmma (ATTNLAB_DELTA_FWD_WGMMA=1 with v_split 1, the whole-V walk, and =2 with
-// v_split 2, the half-V one; K = V = 128, sm_90a builds) against the mma.sync walk (=0), in both forms (one
-// pass; the state pass before delta_out): o and ht, then every gradient of a backward that reads the states
+// v_split 2, the half-V one, also with its scores split between the warpgroups, ATTNLAB_DELTA_SPLIT_SCORES=1;
+// K = V = 128, sm_90a builds) against the mma.sync walk (=0), in both forms (one pass; the state pass before
+// delta_out): o and ht, then every gradient of a backward that reads the states
 // the wgmma walk saved. bf16 and fp16, with and without a gate and h0, one short chunk, one full chunk and
 // ragged lengths. Then the forwards timed at B = 16, T = 2048 and B = 4, T = 8192, H = 16 (printed, not
 // asserted: speed is the bench's).
@@ -366,9 +367,10 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
         auto in = recurrence_inputs(2, T, 3, 128, gated);
         for (auto* x : {&in.q, &in.k, &in.w, &in.u}) *x = x->to(dtype);
         for (const char* form : {"one_pass", "two_pass"}) {
-          auto run = [&](const char* wgmma) {
+          auto run = [&](const char* wgmma) {  // "2s": the half-V walk with its scores split
             const int64_t split = *wgmma == '2' ? 2 : 1;
-            setenv("ATTNLAB_DELTA_FWD_WGMMA", wgmma, 1);
+            setenv("ATTNLAB_DELTA_FWD_WGMMA", *wgmma == '2' ? "2" : wgmma, 1);
+            setenv("ATTNLAB_DELTA_SPLIT_SCORES", wgmma[1] == 's' ? "1" : "0", 1);
             setenv("ATTNLAB_DELTA_FWD", form, 1);
             auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
             auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lh = leaf(in.h0);
@@ -376,20 +378,23 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
             auto out = ops::cuda::delta_chunk_recurrence(lq, lk, lw, lu, lG, lh, 0.1, split);
             ((out[0].to(torch::kFloat) * in.dout).sum() + out[1].sum()).backward();
             unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
+            unsetenv("ATTNLAB_DELTA_SPLIT_SCORES");
             unsetenv("ATTNLAB_DELTA_FWD");
             return std::vector<torch::Tensor>{
                 out[0],    out[1],    lq.grad(), lk.grad(),
                 lw.grad(), lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
           };
           const auto ref = run("0");
-          for (const char* wgmma : {"1", "2"}) {
+          for (const char* wgmma : {"1", "2", "2s"}) {
             const auto got = run(wgmma);
             const char* names[] = {"o", "ht", "dq", "dk", "dw", "du", "dh0", "dG"};
             for (size_t i = 0; i < ref.size(); ++i) {
               if (!ref[i].defined()) continue;
               const std::string what = fmt::format("{} {} gated {} T {} {} walk {}", names[i],
                                                    dtype == torch::kHalf ? "fp16" : "bf16", gated, T, form,
-                                                   *wgmma == '2' ? "half-V" : "whole-V");
+                                                   *wgmma == '1'     ? "whole-V"
+                                                   : wgmma[1] == 's' ? "half-V, split scores"
+                                                                     : "half-V");
               ASSERT_TRUE(got[i].defined()) << what;
               EXPECT_TRUE(ops::all_finite(got[i])) << what;
               const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
@@ -428,7 +433,8 @@ TEST(DeltaChunkKernel, WgmmaForwardMatchesMmaSync) {
 }
 
 // The two-pass backward's walk on wgmma (ATTNLAB_DELTA_BWD_WALK_WGMMA=1, the default at V-split 2 without
-// P^T do before the walk and without a gate; K = V = 128, sm_90a builds) against the mma.sync walk (=0), from
+// P^T do before the walk and without a gate; K = V = 128, sm_90a builds), with its scores whole and split
+// between the warpgroups (ATTNLAB_DELTA_SPLIT_SCORES=1), against the mma.sync walk (=0), from
 // the same forward: dq, dk, dw, du, dh0 and dG, bf16 and fp16, with and without a gate, h0 and dht (through
 // ht's loss), one short chunk, one full chunk and ragged lengths. Then both backwards timed at B = 4, T =
 // 8192, H = 16 (printed, not asserted: speed is the bench's).
@@ -436,10 +442,11 @@ TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
   SKIP_WITHOUT_CUDA();
   if (!kernels::linear_chunk_has_wgmma()) GTEST_SKIP() << "this build has no sm_90a code";
   torch::manual_seed(15);
-  auto run = [](const RecurrenceInputs& in, bool gated, const char* walk) {
+  auto run = [](const RecurrenceInputs& in, bool gated, const char* walk) {  // "1s": split scores
     setenv("ATTNLAB_DELTA_BWD", "two_pass", 1);
     setenv("ATTNLAB_DELTA_BWD_LOCAL", "0", 1);
-    setenv("ATTNLAB_DELTA_BWD_WALK_WGMMA", walk, 1);
+    setenv("ATTNLAB_DELTA_BWD_WALK_WGMMA", *walk == '1' ? "1" : "0", 1);
+    setenv("ATTNLAB_DELTA_SPLIT_SCORES", walk[1] == 's' ? "1" : "0", 1);
     auto leaf = [](const torch::Tensor& x) { return x.detach().requires_grad_(true); };
     auto lq = leaf(in.q), lk = leaf(in.k), lw = leaf(in.w), lu = leaf(in.u), lh = leaf(in.h0);
     auto lG = gated ? leaf(in.G) : in.G;
@@ -448,6 +455,7 @@ TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
     unsetenv("ATTNLAB_DELTA_BWD");
     unsetenv("ATTNLAB_DELTA_BWD_LOCAL");
     unsetenv("ATTNLAB_DELTA_BWD_WALK_WGMMA");
+    unsetenv("ATTNLAB_DELTA_SPLIT_SCORES");
     return std::vector<torch::Tensor>{lq.grad(), lk.grad(), lw.grad(),
                                       lu.grad(), lh.grad(), gated ? lG.grad() : torch::Tensor()};
   };
@@ -457,28 +465,32 @@ TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
         if (dtype == torch::kHalf && T != 333) continue;
         auto in = recurrence_inputs(2, T, 3, 128, gated);
         for (auto* x : {&in.q, &in.k, &in.w, &in.u}) *x = x->to(dtype);
-        const auto ref = run(in, gated, "0"), got = run(in, gated, "1");
-        const char* names[] = {"dq", "dk", "dw", "du", "dh0", "dG"};
-        for (size_t i = 0; i < ref.size(); ++i) {
-          if (!ref[i].defined()) continue;
-          const std::string what =
-              fmt::format("{} {} gated {} T {}", names[i], dtype == torch::kHalf ? "fp16" : "bf16", gated, T);
-          ASSERT_TRUE(got[i].defined()) << what;
-          EXPECT_TRUE(ops::all_finite(got[i])) << what;
-          const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
-          // Summation order and Dg's rounding (scale exp(G_t) do, where the mma.sync walk rounds Qg), then
-          // the 16-bit dS and dvn of every later chunk: two 16-bit paths whose roundings part after the
-          // first chunk, each as far from float32 as the other (the bench's rows against the chunk form,
-          // and MatchesChunkForm's wgmma_walk cases). So the bound is the kernels' own against float32,
-          // 1e-2 in bf16 and 2e-3 in fp16: run 2026-12-04d measured up to 7.8e-3 (bf16, T = 1000, 16
-          // chunks; 1.2e-3 at one chunk) and 5.4e-4 (fp16).
-          EXPECT_LT(e, dtype == torch::kHalf ? 2e-3 : 1e-2) << what << " rel RMS " << e;
-          std::printf("  wgmma backward walk %-32s %.2e\n", what.c_str(), e);
+        const auto ref = run(in, gated, "0");
+        for (const char* walk : {"1", "1s"}) {
+          const auto got = run(in, gated, walk);
+          const char* names[] = {"dq", "dk", "dw", "du", "dh0", "dG"};
+          for (size_t i = 0; i < ref.size(); ++i) {
+            if (!ref[i].defined()) continue;
+            const std::string what =
+                fmt::format("{} {} gated {} T {}{}", names[i], dtype == torch::kHalf ? "fp16" : "bf16", gated,
+                            T, walk[1] == 's' ? " split scores" : "");
+            ASSERT_TRUE(got[i].defined()) << what;
+            EXPECT_TRUE(ops::all_finite(got[i])) << what;
+            const double e = attnlab::testing::rel_rms(got[i].to(torch::kFloat), ref[i].to(torch::kFloat));
+            // Summation order and Dg's rounding (scale exp(G_t) do, where the mma.sync walk rounds Qg), then
+            // the 16-bit dS and dvn of every later chunk: two 16-bit paths whose roundings part after the
+            // first chunk, each as far from float32 as the other (the bench's rows against the chunk form,
+            // and MatchesChunkForm's wgmma_walk cases). So the bound is the kernels' own against float32,
+            // 1e-2 in bf16 and 2e-3 in fp16: run 2026-12-04d measured up to 7.8e-3 (bf16, T = 1000, 16
+            // chunks; 1.2e-3 at one chunk) and 5.4e-4 (fp16).
+            EXPECT_LT(e, dtype == torch::kHalf ? 2e-3 : 1e-2) << what << " rel RMS " << e;
+            std::printf("  wgmma backward walk %-32s %.2e\n", what.c_str(), e);
+          }
         }
       }
   // Timing (printed only): forward + backward, the two walks.
   auto in = recurrence_inputs(4, 8192, 16, 128, true);
-  for (const char* walk : {"0", "1"}) {
+  for (const char* walk : {"0", "1", "1s"}) {
     for (int i = 0; i < 2; ++i) run(in, true, walk);
     torch::cuda::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
@@ -487,7 +499,7 @@ TEST(DeltaChunkKernel, WgmmaBackwardWalkMatchesMmaSync) {
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 5;
     std::printf("  gated f+b (v_split 2), B 4 T 8192 H 16 D 128, walk %s: %.3f ms\n",
-                *walk == '1' ? "wgmma" : "mma.sync", ms);
+                *walk == '0' ? "mma.sync" : (walk[1] == 's' ? "wgmma, split scores" : "wgmma"), ms);
   }
 }
 

@@ -24,6 +24,9 @@
 // read S_in's slice for exp(G_last) <dS, S_in>, before barrier 2), so the default takes it without a gate
 // only. That dot has since moved to the second kernel (delta_bwd_out_kernel), and with it S_in's loads.
 //
+// DeltaChunkParams::split_scores: P = q k^T by columns (m64n32) in both warpgroups, so that warpgroup 0
+// takes half of its product and of its exponentials beside Y; opt-in until measured.
+//
 // Dg: q^T Dg = Qg^T do with Qg = scale exp(G_t) q (the mma.sync walk's form), but the 16-bit rounding falls
 // on the 64 x 64 Dg rather than the 64 x 128 Qg (half the scaling work). Two stages of q, k, w (whole) and
 // the block's do; 154 KB, one block per SM.
@@ -102,14 +105,23 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
       __syncthreads();
     }
 
-    // Batch 1: Y = K dS (warpgroup 0) and P = q k^T (warpgroup 1); the first k16 step of each overwrites.
-    float A[32];  // warpgroup 0: Y, then dvn; warpgroup 1: P
+    // Batch 1: Y = K dS (warpgroup 0) and P = q k^T (warpgroup 1, or with p.split_scores its columns 32 wg ..
+    // in each warpgroup); the first k16 step of each overwrites.
+    float A[32];   // warpgroup 0: Y, then dvn; warpgroup 1: P (whole)
+    float Ph[16];  // split_scores: P's columns 32 wg ..
+    const bool split = p.split_scores != 0;
     wgmma::fence();
-    if (wg == 0)
+    if (wg == 0) {
       wgt::times_state<kD, T>(A, sst + L::kK, s0 + L::kdS, 0);
-    else
+      wgmma::commit();
+    }
+    if (split) {
+      wgt::scores_half<kD, T>(Ph, sst + L::kQ, sst + L::kK, wg);
+      wgmma::commit();
+    } else if (wg == 1) {
       wgt::scores<kD, T>(A, sst + L::kQ, sst + L::kK);
-    wgmma::commit();
+      wgmma::commit();
+    }
     // The dS this chunk uses, for the second pass, under the products.
     store_tile<kD, 64, L::kThreads, T>(dhs + static_cast<int64_t>(c) * kD * kD, kD, smem + L::kdS, kD, tid);
     const float g_last = kGated ? G[kC - 1] : 0.f;
@@ -117,20 +129,31 @@ __global__ void __launch_bounds__(256, 1) delta_bwd_walk_wgmma_kernel(const Delt
     scale_tile_rows<64, T, L::kThreads>(smem + L::kDg, stage + L::kDo, tid,
                                         [&](int r) { return kGated ? p.scale * __expf(G[r]) : p.scale; });
     wgmma::wait<0>();
-    if (wg == 1) {  // P[t][s] = scale (q_t . k_s) exp(G_t - G_s) for s <= t, 16-bit into its tile
+    // P[t][s] = scale (q_t . k_s) exp(G_t - G_s) for s <= t, 16-bit into its tile (G is padded past T by
+    // pad_gates above, so the clamp to rows - 1 reads the same values)
+    auto p_pair = [&](float x0, float x1, int r, int col) {
+      mask_decay_pair<kGated>(x0, x1, r, col, kGated ? G[r] : 0.f, G, rows, p.scale);
+      *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
+    };
+    if (split) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          p_pair(Ph[4 * j + 2 * half], Ph[4 * j + 2 * half + 1], r0 + 8 * half,
+                 32 * wg + wgt::acc_col(j, lane));
+    } else if (wg == 1) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
-          float x0 = A[4 * j + 2 * half], x1 = A[4 * j + 2 * half + 1];
-          // G is padded past T (pad_gates above), so the clamp to rows - 1 reads the same values.
-          mask_decay_pair<kGated>(x0, x1, r, col, kGated ? G[r] : 0.f, G, rows, p.scale);
-          *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
-        }
-    } else if constexpr (kGated) {  // Y_s *= w_s = exp(G_last - G_s)
-      const float wr2[2] = {__expf(g_last - G[r0]), __expf(g_last - G[r0 + 8])};
-      wgt::scale_acc(A, wr2);
+        for (int half = 0; half < 2; ++half)
+          p_pair(A[4 * j + 2 * half], A[4 * j + 2 * half + 1], r0 + 8 * half, wgt::acc_col(j, lane));
+    }
+    if constexpr (kGated) {  // Y_s *= w_s = exp(G_last - G_s)
+      if (wg == 0) {
+        const float wr2[2] = {__expf(g_last - G[r0]), __expf(g_last - G[r0 + 8])};
+        wgt::scale_acc(A, wr2);
+      }
     }
     wgmma::fence_proxy_async();  // P, Dg
     __syncthreads();             // they are whole

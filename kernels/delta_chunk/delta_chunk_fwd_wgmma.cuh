@@ -268,7 +268,8 @@ struct WgFwdHalfSmem {
   static constexpr int kS = kStages * kStage;    // the 16-bit state copy: one [128][64] panel
   static constexpr int kVn = kS + kD * kVb * 2;  // vn [64][64]
   static constexpr int kVw = kVn + kPanel;       // vn exp(G_last - G_s) (gated)
-  static constexpr int kBytes = kVw + kPanel;
+  static constexpr int kP = kVw + kPanel;        // [64][64] P's columns 0 .. 31 (kOut, split_scores)
+  static constexpr int kBytes = kP + (kOut ? kPanel : 0);
   static constexpr int kThreads = 256;
   static_assert(kBytes <= 227 * 1024, "one block per SM");
 };
@@ -329,15 +330,25 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
     __syncthreads();             // ... and every read of chunk c - 1's stage, vn and Vw is done
     issue(c + L::kStages - 1);
 
-    // Batch 1: X (warpgroup 0), P and q S (warpgroup 1). The first k16 step of each product does not read
-    // its accumulators (scale-d 0).
+    // Batch 1: X (warpgroup 0), P and q S (warpgroup 1); with p.split_scores P's columns 32 wg .. in each
+    // warpgroup (warpgroup 0's half reaches P vn through the tile kP). The first k16 step of each product
+    // does not read its accumulators (scale-d 0).
     float A[32], O[32];  // warpgroup 0: X in A; warpgroup 1: P in A, q S in O
+    float Ph[16];        // split: P's columns 32 wg ..
+    const bool split = kOut && p.split_scores != 0;
     wgmma::fence();
     if (wg == 0) {
       wgt::times_state<kD, T>(A, sst + L::kW, s0 + L::kS, 0);
       wgmma::commit();
+      if (split) {
+        wgt::scores_half<kD, T>(Ph, sst + L::kQ, sst + L::kK, 0);
+        wgmma::commit();
+      }
     } else if constexpr (kOut) {
-      wgt::scores<kD, T>(A, sst + L::kQ, sst + L::kK);
+      if (split)
+        wgt::scores_half<kD, T>(Ph, sst + L::kQ, sst + L::kK, 1);
+      else
+        wgt::scores<kD, T>(A, sst + L::kQ, sst + L::kK);
       wgmma::commit();
       wgt::times_state<kD, T>(O, sst + L::kQ, s0 + L::kS, 0);
       wgmma::commit();
@@ -351,7 +362,10 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
 
     uint32_t pf[4][4];  // warpgroup 1: P masked and decayed, as the A fragments of P vn (k16 step kq)
     if (wg == 0) {
-      wgmma::wait<0>();  // X
+      if (split)
+        wgmma::wait<1>();  // X
+      else
+        wgmma::wait<0>();  // X
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -364,26 +378,56 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
             *reinterpret_cast<uint32_t*>(smem + L::kVw + off) =
                 MmaType<T>::pack(x0 * rg.vrow[half], x1 * rg.vrow[half]);
         }
+      if constexpr (kOut) {
+        if (split) {  // P's columns 0 .. 31, masked and decayed, into the tile for warpgroup 1
+          wgmma::wait<0>();
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int r = r0 + 8 * half, col = wgt::acc_col(j, lane);
+              float x0 = Ph[4 * j + 2 * half], x1 = Ph[4 * j + 2 * half + 1];
+              mask_decay_pair<kGated>(x0, x1, r, col, rg.gr[half], G, rows, p.scale);
+              *reinterpret_cast<uint32_t*>(smem + L::kP + panel_off(r, col)) = MmaType<T>::pack(x0, x1);
+            }
+        }
+      }
     } else if constexpr (kOut) {
-      wgmma::wait<1>();  // P
+      wgmma::wait<1>();  // P (split: its columns 32 ..)
+      if (split) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          mask_decay_pair<kGated>(A[4 * j + 2 * half], A[4 * j + 2 * half + 1], r0 + 8 * half,
-                                  wgt::acc_col(j, lane), rg.gr[half], G, rows, p.scale);
-        }
+          for (int half = 0; half < 2; ++half)
+            mask_decay_pair<kGated>(Ph[4 * j + 2 * half], Ph[4 * j + 2 * half + 1], r0 + 8 * half,
+                                    32 + wgt::acc_col(j, lane), rg.gr[half], G, rows, p.scale);
 #pragma unroll
-      for (int kq = 0; kq < 4; ++kq)
+        for (int kq = 2; kq < 4; ++kq)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {  // r: (rows g, cols 0-7), (g + 8, 0-7), (g, 8-15), (g + 8, 8-15)
-          const int i = 8 * kq + 4 * (r >> 1) + 2 * (r & 1);
-          pf[kq][r] = MmaType<T>::pack(A[i], A[i + 1]);
-        }
+          for (int r = 0; r < 4; ++r) {
+            const int i = 8 * (kq - 2) + 4 * (r >> 1) + 2 * (r & 1);
+            pf[kq][r] = MmaType<T>::pack(Ph[i], Ph[i + 1]);
+          }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            mask_decay_pair<kGated>(A[4 * j + 2 * half], A[4 * j + 2 * half + 1], r0 + 8 * half,
+                                    wgt::acc_col(j, lane), rg.gr[half], G, rows, p.scale);
+          }
+#pragma unroll
+        for (int kq = 0; kq < 4; ++kq)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {  // r: (rows g, cols 0-7), (g + 8, 0-7), (g, 8-15), (g + 8, 8-15)
+            const int i = 8 * kq + 4 * (r >> 1) + 2 * (r & 1);
+            pf[kq][r] = MmaType<T>::pack(A[i], A[i + 1]);
+          }
+      }
       wgmma::wait<0>();  // q S
       wgt::scale_acc(O, rg.orow);
     }
-    wgmma::fence_proxy_async();  // vn, Vw
+    wgmma::fence_proxy_async();  // vn, Vw (and split: P's columns 0 .. 31)
     __syncthreads();             // they are whole; every read of the state copy (X, q S, hs) is done
 
     if constexpr (kGated) {
@@ -399,8 +443,13 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
     if constexpr (kOut) {
       if (wg == 1) {
 #pragma unroll
-        for (int kq = 0; kq < 4; ++kq)
-          wgmma::MmaRs<64, T, 1>::run(O, pf[kq], wgmma::make_desc_mn(s0 + L::kVn + kq * 2048, L::kPanel), 1);
+        for (int kq = 0; kq < 4; ++kq) {
+          const uint64_t vn_desc = wgmma::make_desc_mn(s0 + L::kVn + kq * 2048, L::kPanel);
+          if (split && kq < 2)  // P's columns 16 kq .. from warpgroup 0's tile (K-major, as q's panels)
+            wgmma::Mma<64, T, 1>::run(O, wgmma::make_desc(s0 + L::kP + kq * 32, 16, 1024), vn_desc, 1);
+          else
+            wgmma::MmaRs<64, T, 1>::run(O, pf[kq], vn_desc, 1);
+        }
         wgmma::commit();
       }
     } else {

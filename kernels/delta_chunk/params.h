@@ -47,6 +47,12 @@ struct DeltaChunkParams {
   int fwd_wgmma = 0;          // 1: the forward's walk on Hopper's wgmma (delta_chunk_fwd_wgmma.cuh; K = V =
                       // 128, v_split 1 or 2, and only where linear_chunk_has_wgmma()); 0: mma.sync. Same
                       // results up to summation order; the binding sets 1 wherever it can
+  int split_scores = 0;  // 1: the half-V wgmma walks (the one-pass forward's with fwd_wgmma and v_split 2,
+                         // and bwd_walk_wgmma) split the chunk's scores P = q k^T by columns between their
+                         // two warpgroups (m64n32 each), so that the one that forms X = W S (forward) or Y =
+                         // K dS (backward) also takes half of P's product and of its exponentials, which the
+                         // other carried alone before the barrier that both wait at. Same results up to
+                         // summation order
   bool bwd_out_wide = false;  // the two-pass backward's second kernel with every tile resident at D = 128
                               // (one block per SM) instead of its lean layout (two); the same results
   void* vn = nullptr;         // workspace [B, T, H, V] 16-bit, or nullptr. When set, the forward runs in two

@@ -86,6 +86,9 @@ kn::DeltaChunkParams make_params(const torch::Tensor& q, const torch::Tensor& k,
   p.G = cf32(G), p.h0 = cf32(h0), p.hs = hs.defined() ? hs.data_ptr() : nullptr;
   p.v_split = c.v_split;
   p.fwd_wgmma = c.fwd_wgmma;
+  // The half-V wgmma walks' scores split between their warpgroups: as ATTNLAB_DELTA_SPLIT_SCORES=0|1 says
+  // (read per call: the bench compares both), else off until measured.
+  p.split_scores = env_switch("ATTNLAB_DELTA_SPLIT_SCORES").value_or(false) ? 1 : 0;
   p.stream = nullptr;  // the legacy default stream (see flash_attn.h)
   return p;
 }
