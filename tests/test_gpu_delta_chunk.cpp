@@ -583,8 +583,9 @@ TEST(DeltaChunkKernel, WgmmaBackwardMatchesMmaSync) {
 // walk reading each chunk as it is posted) against the plain one (=0), through the ops with autograd: o, ht
 // and every gradient the same bits (dbeta and dg, whose backwards sum with float atomics, to 1e-5). Few heads
 // (the walk's blocks must leave SMs to delta_wy), D = 64 and 128, with and without a gate, a short and a long
-// sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16. Then a shape
-// whose walk would fill the GPU, where the setting is refused and the plain forward runs.
+// sequence (about 80 chunks, so that the walk catches up with the producer), bf16 and fp16, and the half-V
+// wgmma state pass (ATTNLAB_DELTA_FWD_WGMMA=2 with the two-pass form, sm_90a builds) streamed the same way.
+// Then a shape whose walk would fill the GPU, where the setting is refused and the plain forward runs.
 TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(31);
@@ -592,15 +593,16 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
   struct S {
     int64_t B, T, H, D;
     torch::ScalarType dt;
+    bool half_v = false;  // the half-V wgmma state pass (both runs), its output pass streamed
   };
-  const std::vector<S> shapes = {{1, 100, 3, 64, torch::kBFloat16},
-                                 {1, 5000, 2, 128, torch::kBFloat16},
-                                 {2, 1333, 2, 128, torch::kHalf},
-                                 {1, 5000, 3, 64, torch::kHalf},
-                                 {16, 200, 16, 128, torch::kBFloat16}};
+  const std::vector<S> shapes = {
+      {1, 100, 3, 64, torch::kBFloat16},    {1, 5000, 2, 128, torch::kBFloat16},
+      {2, 1333, 2, 128, torch::kHalf},      {1, 5000, 3, 64, torch::kHalf},
+      {16, 200, 16, 128, torch::kBFloat16}, {1, 5000, 2, 128, torch::kBFloat16, true}};
   for (size_t si = 0; si < shapes.size(); ++si)
     for (bool gated : {false, true}) {
       const auto& sh = shapes[si];
+      if (sh.half_v && !kernels::linear_chunk_has_wgmma()) continue;
       auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
       auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
@@ -612,7 +614,11 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         // the walk alone on its SMs (DeltaChunkParams::walk_alone) and the output pass streamed behind the
         // walk (fwd_part 3) on, off and both, shape by shape: the same bits
         setenv("ATTNLAB_DELTA_WALK_ALONE", si % 2 ? "1" : "0", 1);
-        setenv("ATTNLAB_DELTA_OUT_STREAM", (si / 2) % 2 ? "1" : "0", 1);
+        setenv("ATTNLAB_DELTA_OUT_STREAM", sh.half_v || (si / 2) % 2 ? "1" : "0", 1);
+        if (sh.half_v) {
+          setenv("ATTNLAB_DELTA_FWD_WGMMA", "2", 1);
+          setenv("ATTNLAB_DELTA_FWD", "two_pass", 1);
+        }
         // and, with the output pass streamed, every chunk left to its cleanup launch on the fp16 shape
         setenv("ATTNLAB_DELTA_SYNC_GIVE_UP", si == 3 ? "1" : "0", 1);
         ops::RecurrentArgs a;
@@ -628,6 +634,8 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
         unsetenv("ATTNLAB_DELTA_WALK_ALONE");
         unsetenv("ATTNLAB_DELTA_OUT_STREAM");
         unsetenv("ATTNLAB_DELTA_SYNC_GIVE_UP");
+        unsetenv("ATTNLAB_DELTA_FWD_WGMMA");
+        unsetenv("ATTNLAB_DELTA_FWD");
         std::vector<torch::Tensor> r{out.o.detach(),
                                      out.ht.detach(),
                                      a.q.grad(),
@@ -641,7 +649,8 @@ TEST(DeltaChunkKernel, StreamedForwardGivesTheSameBits) {
       const auto [streamed, got] = run("1");
       // the walk's blocks (V-split 4 at D = 128, 2 at 64) would leave delta_wy no SM
       const bool fills = sh.B * sh.H * 4 >= ops::cuda::sm_count(0);
-      const std::string what0 = fmt::format("B {} T {} H {} D {} gated {}", sh.B, sh.T, sh.H, sh.D, gated);
+      const std::string what0 = fmt::format("B {} T {} H {} D {} gated {}{}", sh.B, sh.T, sh.H, sh.D, gated,
+                                            sh.half_v ? " half-V wgmma" : "");
       EXPECT_FALSE(plain_streamed) << what0;
       EXPECT_EQ(streamed, !fills) << what0 << ": ATTNLAB_DELTA_STREAM=1 taken where the walk "
                                   << (fills ? "fills the GPU" : "leaves SMs free") << " (or not)";

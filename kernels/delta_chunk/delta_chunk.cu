@@ -23,14 +23,16 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
   if (!backward && !p.o) return "o must be set";
   if (p.walk_alone != 0 && p.walk_alone != 1)
     return "walk_alone must be 0 or 1, got " + std::to_string(p.walk_alone);
-  if (!backward && (p.wy_ready || p.fwd_part) && p.fwd_wgmma)
-    return "wy_ready and fwd_part take the mma.sync walk (fwd_wgmma 0)";
+  if (!backward && (p.wy_ready || p.fwd_part) && p.fwd_wgmma && !(p.vn && p.v_split == 2))
+    return "wy_ready and fwd_part take the mma.sync walk or the half-V wgmma state pass (fwd_wgmma 0, or vn "
+           "set and v_split 2)";
   if (!backward && (p.fwd_part < 0 || p.fwd_part > 4))
     return "fwd_part must be 0 .. 4, got " + std::to_string(p.fwd_part);
   if (!backward && (p.fwd_part == 3 || p.fwd_part == 4) && !(p.walk_sync && p.vn))
     return "fwd_part 3 and 4 need walk_sync and the two-pass forward (vn set)";
-  if (!backward && p.walk_sync && (p.fwd_wgmma || !p.vn))
-    return "walk_sync in the forward takes the two-pass mma.sync walk (vn set, fwd_wgmma 0)";
+  if (!backward && p.walk_sync && (!p.vn || (p.fwd_wgmma && p.v_split != 2)))
+    return "walk_sync in the forward takes the two-pass form's mma.sync walk or half-V wgmma state pass (vn "
+           "set; fwd_wgmma 0, or v_split 2)";
   if (p.walk_sync && linear_chunk_count(p.T) > 65535)
     return "walk_sync: at most 65535 chunks (T <= 4194240), got T = " + std::to_string(p.T);
   if (!backward && p.fwd_wgmma) {
@@ -186,39 +188,39 @@ int walk_smem(const DeltaChunkParams& p, int own) {
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   const dim3 grid(kD / kVb, p.H, p.B);
-  if constexpr (kD == 128 && kVb == 128) {
-    if (p.fwd_wgmma) {
-      if (!p.vn)
+  if (!p.vn) {  // one pass: the walk computes o (nothing to do for fwd_part 2 and up)
+    if (p.fwd_part >= 2) return cudaSuccess;
+    if constexpr (kD == 128 && kVb == 128) {
+      if (p.fwd_wgmma)
         return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, true>, grid, WgFwdSmem<true>::kBytes, p,
                              WgFwdSmem<true>::kThreads);
-      cudaError_t err = launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid,
-                                      WgFwdSmem<false>::kBytes, p, WgFwdSmem<false>::kThreads);
-      if (err != cudaSuccess) return err;
-      return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                           OutSmem<kD>::kBytes, p);
     }
-  }
-  if constexpr (kD == 128 && kVb == 64) {
-    if (p.fwd_wgmma) {  // half the value columns per block (delta_chunk_fwd_wgmma.cuh)
-      if (!p.vn)
+    if constexpr (kD == 128 && kVb == 64) {
+      if (p.fwd_wgmma)  // half the value columns per block (delta_chunk_fwd_wgmma.cuh)
         return launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, true>, grid, WgFwdHalfSmem<true>::kBytes,
                              p, WgFwdHalfSmem<true>::kThreads);
-      cudaError_t err = launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, false>, grid,
-                                      WgFwdHalfSmem<false>::kBytes, p, WgFwdHalfSmem<false>::kThreads);
-      if (err != cudaSuccess) return err;
-      return launch_kernel(&delta_out_kernel<kD, T, kGated>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                           OutSmem<kD>::kBytes, p);
     }
-  }
-  if (!p.vn) {
-    if (p.fwd_part >= 2) return cudaSuccess;
     return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid,
                          walk_smem(p, FwdSmem<kD, kVb>::kOutBytes), p);
   }
   // two passes: the walk (states and vn), then o for every chunk at once; params.h: fwd_part
   if (p.fwd_part <= 1) {
-    cudaError_t err = launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
-                                    walk_smem(p, FwdSmem<kD, kVb, false>::kBytes), p);
+    auto walk = [&]() -> cudaError_t {
+      if constexpr (kD == 128 && kVb == 128) {
+        if (p.fwd_wgmma)
+          return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid, WgFwdSmem<false>::kBytes, p,
+                               WgFwdSmem<false>::kThreads);
+      }
+      if constexpr (kD == 128 && kVb == 64) {
+        if (p.fwd_wgmma)  // the half-V state pass, which streams as the mma.sync one does (wy_ready,
+                          // walk_sync)
+          return launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, false>, grid,
+                               walk_smem(p, WgFwdHalfSmem<false>::kBytes), p, WgFwdHalfSmem<false>::kThreads);
+      }
+      return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
+                           walk_smem(p, FwdSmem<kD, kVb, false>::kBytes), p);
+    };
+    const cudaError_t err = walk();
     if (err != cudaSuccess || p.fwd_part == 1) return err;
   }
   // streamed (part 3): over (B * H, chunks), chunk 0 first (delta_out_kernel)

@@ -81,12 +81,14 @@ __device__ __forceinline__ void mask_decay_pair(float& a0, float& a1, int r, int
 }
 
 // Chunk c's stage of the forward walks (q when kOut, k, w; u's kUCols columns from v0; the gates), one
-// commit group either way (nothing past the last chunk). L: the kernel's shared-memory layout.
+// commit group either way (nothing past the last chunk). L: the kernel's shared-memory layout. With
+// p.wy_ready (the streamed forward) it first waits until delta_wy has stored chunk c's w, u and G.
 template <typename L, typename T, bool kGated, bool kOut, int kUCols>
 __device__ __forceinline__ void wg_fwd_issue(const DeltaChunkParams& p, unsigned char* smem, int c, int nt,
                                              int b, int h, int v0, int tid) {
   constexpr int kD = 128;
   if (c < nt) {
+    if (p.wy_ready) wait_flag(p.wy_ready + (static_cast<int64_t>(b) * p.H + h) * nt + c);
     const int st = c % L::kStages, t0 = c * kC;
     const uint32_t base = smem_u32(smem) + st * L::kStage;
     const int64_t off = row_offset(b, t0, h, p.T, p.H, kD), row_stride = static_cast<int64_t>(p.H) * kD;
@@ -314,6 +316,10 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
   auto issue = [&](int c) { wg_fwd_issue<L, T, kGated, kOut, 64>(p, smem, c, nt, b, h, v0, tid); };
 #pragma unroll
   for (int i = 0; i < L::kStages - 1; ++i) issue(i);
+  // Streamed output pass (the state pass only, as the mma.sync walk): it starts waiting on this walk's
+  // chunks once every walk block runs; chunk c is posted after the barrier that follows its hs and vn stores
+  // (the next chunk's first barrier, or the one after the loop).
+  if (!kOut && p.walk_sync && tid == 0) atomicAdd(p.walk_sync, 1);
 
   float S[32];  // state rows 64 wg .. + 64, the block's 64 value columns
   load_state_half(S, p.h0 ? p.h0 + bh * kD * kD + v0 : nullptr, wg, wr, lane);
@@ -328,6 +334,7 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
     cp_async_wait<L::kStages - 2>();
     wgmma::fence_proxy_async();  // this chunk's copies and the state copy, before the tensor cores read them
     __syncthreads();             // ... and every read of chunk c - 1's stage, vn and Vw is done
+    if (!kOut && p.walk_sync && c > 0 && tid == 0) post_count(p.walk_sync + 1 + bh * nt + c - 1);
     issue(c + L::kStages - 1);
 
     // Batch 1: X (warpgroup 0), P and q S (warpgroup 1); with p.split_scores P's columns 32 wg .. in each
@@ -463,6 +470,10 @@ __global__ void __launch_bounds__(256, 1) delta_fwd_wgmma_half_kernel(const Delt
         wgt::store_acc_rows<T>(static_cast<T*>(p.o) + off, row_stride, O, stage + L::kQ, rows, wr, lane);
     }
     wgt::store_state_panels<64, T>(smem + L::kS, S, wg, wr, lane);
+  }
+  if (!kOut && p.walk_sync) {
+    __syncthreads();  // the last chunk's vn stores
+    if (tid == 0) post_count(p.walk_sync + 1 + bh * nt + nt - 1);
   }
   cp_async_wait<0>();
   if (p.ht) store_state_half(p.ht + bh * kD * kD + v0, S, wg, wr, lane);

@@ -103,8 +103,9 @@ FwdChoice fwd_choice(const torch::Tensor& q, const torch::Tensor& u, bool gated,
 bool stream_wy(const FwdChoice& c, int B, int H, int device) {
   const int sms = sm_count(device);
   const long long blocks = static_cast<long long>(B) * H * c.v_split;
+  // Forced: the mma.sync walk or the half-V wgmma state pass (fwd_wgmma with V-split 2), two-pass only.
   if (const auto on = env_switch("ATTNLAB_DELTA_STREAM"))
-    return *on && !c.fwd_wgmma && c.two_pass && blocks < sms;
+    return *on && (!c.fwd_wgmma || c.v_split == 2) && c.two_pass && blocks < sms;
   return kn::delta_chunk_default_stream_wy(B, H, c.v_split, c.fwd_wgmma != 0, c.two_pass, sms);
 }
 
@@ -161,7 +162,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // reading each chunk's w, u, G as soon as its flag is up; the output pass once both are done; then the
     // default stream waits for it all. A fork this forward does not take runs first, in order.
     const int dev = q.device().index();
-    const bool streamed = fork && fork->pending() && !p.fwd_wgmma &&
+    const bool streamed = fork && fork->pending() && (!p.fwd_wgmma || (two_pass && p.v_split == 2)) &&
                           static_cast<long long>(p.B) * p.H * p.v_split < sm_count(dev);
     if (fork && !streamed) fork->join();
     if (!streamed) {
