@@ -174,7 +174,7 @@ size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
 namespace delta_chunk {
 namespace {
 
-// The dynamic shared memory of an mma.sync walk that needs `own` bytes: all that a block may have on this
+// The dynamic shared memory of a walk that needs `own` bytes: all that a block may have on this
 // device where p.walk_alone (params.h), so that no other kernel's block is placed on the walk's SMs.
 int walk_smem(const DeltaChunkParams& p, int own) {
   if (!p.walk_alone) return own;

@@ -60,12 +60,13 @@ struct DeltaChunkParams {
                               // only, then one block per chunk computes o from them (all chunks at once).
                               // Same results, bit for bit; faster where B * H blocks leave SMs idle
                               // (delta_chunk_default_two_pass)
-  const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the mma.sync walk
-                                  // (fwd_wgmma 0) waits for chunk n's flag before it reads that chunk's w, u
-                                  // and G: delta_wy's forward (DeltaWyParams::ready) is still writing them,
-                                  // on another stream, while the walk runs. Only where the walk's blocks
-                                  // leave SMs free for the producer (delta_chunk_default_stream_wy)
-  int walk_alone = 0;  // 1: the mma.sync walks (the forward's and the two-pass backward's) ask for all the
+  const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the walk (mma.sync, or
+                                  // the half-V wgmma state pass) waits for chunk n's flag before it reads
+                                  // that chunk's w, u and G: delta_wy's forward (DeltaWyParams::ready) is
+                                  // still writing them, on another stream, while the walk runs. Only where
+                                  // the walk's blocks leave SMs free for the producer
+                                  // (delta_chunk_default_stream_wy)
+  int walk_alone = 0;  // 1: the streamed walks (the forward's and the two-pass backward's) ask for all the
                        // shared memory a block may have, so that no block of a kernel running beside them
                        // (the streamed forms' producer or output pass) shares their multiprocessors: the
                        // walk is the critical path, and a few hundred us of co-resident blocks slow every
@@ -80,8 +81,8 @@ struct DeltaChunkParams {
                              // "Streamed forward", "Streamed backward"). [0] counts the walk's blocks that
                              // have started; [1 + (b H + h) nt + c] counts the walk's slices done with chunk
                              // c (forward: hs, vn stored; backward: dhs, du), then v_split + 1 once the
-                             // output pass has done it. Only with the mma.sync walks (fwd_wgmma and
-                             // bwd_walk_wgmma 0); a fresh zeroed buffer for each forward or backward
+                             // output pass has done it. Only with the mma.sync walks and the forward's
+                             // half-V wgmma state pass; a fresh zeroed buffer for each forward or backward
   int sync_give_up = 0;      // tests only: 1 makes a streamed output pass (part 3) give every chunk up, so
                              // that part 4 does them all (the path a walk that is not placed in time takes)
   // ---- backward

@@ -98,14 +98,19 @@ FwdChoice fwd_choice(const torch::Tensor& q, const torch::Tensor& u, bool gated,
                     static_cast<int>(u.size(3)), gated, q.device().index(), v_split);
 }
 
+// Whether the forward's walk can wait for the producer's flags at all: the two-pass form's mma.sync walk or
+// half-V wgmma state pass (fwd_wgmma with V-split 2), whose B * H * v_split blocks leave it an SM.
+bool walk_can_stream(bool fwd_wgmma, int v_split, bool two_pass, long long blocks, int sms) {
+  return (!fwd_wgmma || v_split == 2) && two_pass && blocks < sms;
+}
+
 // Whether the forward should run its walk beside delta_wy's forward (kn::delta_chunk_default_stream_wy), or
 // as ATTNLAB_DELTA_STREAM=0|1 says; never where the walk's blocks would leave no SM to the producer.
 bool stream_wy(const FwdChoice& c, int B, int H, int device) {
   const int sms = sm_count(device);
   const long long blocks = static_cast<long long>(B) * H * c.v_split;
-  // Forced: the mma.sync walk or the half-V wgmma state pass (fwd_wgmma with V-split 2), two-pass only.
   if (const auto on = env_switch("ATTNLAB_DELTA_STREAM"))
-    return *on && (!c.fwd_wgmma || c.v_split == 2) && c.two_pass && blocks < sms;
+    return *on && walk_can_stream(c.fwd_wgmma != 0, c.v_split, c.two_pass, blocks, sms);
   return kn::delta_chunk_default_stream_wy(B, H, c.v_split, c.fwd_wgmma != 0, c.two_pass, sms);
 }
 
@@ -162,8 +167,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // reading each chunk's w, u, G as soon as its flag is up; the output pass once both are done; then the
     // default stream waits for it all. A fork this forward does not take runs first, in order.
     const int dev = q.device().index();
-    const bool streamed = fork && fork->pending() && (!p.fwd_wgmma || (two_pass && p.v_split == 2)) &&
-                          static_cast<long long>(p.B) * p.H * p.v_split < sm_count(dev);
+    const bool streamed = fork && fork->pending() &&
+                          walk_can_stream(p.fwd_wgmma != 0, p.v_split, two_pass,
+                                          static_cast<long long>(p.B) * p.H * p.v_split, sm_count(dev));
     if (fork && !streamed) fork->join();
     if (!streamed) {
       check_params(p, false);
