@@ -59,10 +59,10 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   unsigned char* rLo = smem + L::kR + kH16Tile;
   const uint32_t sMhi = s0 + L::kKD, sMlo = sMhi + kH16Tile, sRhi = s0 + L::kR, sRlo = sRhi + kH16Tile;
 
+  // Two copy groups: what KD and M need (K, the gates, the saved M), then what only the products after
+  // them read (V, dW, dU: 48 KB at D = 128), which lands while KD, M and its split are formed instead of
+  // before (one chunk per block, so nothing else of this block hides the copies' latency).
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kdW, static_cast<const T*>(p.dw), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kdU, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
   load_gates(beta, p.beta, b, t0, h, p.T, p.H, tid);  // zero past T
   if constexpr (kGated) {
     load_gates(G, p.g, b, t0, h, p.T, p.H, tid);
@@ -70,11 +70,15 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   }
   if (p.m) load_m(s0 + L::kR, saved_m(p.m, b, h, n, p.H, p.T), tid);  // the forward's M
   cp_async_commit();
+  load_chunk<kD>(s0 + L::kdW, static_cast<const T*>(p.dw), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
+  load_chunk<kD>(s0 + L::kdU, static_cast<const T*>(p.du), b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
   if (tid < kC) {
     dGs[tid] = 0.f, dBs[tid] = 0.f;
     if (kGated && !p.dG) dGin[tid] = 0.f;
   }
-  cp_async_wait<0>();
+  cp_async_wait<1>();
   __syncthreads();
   if constexpr (kGated) {
     gate_cumsum(G, warp, lane);
@@ -92,7 +96,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   __syncthreads();
   if (!p.m) invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
   split_lower<T>(mHi, mLo, M, tid, nullptr);
-  __syncthreads();  // M (float32) is read no more
+  cp_async_wait<0>();  // V, dW, dU
+  __syncthreads();     // M (float32) is read no more; V, dW, dU are in
 
   {  // dM = (dW K^T) diag(beta e^G) + (dU V^T) diag(beta), into R
     float a[1][4][4], c[1][4][4];

@@ -85,12 +85,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   float* M = reinterpret_cast<float*>(smem + L::kM);
   float* xs = reinterpret_cast<float*>(smem + L::kXs);
 
+  // V in a copy group of its own: only U's product reads it, so it lands during KD and the inverse.
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
-  load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
   load_gates(beta, p.beta, b, t0, h, p.T, p.H, tid);  // zero past T
   if constexpr (kGated) load_gates(G, p.g, b, t0, h, p.T, p.H, tid);
   cp_async_commit();
-  cp_async_wait<0>();
+  load_chunk<kD>(s0 + L::kV, static_cast<const T*>(p.v), b, t0, h, p.T, p.H, tid);
+  cp_async_commit();
+  cp_async_wait<1>();
   __syncthreads();
   if constexpr (kGated) {
     gate_cumsum(G, warp, lane);  // padded rows (g = 0) repeat the last real row's G
@@ -113,6 +115,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
   unsigned char* lo = smem + L::kKD + kH16Tile;
   // W = (M diag(beta e^G)) K
   split_lower<T>(hi, lo, M, tid, kGated ? xs : beta);
+  cp_async_wait<0>();  // V
   __syncthreads();
   lower_times<kD, T>(static_cast<T*>(p.w) + row_offset(b, t0, h, p.T, p.H, kD), row_stride, sHi, sLo,
                      s0 + L::kK, rows, warp, lane);
