@@ -167,6 +167,12 @@ bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bo
   return !fwd_wgmma && two_pass && 2 * blocks <= num_sms;
 }
 
+bool delta_chunk_default_stream_bwd(int B, int H, int V, int v_split, bool two_pass, bool bwd_walk_wgmma,
+                                    int num_sms) {
+  const long long blocks = static_cast<long long>(B) * H * v_split;
+  return V == 128 && two_pass && !bwd_walk_wgmma && 2 * blocks <= num_sms;
+}
+
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }

@@ -166,6 +166,14 @@ bool delta_chunk_default_bwd_local(int B, int H, int V, int v_split, bool gated,
 // the walk's blocks would not leave a multiprocessor free (the walk spins on the producer's flags).
 bool delta_chunk_default_stream_wy(int B, int H, int v_split, bool fwd_wgmma, bool two_pass, int num_sms);
 
+// Whether the two-pass backward should run its output pass behind its walk on another stream
+// (DeltaChunkParams::walk_sync, bwd_part 2-4) for this shape: at V = 128 with the mma.sync walk
+// (bwd_walk_wgmma 0) whose B * H * v_split blocks take at most half the multiprocessors. Measured on an H100
+// (bench/results/h100-2026-12-07a): B * T = 32768, H = 16, T = 32768 (V-split 4, 64 blocks) backward 0.21 ms
+// (DeltaNet) and 0.33 ms (Gated DeltaNet) faster; at V = 64 and at 64 heads slower.
+bool delta_chunk_default_stream_bwd(int B, int H, int V, int v_split, bool two_pass, bool bwd_walk_wgmma,
+                                    int num_sms);
+
 // Elements of the 16-bit hs workspace.
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
 

@@ -285,10 +285,15 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     p.bwd_wgmma = bwd_wgmma ? 1 : 0;
     // The streamed backward (docs/kernels.md "Streamed backward"): the output pass on a low-priority stream
     // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it.
-    // Opt-in (ATTNLAB_DELTA_BWD_STREAM=1, read per call) until it has run on a GPU: written and compiled in a
-    // session that got no device; where it is taken, the mma.sync walk's blocks should leave SMs free.
-    const bool streamed =
-        env_switch("ATTNLAB_DELTA_BWD_STREAM").value_or(false) && two_pass && !p.bwd_walk_wgmma;
+    // Where delta_chunk_default_stream_bwd says (V = 128, the mma.sync walk's blocks leave half the SMs), or
+    // as ATTNLAB_DELTA_BWD_STREAM=0|1 says (read per call: the bench and a test switch it).
+    bool streamed = two_pass && !p.bwd_walk_wgmma;
+    if (const auto on = env_switch("ATTNLAB_DELTA_BWD_STREAM")) {
+      streamed = streamed && *on;
+    } else {
+      streamed = streamed && kn::delta_chunk_default_stream_bwd(p.B, p.H, p.V, p.v_split, two_pass,
+                                                                p.bwd_walk_wgmma != 0, sms);
+    }
     if (!streamed) {
       check_params(p, true);
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
