@@ -204,6 +204,15 @@ TEST(DeltaChunkForms, DefaultsFollowTheMeasurements) {
   EXPECT_FALSE(kn::delta_chunk_default_bwd_walk_wgmma(4, 16, 128, 2, true, false, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_bwd_walk_wgmma(2, 16, 128, 4, false, false, kSms));
   EXPECT_FALSE(kn::delta_chunk_default_bwd_walk_wgmma(4, 16, 64, 2, false, false, kSms));
+  // The streamed backward (run h100-2026-12-07a, an H100): at D = 128 and 16 heads (V-split 4, 64 blocks)
+  // backward 2.261 against 2.473 ms without a gate, 2.396 against 2.730 gated; at D = 64 slower (16 heads:
+  // 1.688 against 1.518), and at 64 heads (V-split 2, 128 blocks) the output pass got 4 SMs (gated: 2.052
+  // against 1.979).
+  EXPECT_TRUE(kn::delta_chunk_default_stream_bwd(1, 16, 128, 4, true, false, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_stream_bwd(4, 16, 128, 2, true, false, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_stream_bwd(1, 16, 128, 4, false, false, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_stream_bwd(1, 16, 128, 2, true, true, kSms));
+  EXPECT_FALSE(kn::delta_chunk_default_stream_bwd(1, 16, 64, 2, true, false, kSms));
 }
 
 // The launchers' checks (host code): P^T do before the walk belongs to the two-pass backward only.
