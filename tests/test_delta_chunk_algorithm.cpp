@@ -135,6 +135,66 @@ TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
     }
 }
 
+// The entering state of every chunk (hs) and the final one, as the state pass walks them (u may be zeros).
+std::pair<std::vector<torch::Tensor>, torch::Tensor> walk_states(const torch::Tensor& k,
+                                                                 const torch::Tensor& W,
+                                                                 const torch::Tensor& U,
+                                                                 const torch::Tensor& G, torch::Tensor S) {
+  const int64_t T = k.size(0), nt = T / kC;
+  std::vector<torch::Tensor> hs;
+  for (int64_t c = 0; c < nt; ++c) {
+    hs.push_back(S);
+    auto kc = rows_of(k, c, T), Wc = rows_of(W, c, T), Uc = rows_of(U, c, T), Gc = rows_of(G, c, T, true);
+    auto last = Gc[kC - 1];
+    S = last.exp() * S + torch::matmul((kc * (last - Gc).exp().unsqueeze(1)).t(), Uc - torch::matmul(Wc, S));
+  }
+  return {hs, S};
+}
+
+// The segmented forward as the binding runs it (src/attnlab/ops/cuda/delta_chunk.cpp, segmented_forward):
+// segments walked from zero (segment 0 from h0) and from the identity with U = 0, the entering states of
+// the segments from their final states, hs corrected by P_n S_in, then the output pass with vn formed from
+// the corrected hs; o and ht against the sequential recurrence.
+TEST(DeltaChunkAlgorithm, SegmentedForwardMatchesTheWalk) {
+  for (int64_t nseg : {2, 4})
+    for (bool strong : {false, true}) {
+      torch::manual_seed(7 + nseg);
+      auto f = torch::TensorOptions().dtype(torch::kDouble);
+      const int64_t D = 12, T = 64 * 3 * nseg, Ts = T / nseg;
+      const double scale = 0.3;
+      auto q = torch::randn({T, D}, f), k = torch::randn({T, D}, f) * 0.3;
+      auto W = torch::randn({T, D}, f) * 0.2, U = torch::randn({T, D}, f);
+      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
+                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
+      auto G = g.view({T / kC, kC}).cumsum(1).view({T});
+      auto h0 = torch::randn({D, D}, f);
+      auto ref = recurrence(q, k, W, U, G, h0, scale);
+
+      std::vector<torch::Tensor> hs;
+      torch::Tensor S_in = h0;
+      for (int64_t j = 0; j < nseg; ++j) {
+        auto seg = [&](const torch::Tensor& x) { return x.narrow(0, j * Ts, Ts); };
+        auto local = walk_states(seg(k), seg(W), seg(U), seg(G), j == 0 ? h0 : torch::zeros({D, D}, f));
+        auto trans = walk_states(seg(k), seg(W), torch::zeros({Ts, D}, f), seg(G), torch::eye(D, f));
+        for (size_t n = 0; n < local.first.size(); ++n)
+          hs.push_back(j == 0 ? local.first[n] : local.first[n] + torch::matmul(trans.first[n], S_in));
+        S_in = j == 0 ? local.second : torch::matmul(trans.second, S_in) + local.second;
+      }
+      // the output pass: vn = U - W S from the corrected states, then o
+      auto tril = torch::ones({kC, kC}, f).tril();
+      std::vector<torch::Tensor> os;
+      for (int64_t c = 0; c < T / kC; ++c) {
+        auto qc = rows_of(q, c, T), kc = rows_of(k, c, T), Gc = rows_of(G, c, T, true);
+        auto vn = rows_of(U, c, T) - torch::matmul(rows_of(W, c, T), hs[c]);
+        auto P = torch::matmul(qc, kc.t()) * (Gc.unsqueeze(1) - Gc.unsqueeze(0)).exp() * tril * scale;
+        os.push_back(scale * Gc.exp().unsqueeze(1) * torch::matmul(qc, hs[c]) + torch::matmul(P, vn));
+      }
+      SCOPED_TRACE(::testing::Message() << "segments " << nseg << " strong " << strong);
+      EXPECT_LT(attnlab::testing::rel_rms(torch::cat(os, 0), ref.o), 1e-10);
+      EXPECT_LT(attnlab::testing::rel_rms(S_in, ref.ht), 1e-10);
+    }
+}
+
 #ifdef ATTNLAB_WITH_CUDA
 // The kernels' form choices (host functions, no GPU needed) on the shapes they were measured at: an H200's
 // 132 SMs, B * T = 32768, H = 16 (docs/kernels.md, "delta_chunk"; bench/results/h200-2026-12-02j, q, s). A

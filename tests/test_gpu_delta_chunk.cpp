@@ -754,6 +754,81 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
   unsetenv("ATTNLAB_DELTA_BWD_STREAM");
 }
 
+// The segmented forward (ATTNLAB_DELTA_SEGMENTS: the walk over segments of the sequence at once, then the
+// segments' entering states and hs corrected) against the plain forward: o, ht and, through the backward that
+// reads its hs, every gradient, to 16-bit rounding (hs is summed from two rounded pieces, so not the same
+// bits); T that does not split evenly falls back to the plain forward (the same bits); a bad count is named.
+TEST(DeltaChunkKernel, SegmentedForwardMatchesThePlainOne) {
+  SKIP_WITHOUT_CUDA();
+  torch::manual_seed(41);
+  auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
+  struct S {
+    int64_t B, T, H, D;
+    torch::ScalarType dt;
+    const char* nseg;
+  };
+  const std::vector<S> shapes = {{1, 4096, 2, 64, torch::kBFloat16, "4"},
+                                 {1, 4096, 2, 128, torch::kBFloat16, "2"},
+                                 {2, 2048, 3, 64, torch::kHalf, "8"},
+                                 {1, 8192, 1, 128, torch::kBFloat16, "8"},
+                                 {1, 1000, 2, 64, torch::kBFloat16, "4"}};  // 1000 = 15.6 chunks: plain
+  for (const auto& sh : shapes)
+    for (bool gated : {false, true}) {
+      auto q = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto k = ops::l2_normalize(torch::randn({sh.B, sh.T, sh.H, sh.D}, f)).to(sh.dt);
+      auto v = torch::randn({sh.B, sh.T, sh.H, sh.D}, f).to(sh.dt);
+      auto beta = torch::sigmoid(torch::randn({sh.B, sh.T, sh.H}, f));
+      auto g = torch::log_sigmoid(torch::randn({sh.B, sh.T, sh.H}, f) + 2) / 8;
+      auto h0 = torch::randn({sh.B, sh.H, sh.D, sh.D}, f) / 4;
+      auto dout = torch::randn({sh.B, sh.T, sh.H, sh.D}, f);
+      auto dht = torch::randn({sh.B, sh.H, sh.D, sh.D}, f);
+      auto run = [&](const char* nseg) {
+        setenv("ATTNLAB_DELTA_SEGMENTS", nseg, 1);
+        setenv("ATTNLAB_DELTA_STREAM", "0", 1);
+        ops::RecurrentArgs a;
+        a.q = q.detach().requires_grad_(true), a.k = k.detach().requires_grad_(true);
+        a.v = v.detach().requires_grad_(true), a.beta = beta.detach().requires_grad_(true);
+        if (gated) a.g = g.detach().requires_grad_(true);
+        a.h0 = h0.detach().requires_grad_(true);
+        a.output_final_state = true;
+        auto out =
+            gated ? ops::gated_delta_rule(a, ops::Impl::kernel) : ops::delta_rule(a, ops::Impl::kernel);
+        ((out.o.to(torch::kFloat) * dout).sum() + (out.ht * dht).sum()).backward();
+        unsetenv("ATTNLAB_DELTA_SEGMENTS");
+        unsetenv("ATTNLAB_DELTA_STREAM");
+        return std::vector<torch::Tensor>{
+            out.o.detach(), out.ht.detach(), a.q.grad(),    a.k.grad(),
+            a.v.grad(),     a.h0.grad(),     a.beta.grad(), gated ? a.g.grad() : torch::Tensor()};
+      };
+      const auto plain = run("1");
+      const auto got = run(sh.nseg);
+      const bool even = sh.T % (64 * std::stoi(sh.nseg)) == 0;
+      const char* names[] = {"o", "ht", "dq", "dk", "dv", "dh0", "dbeta", "dg"};
+      for (size_t i = 0; i < plain.size(); ++i) {
+        if (!plain[i].defined()) continue;
+        const std::string what = fmt::format("B {} T {} H {} D {} gated {} segments {}: {}", sh.B, sh.T, sh.H,
+                                             sh.D, gated, sh.nseg, names[i]);
+        ASSERT_TRUE(got[i].defined()) << what;
+        EXPECT_TRUE(ops::all_finite(got[i])) << what;
+        const double err = ops::rel_rms_error(got[i], plain[i]);
+        std::printf("  segmented %-60s %.2e\n", what.c_str(), err);
+        if (even) {
+          EXPECT_LT(err, 1e-2) << what;
+        } else if (i >= 6 || gated) {  // dbeta, dg, and through dG the gated rest: float atomics
+          EXPECT_LT(err, 1e-5) << what << " (T does not split: the plain forward)";
+        } else {
+          EXPECT_TRUE(torch::equal(got[i], plain[i])) << what << " (T does not split: the plain forward)";
+        }
+      }
+    }
+  setenv("ATTNLAB_DELTA_SEGMENTS", "3", 1);
+  ops::RecurrentArgs a;
+  a.q = torch::randn({1, 256, 2, 64}, f).to(torch::kBFloat16), a.k = a.q, a.v = a.q;
+  a.beta = torch::sigmoid(torch::randn({1, 256, 2}, f));
+  EXPECT_THROW(ops::delta_rule(a, ops::Impl::kernel), Error);
+  unsetenv("ATTNLAB_DELTA_SEGMENTS");
+}
+
 }  // namespace
 #else
 TEST(DeltaChunkKernel, NotBuilt) {

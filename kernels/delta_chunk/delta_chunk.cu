@@ -15,7 +15,14 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
            " not in the kernels (K = V = 64 or 128)";
   if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
     return "B and H must be in 1..65535, T >= 1";
-  if (!p.q || !p.k || !p.w || !p.u) return "q, k, w and u must be set";
+  if (!p.q || !p.k || !p.w || !(p.u || (!backward && p.state_only && p.fwd_part == 1)))
+    return "q, k, w and u must be set (u may be null only in the state_only walk, fwd_part 1)";
+  if (!backward && p.state_only) {
+    if (p.state_only != 1) return "state_only must be 0 or 1, got " + std::to_string(p.state_only);
+    if (p.vn || !p.hs || p.fwd_wgmma || p.wy_ready || p.walk_sync || !(p.fwd_part == 1 || p.fwd_part == 2))
+      return "state_only takes the mma.sync walk (fwd_part 1) or the output pass (fwd_part 2) alone, with hs "
+             "set and no vn, wy_ready or walk_sync";
+  }
   if (!p.hs && (backward || p.vn)) return "hs must be set for the backward and the two-pass forward";
   if (!(p.v_split == 1 || p.v_split == 2 || (p.v_split == 4 && p.V == 128)))
     return "v_split must be 1, 2, or 4 at V = 128 (slices of at least 32 columns); got " +
@@ -194,7 +201,7 @@ int walk_smem(const DeltaChunkParams& p, int own) {
 template <int kD, int kVb, typename T, bool kGated>
 cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
   const dim3 grid(kD / kVb, p.H, p.B);
-  if (!p.vn) {  // one pass: the walk computes o (nothing to do for fwd_part 2 and up)
+  if (!p.vn && !p.state_only) {  // one pass: the walk computes o (nothing to do for fwd_part 2 and up)
     if (p.fwd_part >= 2) return cudaSuccess;
     if constexpr (kD == 128 && kVb == 128) {
       if (p.fwd_wgmma)

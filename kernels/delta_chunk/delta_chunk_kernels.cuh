@@ -149,9 +149,12 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
       if constexpr (kOut) load_chunk<kD>(base + L::kQ, static_cast<const T*>(p.q), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
       load_chunk<kD>(base + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
-      load_tile<kC, kVb, kThreads, T>(base + L::kU,
-                                      static_cast<const T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD) + v0,
-                                      row_stride, p.T - t0, tid);
+      // u null (state_only's transition walk): zeros, by copies of no bytes
+      load_tile<kC, kVb, kThreads, T>(
+          base + L::kU,
+          p.u ? static_cast<const T*>(p.u) + row_offset(b, t0, h, p.T, p.H, kD) + v0
+              : static_cast<const T*>(p.w),
+          row_stride, p.u ? p.T - t0 : 0, tid);
       if constexpr (kGated)
         load_gates(reinterpret_cast<float*>(smem + st * L::kStage + L::kG), p.G, b, t0, h, p.T, p.H, tid);
     }
@@ -215,8 +218,8 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
     // P = scale (q k^T) exp(G_t - G_s), s <= t
     if constexpr (kOut)
       decayed_scores<kD, T, kGated, false>(smem + L::kP, sst + L::kQ, sst + L::kK, G, p.scale, warp, lane);
-    __syncthreads();  // vn, Vw, P ready
-    if constexpr (!kOut)
+    __syncthreads();    // vn, Vw, P ready
+    if (!kOut && p.vn)  // (state_only: the output pass forms vn from hs)
       store_tile<kC, kVb, kThreads, T>(static_cast<T*>(p.vn) + row_offset(b, t0, h, p.T, p.H, kD) + v0,
                                        row_stride, smem + L::kVn, rows, tid);
     if constexpr (kOut) {
@@ -253,14 +256,16 @@ __global__ void __launch_bounds__(kThreads, kD == 64 && kOut ? 2 : 1)
 
 // The output pass of the two-pass forward: block (c, h, b) computes chunk c's o = scale exp(G_t) q_t S_in +
 // P vn from the state the walk saved (hs) and its vn, with the same products in the same order as the
-// one-pass kernel, so o comes out as the same bits. 88 KB of shared memory at D = 128: two blocks per SM.
+// one-pass kernel, so o comes out as the same bits. With state_only it forms vn = U - W S_in first, as the
+// walk would have (W in a tile of its own). 104 KB of shared memory at D = 128: two blocks per SM.
 template <int kD>
 struct OutSmem {
   static constexpr int kTile = kC * kD * 2;
   static constexpr int kQ = 0, kK = kTile, kVn = 2 * kTile, kS = 3 * kTile;  // kS: [kD][kD] 16-bit
   static constexpr int kP = kS + kD * kD * 2;                                // [C][C]
   static constexpr int kG = kP + kC * kC * 2;
-  static constexpr int kBytes = kG + kC * 4;
+  static constexpr int kW = kG + kC * 4;  // state_only: W ([C][kD])
+  static constexpr int kBytes = kW + kTile;
 };
 
 template <int kD, typename T, bool kGated>
@@ -281,7 +286,9 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, t0, h, p.T, p.H, tid);
   if constexpr (kGated) load_gates(G, p.G, b, t0, h, p.T, p.H, tid);
   cp_async_commit();
-  load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.vn), b, t0, h, p.T, p.H, tid);
+  // vn, or with state_only U (vn formed in its place below) and W
+  load_chunk<kD>(s0 + L::kVn, static_cast<const T*>(p.state_only ? p.u : p.vn), b, t0, h, p.T, p.H, tid);
+  if (p.state_only) load_chunk<kD>(s0 + L::kW, static_cast<const T*>(p.w), b, t0, h, p.T, p.H, tid);
   load_tile<kD, kD, kThreads, T>(s0 + L::kS, static_cast<const T*>(p.hs) + (bh * nt + c) * kD * kD, kD, kD,
                                  tid);
   cp_async_commit();
@@ -294,6 +301,11 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   decayed_scores<kD, T, kGated, false>(smem + L::kP, s0 + L::kQ, s0 + L::kK, G, p.scale, warp, lane);
   cp_async_wait<0>();
   __syncthreads();
+  if (p.state_only) {  // vn = U - W S_in in place (each element read and written by the same thread)
+    corrected_values<kD, T, kGated>(smem + L::kVn, nullptr, s0 + L::kW, s0 + L::kS, smem + L::kVn, G, 0.f,
+                                    warp, lane);
+    __syncthreads();
+  }
   const int m0 = 16 * (warp % 4), n0o = (kD / 2) * (warp / 4);
   float O[1][kD / 16][4];
   zero_acc(O);

@@ -60,6 +60,12 @@ struct DeltaChunkParams {
                               // only, then one block per chunk computes o from them (all chunks at once).
                               // Same results, bit for bit; faster where B * H blocks leave SMs idle
                               // (delta_chunk_default_two_pass)
+  int state_only = 0;  // 1: the two-pass forward without vn (vn null): the walk (fwd_part 1, mma.sync) stores
+                       // hs and ht only, and takes u = nullptr as zeros; the output pass (fwd_part 2) forms
+                       // vn = U - W S itself from u, w and hs. For the segmented forward (the binding's
+                       // ATTNLAB_DELTA_SEGMENTS), which walks segments of the sequence from zero states and
+                       // the products of their transitions (u zero, h0 = I), then corrects hs before the
+                       // output pass
   const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the walk (mma.sync, or
                                   // the half-V wgmma state pass) waits for chunk n's flag before it reads
                                   // that chunk's w, u and G: delta_wy's forward (DeltaWyParams::ready) is

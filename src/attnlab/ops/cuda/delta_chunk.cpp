@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "attnlab/core/error.h"
 #include "attnlab/ops/check.h"
@@ -138,6 +139,83 @@ void check_params(const kn::DeltaChunkParams& p, bool backward) {
   if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
 }
 
+// The segmented forward's segment count: ATTNLAB_DELTA_SEGMENTS=1|2|4|8 (read per call; opt-in until
+// measured), taken where the chunks split evenly (T a multiple of 64 n), else 1.
+int segments(int64_t T) {
+  const char* e = std::getenv("ATTNLAB_DELTA_SEGMENTS");
+  if (!e) return 1;
+  const std::string f = e;
+  ATTNLAB_CHECK(f == "1" || f == "2" || f == "4" || f == "8",
+                "{}: ATTNLAB_DELTA_SEGMENTS must be 1, 2, 4 or 8, got '{}'", kOp, f);
+  const int n = std::stoi(f);
+  return T % (static_cast<int64_t>(kn::kLinearChunk) * n) == 0 ? n : 1;
+}
+
+// The segmented forward (docs/kernels.md, "The segmented forward"): the walk over T / 64 chunks is the
+// forward's critical path where few heads leave most SMs idle. The state leaving chunk n is affine in the
+// state entering its segment: S_n = L_n + P_n S_in, with L the states of a walk from zero and P_n the product
+// of the segment's transitions up to chunk n (the same walk with U = 0 from S = I, since the step is
+// S <- exp(g_last) S + K~^T (U - W S)). So both walks run over every segment at once (the segments are
+// batch entries of a [B nseg, T / nseg] view; segment 0 starts from h0 and needs no correction), the
+// segments' entering states follow from their final L and P in nseg - 1 small products, hs gets P_n S_in
+// added, and the output pass forms vn = U - W S from the corrected hs (state_only). hs, o and ht as the
+// plain forward gives them, up to rounding (hs is summed from two 16-bit pieces).
+void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
+                       const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0, double scale,
+                       int nseg, int64_t v_split, const torch::Tensor& hs, const torch::Tensor& o,
+                       const torch::Tensor& ht) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = u.size(3);
+  const int64_t Bs = B * nseg, Ts = T / nseg, nts = Ts / kn::kLinearChunk;
+  auto seg = [&](const torch::Tensor& x) { return x.view({Bs, Ts, H, x.size(3)}); };
+  const torch::Tensor Gs = given(G) ? G.view({Bs, Ts, H}) : G;
+  const auto f32opt = q.options().dtype(torch::kFloat);
+  const int dev = q.device().index(), sms = sm_count(dev);
+  FwdChoice c;  // the mma.sync walk, whose V-split is by the segmented shape
+  c.two_pass = true;
+  c.v_split = v_split > 0 ? static_cast<int>(v_split) : kn::delta_chunk_default_v_split(Bs, H, V, sms);
+  // The states' walk: segment 0 from h0, the others from zero.
+  auto h0s = torch::zeros({B, nseg, H, K, V}, f32opt);
+  if (given(h0)) h0s.select(1, 0).copy_(h0);
+  auto hsl = torch::empty({Bs, H, nts, K, V}, q.options());
+  auto htl = torch::empty({B, nseg, H, K, V}, f32opt);
+  auto p = make_params(seg(q), seg(k), seg(w), seg(u), Gs, h0s.view({Bs, H, K, V}), hsl, scale, c);
+  p.o = o.data_ptr(), p.ht = f32(htl), p.state_only = 1, p.fwd_part = 1;
+  // The transitions' walk (K = V): U = 0 from S = I; its states are P_n, its final states P of each segment.
+  auto eye = torch::eye(K, f32opt).expand({Bs, H, K, K}).contiguous();
+  auto hsp = torch::empty({B, nseg, H, nts, K, K}, q.options());
+  auto htp = torch::empty({B, nseg, H, K, K}, f32opt);
+  kn::DeltaChunkParams pp = p;
+  pp.u = nullptr, pp.h0 = cf32(eye), pp.hs = hsp.data_ptr(), pp.ht = f32(htp);
+  check_params(p, false);
+  check_params(pp, false);
+  cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
+  stream_after(hi, nullptr, kOp);
+  stream_after(lo, nullptr, kOp);
+  p.stream = hi, pp.stream = lo;
+  check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the segments' states)");
+  check_cuda(kn::launch_delta_chunk_fwd(pp), kOp, "launch_delta_chunk_fwd (the segments' transitions)");
+  stream_after(nullptr, hi, kOp);
+  stream_after(nullptr, lo, kOp);
+  // The state entering segment j + 1: P_j S_in(j) + L_j, from segment 0's true final state on.
+  std::vector<torch::Tensor> s_in;
+  auto cur = htl.select(1, 0);
+  for (int j = 1; j < nseg; ++j) {
+    s_in.push_back(cur);
+    cur = torch::matmul(htp.select(1, j), cur) + htl.select(1, j);
+  }
+  ht.copy_(cur);
+  // hs in [B, H, nseg, nts] order: segment j >= 1 gets P_n S_in(j) added (float32, then rounded once).
+  auto hsf = hsl.view({B, nseg, H, nts, K, V}).to(torch::kFloat);
+  hsf.narrow(1, 1, nseg - 1)
+      .add_(torch::matmul(hsp.narrow(1, 1, nseg - 1).to(torch::kFloat), torch::stack(s_in, 1).unsqueeze(3)));
+  hs.view({B, H, nseg, nts, K, V}).copy_(hsf.permute({0, 2, 1, 3, 4, 5}));
+  // The output pass over the whole sequence, vn formed from the corrected states.
+  auto po = make_params(q, k, w, u, G, h0, hs, scale, c);
+  po.o = o.data_ptr(), po.state_only = 1, po.fwd_part = 2;
+  check_params(po, false);
+  check_cuda(kn::launch_delta_chunk_fwd(po), kOp, "launch_delta_chunk_fwd (the output pass)");
+}
+
 class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
@@ -152,8 +230,10 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // The 16-bit state entering each chunk: for the backward, and the two-pass forward's second kernel. A
     // one-pass forward that no gradient will follow (grad mode off, or no input requiring grad) skips it:
     // at D = 128 it is twice the bytes of q.
+    const int nseg = segments(q.size(1));
     torch::Tensor hs;
-    if (grad || two_pass) hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());
+    if (grad || two_pass || nseg > 1)
+      hs = torch::empty({q.size(0), q.size(2), nt, q.size(3), u.size(3)}, q.options());
     p.hs = hs.defined() ? hs.data_ptr() : nullptr;
     auto o = torch::empty(u.sizes(), q.options());
     auto ht = torch::empty({q.size(0), q.size(2), q.size(3), u.size(3)}, q.options().dtype(torch::kFloat));
@@ -161,17 +241,19 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // vn is a workspace: freed at return, after the launches that use it were queued (and, streamed, after
     // the default stream was made to wait for them).
     torch::Tensor vn;
-    if (two_pass) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
+    if (two_pass && nseg == 1) vn = torch::empty(u.sizes(), q.options()), p.vn = vn.data_ptr();
     // The streamed forward (fork from delta_wy_prepare): the walk on the high-priority side stream, then
     // delta_wy's forward on the low-priority one (so that the walk's blocks are placed first), the walk
     // reading each chunk's w, u, G as soon as its flag is up; the output pass once both are done; then the
     // default stream waits for it all. A fork this forward does not take runs first, in order.
     const int dev = q.device().index();
-    const bool streamed = fork && fork->pending() &&
+    const bool streamed = nseg == 1 && fork && fork->pending() &&
                           walk_can_stream(p.fwd_wgmma != 0, p.v_split, two_pass,
                                           static_cast<long long>(p.B) * p.H * p.v_split, sm_count(dev));
     if (fork && !streamed) fork->join();
-    if (!streamed) {
+    if (nseg > 1) {
+      segmented_forward(q, k, w, u, G, h0, scale, nseg, v_split, hs, o, ht);
+    } else if (!streamed) {
       check_params(p, false);
       check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd");
     } else {
