@@ -17,6 +17,13 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "B and H must be in 1..65535, T >= 1";
   if (!p.q || !p.k || !p.w || !(p.u || (!backward && p.state_only && p.fwd_part == 1)))
     return "q, k, w and u must be set (u may be null only in the state_only walk, fwd_part 1)";
+  if (!backward && p.segments != 1) {
+    const int nt = linear_chunk_count(p.T);
+    if (p.segments < 2 || nt % p.segments != 0 || p.T % kLinearChunk != 0)
+      return "segments must be >= 2 and divide the chunks of a T that is a multiple of 64, got segments " +
+             std::to_string(p.segments) + " at T = " + std::to_string(p.T);
+    if (!p.hs || !p.seg_hs || !p.seg_p || !p.seg_in) return "segments needs hs, seg_hs, seg_p and seg_in";
+  }
   if (!backward && p.state_only) {
     if (p.state_only != 1) return "state_only must be 0 or 1, got " + std::to_string(p.state_only);
     if (p.vn || !p.hs || p.fwd_wgmma || p.wy_ready || p.walk_sync || !(p.fwd_part == 1 || p.fwd_part == 2))
@@ -312,6 +319,15 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
 
 }  // namespace
 }  // namespace delta_chunk
+
+cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p) {
+  if (p.segments < 2 || !delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
+  using namespace delta_chunk;
+  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
+    return launch_kernel(&delta_seg_fix_kernel<kD, T>, dim3(linear_chunk_count(p.T), p.H, p.B),
+                         3 * kD * kD * 2, p);
+  });
+}
 
 cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
   if (!delta_chunk_check(p, true).empty()) return cudaErrorInvalidValue;

@@ -317,6 +317,49 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   out_block_done(p.walk_sync, p.fwd_part, p.v_split, bh * nt + c);
 }
 
+// The segmented forward's correction (launch_delta_chunk_seg_fix): block (c, h, b) forms the state entering
+// chunk c, L + P S_in (L: its segment's walk from zero, P: the product of the segment's transitions before
+// it, S_in: the state entering the segment), summed in float32 from the 16-bit tiles and rounded once, and
+// writes it to hs in [B, H, nt] order. Three [kD][kD] tiles: 96 KB at D = 128, two blocks per SM.
+template <int kD, typename T>
+__global__ void __launch_bounds__(kThreads) delta_seg_fix_kernel(const DeltaChunkParams p) {
+  constexpr int kTile = kD * kD * 2;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int nt = linear_chunk_count(p.T), nts = nt / p.segments, j = c / nts, n = c % nts;
+  const int64_t seg_bh = (static_cast<int64_t>(b) * p.segments + j) * p.H + h;
+  const uint32_t s0 = smem_u32(smem);
+  load_tile<kD, kD, kThreads, T>(s0, static_cast<const T*>(p.seg_hs) + (seg_bh * nts + n) * kD * kD, kD, kD,
+                                 tid);
+  if (j > 0) {
+    load_tile<kD, kD, kThreads, T>(s0 + kTile, static_cast<const T*>(p.seg_p) + (seg_bh * nts + n) * kD * kD,
+                                   kD, kD, tid);
+    load_tile<kD, kD, kThreads, T>(s0 + 2 * kTile, static_cast<const T*>(p.seg_in) + seg_bh * kD * kD, kD, kD,
+                                   tid);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  // Warps over the kD / 16 row blocks and, at D = 64, two column halves each.
+  constexpr int kRowBlocks = kD / 16, kCols = kD * kRowBlocks / (kThreads / 32), NT = kCols / 8;
+  const int m0 = 16 * (warp % kRowBlocks), n0 = kCols * (warp / kRowBlocks);
+  float acc[1][NT][4];
+#pragma unroll
+  for (int nj = 0; nj < NT; ++nj)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = m0 + (lane >> 2) + half * 8, col = n0 + nj * 8 + 2 * (lane & 3);
+      const float2 x =
+          unpack2<T>(*reinterpret_cast<const uint32_t*>(smem + swz<kD>(row, col / 8) + (col % 8) * 2));
+      acc[0][nj][2 * half] = x.x, acc[0][nj][2 * half + 1] = x.y;
+    }
+  if (j > 0)
+    warp_mma<1, NT, kD / 16, false, true, kD, kD, T>(acc, s0 + kTile, m0, 0, s0 + 2 * kTile, 0, n0, lane);
+  store_acc_global<T>(static_cast<T*>(p.hs) + ((static_cast<int64_t>(b) * p.H + h) * nt + c) * kD * kD, kD,
+                      acc, m0, n0, kD, lane);
+}
+
 // ---------------------------------------------------------------- backward
 // The products of one chunk's backward, shared by the one-pass kernel and the two-pass form's two kernels
 // (the same code, so their results are the same bits). Tile addresses are shared-memory (swizzled, 16-bit);

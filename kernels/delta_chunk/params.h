@@ -66,6 +66,13 @@ struct DeltaChunkParams {
                        // ATTNLAB_DELTA_SEGMENTS), which walks segments of the sequence from zero states and
                        // the products of their transitions (u zero, h0 = I), then corrects hs before the
                        // output pass
+  int segments = 1;    // > 1: launch_delta_chunk_seg_fix's segment count (the segmented forward)
+  const void* seg_hs = nullptr;  // [B segments, H, nt / segments, K, V] 16-bit: the segments' walk from zero
+                                 // states (segment 0 from h0), state_only
+  const void* seg_p = nullptr;  // [B segments, H, nt / segments, K, K] 16-bit: the walk with U = 0 from S = I
+                                // (the products of each segment's transitions up to each chunk)
+  const void* seg_in = nullptr;   // [B segments, H, K, V] 16-bit: the state entering each segment (segment 0:
+                                  // unread, its walk started from h0)
   const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the walk (mma.sync, or
                                   // the half-V wgmma state pass) waits for chunk n's flag before it reads
                                   // that chunk's w, u and G: delta_wy's forward (DeltaWyParams::ready) is
@@ -184,6 +191,10 @@ bool delta_chunk_default_stream_bwd(int B, int H, int V, int v_split, bool two_p
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
 
 cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p);
+// The segmented forward's correction: hs of chunk c (in segment j, chunk n of it) = seg_hs[j, n] +
+// seg_p[j, n] seg_in[j] (float32 sums, rounded once), written into hs in [B, H, nt] order. Needs segments > 1
+// dividing the chunk count, T a multiple of 64, and hs, seg_hs, seg_p, seg_in set.
+cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p);
 cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p);
 
 }  // namespace attnlab::kernels

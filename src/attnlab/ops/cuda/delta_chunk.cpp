@@ -158,8 +158,9 @@ int segments(int64_t T) {
 // S <- exp(g_last) S + K~^T (U - W S)). So both walks run over every segment at once (the segments are
 // batch entries of a [B nseg, T / nseg] view; segment 0 starts from h0 and needs no correction), the
 // segments' entering states follow from their final L and P in nseg - 1 small products, hs gets P_n S_in
-// added, and the output pass forms vn = U - W S from the corrected hs (state_only). hs, o and ht as the
-// plain forward gives them, up to rounding (hs is summed from two 16-bit pieces).
+// added (launch_delta_chunk_seg_fix), and the output pass forms vn = U - W S from the corrected hs
+// (state_only). hs, o and ht as the plain forward gives them, up to rounding (hs is summed from 16-bit
+// pieces).
 void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& w,
                        const torch::Tensor& u, const torch::Tensor& G, const torch::Tensor& h0, double scale,
                        int nseg, int64_t v_split, const torch::Tensor& hs, const torch::Tensor& o,
@@ -196,22 +197,24 @@ void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const tor
   check_cuda(kn::launch_delta_chunk_fwd(pp), kOp, "launch_delta_chunk_fwd (the segments' transitions)");
   stream_after(nullptr, hi, kOp);
   stream_after(nullptr, lo, kOp);
-  // The state entering segment j + 1: P_j S_in(j) + L_j, from segment 0's true final state on.
-  std::vector<torch::Tensor> s_in;
+  // The state entering segment j + 1: P_j S_in(j) + L_j, from segment 0's true final state on (float32;
+  // nseg - 1 small products on the default stream).
+  auto s_in = torch::zeros({B, nseg, H, K, V}, q.options());  // 16-bit, as the correction's products read it
   auto cur = htl.select(1, 0);
   for (int j = 1; j < nseg; ++j) {
-    s_in.push_back(cur);
+    s_in.select(1, j).copy_(cur);
     cur = torch::matmul(htp.select(1, j), cur) + htl.select(1, j);
   }
   ht.copy_(cur);
-  // hs in [B, H, nseg, nts] order: segment j >= 1 gets P_n S_in(j) added (float32, then rounded once).
-  auto hsf = hsl.view({B, nseg, H, nts, K, V}).to(torch::kFloat);
-  hsf.narrow(1, 1, nseg - 1)
-      .add_(torch::matmul(hsp.narrow(1, 1, nseg - 1).to(torch::kFloat), torch::stack(s_in, 1).unsqueeze(3)));
-  hs.view({B, H, nseg, nts, K, V}).copy_(hsf.permute({0, 2, 1, 3, 4, 5}));
-  // The output pass over the whole sequence, vn formed from the corrected states.
+  // hs in [B, H, nt] order: L_n + P_n S_in of the chunk's segment (launch_delta_chunk_seg_fix).
   auto po = make_params(q, k, w, u, G, h0, hs, scale, c);
-  po.o = o.data_ptr(), po.state_only = 1, po.fwd_part = 2;
+  po.o = o.data_ptr(), po.segments = nseg;
+  po.seg_hs = hsl.data_ptr(), po.seg_p = hsp.data_ptr(), po.seg_in = s_in.data_ptr();
+  check_params(po, false);
+  check_cuda(kn::launch_delta_chunk_seg_fix(po), kOp, "launch_delta_chunk_seg_fix");
+  // The output pass over the whole sequence, vn formed from the corrected states.
+  po.segments = 1, po.seg_hs = po.seg_p = po.seg_in = nullptr;
+  po.state_only = 1, po.fwd_part = 2;
   check_params(po, false);
   check_cuda(kn::launch_delta_chunk_fwd(po), kOp, "launch_delta_chunk_fwd (the output pass)");
 }
