@@ -171,8 +171,11 @@ void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const tor
   const torch::Tensor Gs = given(G) ? G.view({Bs, Ts, H}) : G;
   const auto f32opt = q.options().dtype(torch::kFloat);
   const int dev = q.device().index(), sms = sm_count(dev);
-  FwdChoice c;  // the mma.sync walk, whose V-split is by the segmented shape
+  FwdChoice c;  // the mma.sync walk; its V-split as given (or ATTNLAB_DELTA_V_SPLIT, checked by fwd_choice),
+                // else by the segmented shape
   c.two_pass = true;
+  if (const char* forced = std::getenv("ATTNLAB_DELTA_V_SPLIT"); v_split == 0 && forced)
+    v_split = std::stoi(forced);
   c.v_split = v_split > 0 ? static_cast<int>(v_split) : kn::delta_chunk_default_v_split(Bs, H, V, sms);
   // The states' walk: segment 0 from h0, the others from zero.
   auto h0s = torch::zeros({B, nseg, H, K, V}, f32opt);
