@@ -195,6 +195,77 @@ TEST(DeltaChunkAlgorithm, SegmentedForwardMatchesTheWalk) {
     }
 }
 
+// The two-pass backward's walk (delta_bwd_walk_kernel): from dS = dS_end at the last chunk down, the dS each
+// chunk uses (dhs) and dvn (= dU), and the dS leaving the first chunk (dh0). It never reads the states.
+struct BwdWalk {
+  std::vector<torch::Tensor> dhs, dvn;
+  torch::Tensor dS;
+};
+BwdWalk bwd_walk(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W,
+                 const torch::Tensor& G, const torch::Tensor& dout, torch::Tensor dS, double scale) {
+  const int64_t T = q.size(0), nt = T / kC;
+  auto tril = torch::ones({kC, kC}, q.options()).tril();
+  BwdWalk r{std::vector<torch::Tensor>(nt), std::vector<torch::Tensor>(nt), {}};
+  for (int64_t c = nt - 1; c >= 0; --c) {
+    auto qc = rows_of(q, c, T), kc = rows_of(k, c, T), Wc = rows_of(W, c, T), Gc = rows_of(G, c, T, true);
+    auto doc = rows_of(dout, c, T);
+    auto last = Gc[kC - 1];
+    auto P = torch::matmul(qc, kc.t()) * (Gc.unsqueeze(1) - Gc.unsqueeze(0)).exp() * tril * scale;
+    r.dhs[c] = dS;
+    r.dvn[c] = (last - Gc).exp().unsqueeze(1) * torch::matmul(kc, dS) + torch::matmul(P.t(), doc);
+    dS = last.exp() * dS + torch::matmul((scale * Gc.exp().unsqueeze(1) * qc).t(), doc) -
+         torch::matmul(Wc.t(), r.dvn[c]);
+  }
+  r.dS = dS;
+  return r;
+}
+
+// The segmented backward as the binding runs it: segments walked from zero (the last from dht) and, with
+// do = 0, from the identity (Q_n: the products of the segment's transposed transitions after chunk n); the
+// gradient entering each segment from its right, X(j) = L_end(j + 1) + Q_end(j + 1) X(j + 1); then dhs +=
+// Q_n X and dvn += diag(exp(G_last - G)) K Q_n X (delta_seg_fix_kernel, backward); dh0 = L_end(0) + Q_end(0)
+// X(0). dhs, dU and dh0 against the sequential walk.
+TEST(DeltaChunkAlgorithm, SegmentedBackwardWalkMatchesTheWalk) {
+  for (int64_t nseg : {2, 4})
+    for (bool strong : {false, true}) {
+      torch::manual_seed(13 + nseg);
+      auto f = torch::TensorOptions().dtype(torch::kDouble);
+      const int64_t D = 12, T = 64 * 3 * nseg, Ts = T / nseg, nts = Ts / kC;
+      const double scale = 0.3;
+      auto q = torch::randn({T, D}, f), k = torch::randn({T, D}, f) * 0.3;
+      auto W = torch::randn({T, D}, f) * 0.2, dout = torch::randn({T, D}, f);
+      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
+                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
+      auto G = g.view({T / kC, kC}).cumsum(1).view({T});
+      auto dht = torch::randn({D, D}, f);
+      auto ref = bwd_walk(q, k, W, G, dout, dht, scale);
+
+      std::vector<BwdWalk> L, Q;
+      for (int64_t j = 0; j < nseg; ++j) {
+        auto seg = [&](const torch::Tensor& x) { return x.narrow(0, j * Ts, Ts); };
+        L.push_back(bwd_walk(seg(q), seg(k), seg(W), seg(G), seg(dout),
+                             j == nseg - 1 ? dht : torch::zeros({D, D}, f), scale));
+        Q.push_back(
+            bwd_walk(seg(q), seg(k), seg(W), seg(G), torch::zeros({Ts, D}, f), torch::eye(D, f), scale));
+      }
+      std::vector<torch::Tensor> X(nseg);  // the gradient entering segment j from its right
+      X[nseg - 1] = torch::zeros({D, D}, f);
+      for (int64_t j = nseg - 2; j >= 0; --j) X[j] = L[j + 1].dS + torch::matmul(Q[j + 1].dS, X[j + 1]);
+      auto dh0 = L[0].dS + torch::matmul(Q[0].dS, X[0]);
+      SCOPED_TRACE(::testing::Message() << "segments " << nseg << " strong " << strong);
+      for (int64_t j = 0; j < nseg; ++j)
+        for (int64_t n = 0; n < nts; ++n) {
+          const int64_t c = j * nts + n;
+          auto fix = torch::matmul(Q[j].dhs[n], X[j]);
+          auto Gc = rows_of(G, c, T, true), kc = rows_of(k, c, T);
+          auto dvn = L[j].dvn[n] + (Gc[kC - 1] - Gc).exp().unsqueeze(1) * torch::matmul(kc, fix);
+          EXPECT_LT(attnlab::testing::rel_rms(L[j].dhs[n] + fix, ref.dhs[c]), 1e-10) << "dhs of chunk " << c;
+          EXPECT_LT(attnlab::testing::rel_rms(dvn, ref.dvn[c]), 1e-10) << "dU of chunk " << c;
+        }
+      EXPECT_LT(attnlab::testing::rel_rms(dh0, ref.dS), 1e-10);
+    }
+}
+
 #ifdef ATTNLAB_WITH_CUDA
 // The kernels' form choices (host functions, no GPU needed) on the shapes they were measured at: an H200's
 // 132 SMs, B * T = 32768, H = 16 (docs/kernels.md, "delta_chunk"; bench/results/h200-2026-12-02j, q, s). A

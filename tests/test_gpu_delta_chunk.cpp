@@ -770,11 +770,11 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
   unsetenv("ATTNLAB_DELTA_BWD_STREAM");
 }
 
-// The segmented forward (ATTNLAB_DELTA_SEGMENTS: the walk over segments of the sequence at once, then the
-// segments' entering states and hs corrected) against the plain forward: o, ht and, through the backward that
-// reads its hs, every gradient, to 16-bit rounding (hs is summed from two rounded pieces, so not the same
-// bits); T that does not split evenly falls back to the plain forward (the same bits); a bad count is named.
-TEST(DeltaChunkKernel, SegmentedForwardMatchesThePlainOne) {
+// The segmented forms (ATTNLAB_DELTA_SEGMENTS: the forward's and the backward's walks over segments of the
+// sequence at once, then the segments' entering states, hs, dhs and dU corrected) against the plain ones: o,
+// ht and every gradient, to 16-bit rounding (the states are summed from rounded pieces, so not the same
+// bits); T that does not split evenly falls back to the plain forms (the same bits); a bad count is named.
+TEST(DeltaChunkKernel, SegmentedFormsMatchThePlainOnes) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(41);
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);

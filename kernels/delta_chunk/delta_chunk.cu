@@ -17,13 +17,6 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     return "B and H must be in 1..65535, T >= 1";
   if (!p.q || !p.k || !p.w || !(p.u || (!backward && p.state_only && p.fwd_part == 1)))
     return "q, k, w and u must be set (u may be null only in the state_only walk, fwd_part 1)";
-  if (!backward && p.segments != 1) {
-    const int nt = linear_chunk_count(p.T);
-    if (p.segments < 2 || nt % p.segments != 0 || p.T % kLinearChunk != 0)
-      return "segments must be >= 2 and divide the chunks of a T that is a multiple of 64, got segments " +
-             std::to_string(p.segments) + " at T = " + std::to_string(p.T);
-    if (!p.hs || !p.seg_hs || !p.seg_p || !p.seg_in) return "segments needs hs, seg_hs, seg_p and seg_in";
-  }
   if (!backward && p.state_only) {
     if (p.state_only != 1) return "state_only must be 0 or 1, got " + std::to_string(p.state_only);
     if (p.vn || !p.hs || p.fwd_wgmma || p.wy_ready || p.walk_sync || !(p.fwd_part == 1 || p.fwd_part == 2))
@@ -63,7 +56,7 @@ std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
     if (p.bwd_part < 0 || p.bwd_part > 4) return "bwd_part must be 0 .. 4, got " + std::to_string(p.bwd_part);
     if ((p.bwd_part || p.walk_sync) && !p.dhs)
       return "bwd_part and walk_sync take the two-pass backward (dhs set)";
-    if ((p.bwd_part == 3 || p.bwd_part == 4) && !p.walk_sync) return "bwd_part 3 and 4 need walk_sync";
+    if (p.bwd_part == 3 && !p.walk_sync) return "bwd_part 3 needs walk_sync";
     if (p.walk_sync && p.bwd_walk_wgmma) return "walk_sync takes the mma.sync walk (bwd_walk_wgmma 0)";
     if (p.bwd_walk_wgmma) {
       if (!linear_chunk_has_wgmma())
@@ -320,12 +313,30 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
 }  // namespace
 }  // namespace delta_chunk
 
-cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p) {
-  if (p.segments < 2 || !delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
+std::string delta_chunk_seg_fix_check(const DeltaChunkParams& p, bool backward) {
+  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (p.K != p.V || (p.K != 64 && p.K != 128))
+    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
+           " not in the kernels (K = V = 64 or 128)";
+  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
+    return "B and H must be in 1..65535, T >= 1";
+  const int nt = linear_chunk_count(p.T);
+  if (p.segments < 2 || nt % p.segments != 0 || p.T % kLinearChunk != 0)
+    return "segments must be >= 2 and divide the chunks of a T that is a multiple of 64, got segments " +
+           std::to_string(p.segments) + " at T = " + std::to_string(p.T);
+  if (!p.seg_hs || !p.seg_p || !p.seg_in) return "seg_hs, seg_p and seg_in must be set";
+  if (backward ? !(p.dhs && p.du && p.k) : !p.hs)
+    return backward ? "the backward's correction needs dhs, du and k" : "the forward's correction needs hs";
+  return {};
+}
+
+cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p, bool backward) {
+  if (!delta_chunk_seg_fix_check(p, backward).empty()) return cudaErrorInvalidValue;
   using namespace delta_chunk;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    return launch_kernel(&delta_seg_fix_kernel<kD, T>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                         3 * kD * kD * 2, p);
+    const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
+    return backward ? launch_kernel(&delta_seg_fix_kernel<kD, T, true>, grid, SegFixSmem<kD>::kBytes, p)
+                    : launch_kernel(&delta_seg_fix_kernel<kD, T, false>, grid, SegFixSmem<kD>::kBytes, p);
   });
 }
 

@@ -317,26 +317,43 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 2) delta_out_kernel(c
   out_block_done(p.walk_sync, p.fwd_part, p.v_split, bh * nt + c);
 }
 
-// The segmented forward's correction (launch_delta_chunk_seg_fix): block (c, h, b) forms the state entering
-// chunk c, L + P S_in (L: its segment's walk from zero, P: the product of the segment's transitions before
-// it, S_in: the state entering the segment), summed in float32 from the 16-bit tiles and rounded once, and
-// writes it to hs in [B, H, nt] order. Three [kD][kD] tiles: 96 KB at D = 128, two blocks per SM.
-template <int kD, typename T>
+// The segmented forms' correction (launch_delta_chunk_seg_fix). Forward: block (c, h, b) forms the state
+// entering chunk c, L + P S_in (L: its segment's walk from zero, P: the product of the segment's transitions
+// before it, S_in: the state entering the segment), summed in float32 from the 16-bit tiles and rounded once,
+// and writes it to hs in [B, H, nt] order; segment 0 (from h0) is copied. kBwd: the same for the backward's
+// dS (L: the walk from a zero gradient, Q: the products of the transposed transitions after chunk c, X: the
+// gradient entering the segment from its right; the last segment, from dht, is copied) into dhs, and dU
+// (= dvn = diag(exp(G_last - G)) K dS + P^T do, linear in dS) gets diag(exp(G_last - G)) K (Q X) added in
+// place. Shared memory: three [kD][kD] tiles, and K and G for kBwd: 112 KB at D = 128, two blocks per SM.
+template <int kD>
+struct SegFixSmem {
+  static constexpr int kTile = kD * kD * 2;
+  static constexpr int kL = 0, kP = kTile, kIn = 2 * kTile, kK = 3 * kTile;  // kK: [C][kD] (kBwd)
+  static constexpr int kG = kK + kC * kD * 2;
+  static constexpr int kBytes = kG + kC * 4;
+};
+
+template <int kD, typename T, bool kBwd>
 __global__ void __launch_bounds__(kThreads) delta_seg_fix_kernel(const DeltaChunkParams p) {
-  constexpr int kTile = kD * kD * 2;
+  using L = SegFixSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int nt = linear_chunk_count(p.T), nts = nt / p.segments, j = c / nts, n = c % nts;
+  const bool fix = kBwd ? j < p.segments - 1 : j > 0;  // the segment that started from h0 / dht: a copy
   const int64_t seg_bh = (static_cast<int64_t>(b) * p.segments + j) * p.H + h;
   const uint32_t s0 = smem_u32(smem);
-  load_tile<kD, kD, kThreads, T>(s0, static_cast<const T*>(p.seg_hs) + (seg_bh * nts + n) * kD * kD, kD, kD,
-                                 tid);
-  if (j > 0) {
-    load_tile<kD, kD, kThreads, T>(s0 + kTile, static_cast<const T*>(p.seg_p) + (seg_bh * nts + n) * kD * kD,
+  load_tile<kD, kD, kThreads, T>(s0 + L::kL, static_cast<const T*>(p.seg_hs) + (seg_bh * nts + n) * kD * kD,
+                                 kD, kD, tid);
+  if (fix) {
+    load_tile<kD, kD, kThreads, T>(s0 + L::kP, static_cast<const T*>(p.seg_p) + (seg_bh * nts + n) * kD * kD,
                                    kD, kD, tid);
-    load_tile<kD, kD, kThreads, T>(s0 + 2 * kTile, static_cast<const T*>(p.seg_in) + seg_bh * kD * kD, kD, kD,
+    load_tile<kD, kD, kThreads, T>(s0 + L::kIn, static_cast<const T*>(p.seg_in) + seg_bh * kD * kD, kD, kD,
                                    tid);
+    if constexpr (kBwd) {
+      load_chunk<kD>(s0 + L::kK, static_cast<const T*>(p.k), b, c * kC, h, p.T, p.H, tid);
+      if (p.G) load_gates(reinterpret_cast<float*>(smem + L::kG), p.G, b, c * kC, h, p.T, p.H, tid);
+    }
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -344,20 +361,49 @@ __global__ void __launch_bounds__(kThreads) delta_seg_fix_kernel(const DeltaChun
   // Warps over the kD / 16 row blocks and, at D = 64, two column halves each.
   constexpr int kRowBlocks = kD / 16, kCols = kD * kRowBlocks / (kThreads / 32), NT = kCols / 8;
   const int m0 = 16 * (warp % kRowBlocks), n0 = kCols * (warp / kRowBlocks);
-  float acc[1][NT][4];
+  float acc[1][NT][4];  // P S_in (Q X), then plus L
+  zero_acc(acc);
+  if (fix) warp_mma<1, NT, kD / 16, false, true, kD, kD, T>(acc, s0 + L::kP, m0, 0, s0 + L::kIn, 0, n0, lane);
+  if (kBwd && fix) {  // Q X (16-bit) into the product tile once every warp has read it
+    __syncthreads();
+    store_acc_smem<kD, T>(smem + L::kP, acc, m0, n0, lane);
+  }
 #pragma unroll
   for (int nj = 0; nj < NT; ++nj)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = m0 + (lane >> 2) + half * 8, col = n0 + nj * 8 + 2 * (lane & 3);
-      const float2 x =
-          unpack2<T>(*reinterpret_cast<const uint32_t*>(smem + swz<kD>(row, col / 8) + (col % 8) * 2));
-      acc[0][nj][2 * half] = x.x, acc[0][nj][2 * half + 1] = x.y;
+      const float2 x = unpack2<T>(
+          *reinterpret_cast<const uint32_t*>(smem + L::kL + swz<kD>(row, col / 8) + (col % 8) * 2));
+      acc[0][nj][2 * half] += x.x, acc[0][nj][2 * half + 1] += x.y;
     }
-  if (j > 0)
-    warp_mma<1, NT, kD / 16, false, true, kD, kD, T>(acc, s0 + kTile, m0, 0, s0 + 2 * kTile, 0, n0, lane);
-  store_acc_global<T>(static_cast<T*>(p.hs) + ((static_cast<int64_t>(b) * p.H + h) * nt + c) * kD * kD, kD,
-                      acc, m0, n0, kD, lane);
+  store_acc_global<T>(
+      static_cast<T*>(kBwd ? p.dhs : p.hs) + ((static_cast<int64_t>(b) * p.H + h) * nt + c) * kD * kD, kD,
+      acc, m0, n0, kD, lane);
+  if constexpr (kBwd) {
+    if (!fix) return;
+    __syncthreads();  // Q X stored
+    // dU += diag(exp(G_last - G)) K (Q X): this warp's C x kD / 2 piece, read and written by the same thread
+    const float* G = reinterpret_cast<const float*>(smem + L::kG);
+    const int r0 = 16 * (warp % 4), c0 = (kD / 2) * (warp / 4);
+    float d[1][kD / 16][4];
+    zero_acc(d);
+    warp_mma<1, kD / 16, kD / 16, false, true, kD, kD, T>(d, s0 + L::kK, r0, 0, s0 + L::kP, 0, c0, lane);
+    T* du = static_cast<T*>(p.du) + row_offset(b, c * kC, h, p.T, p.H, kD);
+    const int64_t stride = static_cast<int64_t>(p.H) * kD;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = r0 + (lane >> 2) + half * 8;
+      const float w = p.G ? __expf(G[kC - 1] - G[row]) : 1.f;
+#pragma unroll
+      for (int nj = 0; nj < kD / 16; ++nj) {
+        const int col = c0 + nj * 8 + 2 * (lane & 3);
+        uint32_t* at = reinterpret_cast<uint32_t*>(du + row * stride + col);
+        const float2 u = unpack2<T>(*at);
+        *at = MmaType<T>::pack(u.x + w * d[0][nj][2 * half], u.y + w * d[0][nj][2 * half + 1]);
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------- backward

@@ -117,7 +117,8 @@ struct DeltaChunkParams {
                      // last chunk first; each block waits for its chunk's count, and gives the chunk up if
                      // the walk's blocks are not all running within 50 us, so it never waits on a walk that
                      // cannot be placed); 4 the output pass for the chunks that 3 gave up (after 3 and the
-                     // walk). 3 and 4 need walk_sync
+                     // walk), or without walk_sync for every chunk (the segmented backward's output pass,
+                     // after its own walks and correction). 3 needs walk_sync
   const void* dout = nullptr;  // [B, T, H, V]
   const float* dht = nullptr;  // [B, H, K, V]; nullptr: zeros
   void* dq = nullptr;          // [B, T, H, K] (written)
@@ -191,10 +192,14 @@ bool delta_chunk_default_stream_bwd(int B, int H, int V, int v_split, bool two_p
 size_t delta_chunk_hs_elems(const DeltaChunkParams& p);
 
 cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p);
-// The segmented forward's correction: hs of chunk c (in segment j, chunk n of it) = seg_hs[j, n] +
-// seg_p[j, n] seg_in[j] (float32 sums, rounded once), written into hs in [B, H, nt] order. Needs segments > 1
-// dividing the chunk count, T a multiple of 64, and hs, seg_hs, seg_p, seg_in set.
-cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p);
+// The segmented forms' correction: hs of chunk c (in segment j, chunk n of it) = seg_hs[j, n] +
+// seg_p[j, n] seg_in[j] (float32 sums, rounded once; segment 0 copied), written into hs in [B, H, nt]
+// order. backward: the same into dhs (the last segment copied), and du (= dvn, [B, T, H, V], in place) +=
+// diag(exp(G_last - G)) k (seg_p seg_in) per chunk. Needs segments > 1 dividing the chunk count, T a multiple
+// of 64, hs, seg_hs, seg_p, seg_in set (backward: dhs and du too).
+cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p, bool backward);
+// Empty when launch_delta_chunk_seg_fix takes p, else why not.
+std::string delta_chunk_seg_fix_check(const DeltaChunkParams& p, bool backward);
 cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p);
 
 }  // namespace attnlab::kernels

@@ -139,6 +139,11 @@ void check_params(const kn::DeltaChunkParams& p, bool backward) {
   if (!why.empty()) fail("{}: {} (from delta_chunk_check)", kOp, why);
 }
 
+void check_seg_fix(const kn::DeltaChunkParams& p, bool backward) {
+  auto why = kn::delta_chunk_seg_fix_check(p, backward);
+  if (!why.empty()) fail("{}: {} (from delta_chunk_seg_fix_check)", kOp, why);
+}
+
 // The segmented forward's segment count: ATTNLAB_DELTA_SEGMENTS=1|2|4|8 (read per call; opt-in until
 // measured), taken where the chunks split evenly (T a multiple of 64 n), else 1.
 int segments(int64_t T) {
@@ -213,13 +218,74 @@ void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const tor
   auto po = make_params(q, k, w, u, G, h0, hs, scale, c);
   po.o = o.data_ptr(), po.segments = nseg;
   po.seg_hs = hsl.data_ptr(), po.seg_p = hsp.data_ptr(), po.seg_in = s_in.data_ptr();
-  check_params(po, false);
-  check_cuda(kn::launch_delta_chunk_seg_fix(po), kOp, "launch_delta_chunk_seg_fix");
+  check_seg_fix(po, false);
+  check_cuda(kn::launch_delta_chunk_seg_fix(po, false), kOp, "launch_delta_chunk_seg_fix");
   // The output pass over the whole sequence, vn formed from the corrected states.
   po.segments = 1, po.seg_hs = po.seg_p = po.seg_in = nullptr;
   po.state_only = 1, po.fwd_part = 2;
   check_params(po, false);
   check_cuda(kn::launch_delta_chunk_fwd(po), kOp, "launch_delta_chunk_fwd (the output pass)");
+}
+
+// The segmented backward (docs/kernels.md, "The segmented forms"): the two-pass backward's walk over
+// segments at once, as the forward's. dS is affine in the gradient entering a segment from its right (the
+// step is dS <- M_n^T dS + R_n, R from do), so one walk runs from zero (the last segment from dht) and one
+// with do = 0 from dS = I (the products Q_n of the transposed transitions); the gradients entering the
+// segments follow in nseg - 1 small products, delta_seg_fix_kernel adds Q_n X to dhs and diag(exp(G_last -
+// G)) K Q_n X to dU (= dvn, linear in dS), dh0 = L_end(0) + Q_end(0) X(0), and the output pass runs as
+// usual. p: the backward's two-pass parameters for the whole sequence (dhs, dU, dq, dk, dw, dG set); the
+// segments are batch entries of a [B nseg, T / nseg] view, which shares the [B, T, H, D] memory, so the
+// walks' parameters differ in B and T only.
+void segmented_backward(kn::DeltaChunkParams p, const torch::Tensor& q, const torch::Tensor& dht,
+                        const torch::Tensor& dh0, int nseg) {
+  const int64_t B = p.B, T = p.T, H = p.H, K = p.K, V = p.V, Bs = B * nseg, nts = T / nseg / kn::kLinearChunk;
+  const auto f32opt = q.options().dtype(torch::kFloat);
+  const int dev = q.device().index();
+  kn::DeltaChunkParams pl = p;  // from zero, the last segment from dht
+  pl.B = static_cast<int>(Bs), pl.T = static_cast<int>(T / nseg);
+  auto dht_s = torch::zeros({B, nseg, H, K, V}, f32opt);
+  if (given(dht)) dht_s.select(1, nseg - 1).copy_(dht);
+  auto dhsl = torch::empty({Bs, H, nts, K, V}, q.options());
+  auto dh0l = torch::empty({B, nseg, H, K, V}, f32opt);
+  pl.dht = cf32(dht_s), pl.dhs = dhsl.data_ptr(), pl.dh0 = f32(dh0l);
+  // The transposed transitions (K = V): do = 0 from dS = I, no P^T do before the walk; its dU and the
+  // untouched dq, dk, dw go to a workspace.
+  auto zero_do = torch::zeros({B, T, H, K}, q.options());
+  auto junk = torch::empty({B, T, H, K}, q.options());
+  auto eye = torch::eye(K, f32opt).expand({Bs, H, K, K}).contiguous();
+  auto dhsq = torch::empty({B, nseg, H, nts, K, K}, q.options());
+  auto dh0q = torch::empty({B, nseg, H, K, K}, f32opt);
+  kn::DeltaChunkParams pq = pl;
+  pq.dout = zero_do.data_ptr(), pq.dht = cf32(eye), pq.dhs = dhsq.data_ptr(), pq.dh0 = f32(dh0q);
+  pq.dq = pq.dk = pq.dw = pq.du = junk.data_ptr(), pq.bwd_local = 0;
+  check_params(pl, true);
+  check_params(pq, true);
+  cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
+  stream_after(hi, nullptr, kOp);
+  stream_after(lo, nullptr, kOp);
+  pl.stream = hi, pq.stream = lo;
+  pl.bwd_part = 1;  // P^T do (bwd_local; nothing without)
+  check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' P^T do)");
+  pl.bwd_part = 2, pq.bwd_part = 2;
+  check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' walk)");
+  check_cuda(kn::launch_delta_chunk_bwd(pq), kOp, "launch_delta_chunk_bwd (the segments' transitions)");
+  stream_after(nullptr, hi, kOp);
+  stream_after(nullptr, lo, kOp);
+  // The gradient entering segment j from its right: X(j) = L_end(j + 1) + Q_end(j + 1) X(j + 1), X(last) = 0.
+  auto s_in = torch::zeros({B, nseg, H, K, V}, q.options());  // 16-bit, as the correction reads it
+  auto x = torch::zeros({B, H, K, V}, f32opt);
+  for (int j = nseg - 2; j >= 0; --j) {
+    x = dh0l.select(1, j + 1) + torch::matmul(dh0q.select(1, j + 1), x);
+    s_in.select(1, j).copy_(x);
+  }
+  if (given(dh0)) dh0.copy_(dh0l.select(1, 0) + torch::matmul(dh0q.select(1, 0), x));
+  kn::DeltaChunkParams pf = p;
+  pf.segments = nseg, pf.seg_hs = dhsl.data_ptr(), pf.seg_p = dhsq.data_ptr(), pf.seg_in = s_in.data_ptr();
+  check_seg_fix(pf, true);
+  check_cuda(kn::launch_delta_chunk_seg_fix(pf, true), kOp, "launch_delta_chunk_seg_fix (backward)");
+  p.bwd_part = 4, p.walk_sync = nullptr;  // the output pass for every chunk
+  check_params(p, true);
+  check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd (the output pass)");
 }
 
 class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> {
@@ -340,18 +406,22 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     torch::Tensor dhs;
     const char* form = std::getenv("ATTNLAB_DELTA_BWD");
     const int sms = sm_count(q.device().index());
-    const bool two_pass =
-        form ? std::string(form) == "two_pass" : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, sms);
+    // The segmented backward (ATTNLAB_DELTA_SEGMENTS, as the forward) takes the two-pass form, its choices
+    // made for the segments' B nseg walks.
+    const int nseg = segments(p.T);
+    const int Bw = p.B * nseg;
+    const bool two_pass = nseg > 1 || (form ? std::string(form) == "two_pass"
+                                            : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, sms));
     if (two_pass) {
       const auto split = ctx->saved_data["v_split"].toInt();
-      p.v_split = split > 0 ? static_cast<int>(split) : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms);
+      p.v_split = split > 0 ? static_cast<int>(split) : kn::delta_chunk_default_v_split(Bw, p.H, p.V, sms);
       // ATTNLAB_DELTA_BWD_OUT=wide: the second kernel's older layout (every tile resident), for comparison.
       const char* out_form = std::getenv("ATTNLAB_DELTA_BWD_OUT");
       p.bwd_out_wide = out_form && std::string(out_form) == "wide";
       dhs = torch::empty(hs.sizes(), hs.options()), p.dhs = dhs.data_ptr();
       // P^T do before the walk where delta_chunk_default_bwd_local says, or as ATTNLAB_DELTA_BWD_LOCAL=0|1
       // says (the same bits either way).
-      bool local = kn::delta_chunk_default_bwd_local(p.B, p.H, p.V, p.v_split, given(G), sms);
+      bool local = kn::delta_chunk_default_bwd_local(Bw, p.H, p.V, p.v_split, given(G), sms);
       if (const auto on = env_switch("ATTNLAB_DELTA_BWD_LOCAL")) local = *on;
       p.bwd_local = local ? 1 : 0;
       // The walk on wgmma where delta_chunk_default_bwd_walk_wgmma says (V-split 2, no bwd_local, no gate,
@@ -362,7 +432,7 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
         walk_wgmma = walk_wgmma && *on;
       } else {
         walk_wgmma = walk_wgmma &&
-                     kn::delta_chunk_default_bwd_walk_wgmma(p.B, p.H, p.V, p.v_split, local, given(G), sms);
+                     kn::delta_chunk_default_bwd_walk_wgmma(Bw, p.H, p.V, p.v_split, local, given(G), sms);
       }
       p.bwd_walk_wgmma = walk_wgmma ? 1 : 0;
     }
@@ -375,14 +445,16 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
     // behind the walk on a high-priority one, each chunk as soon as the walk's slices are done with it.
     // Where delta_chunk_default_stream_bwd says (V = 128, the mma.sync walk's blocks leave half the SMs), or
     // as ATTNLAB_DELTA_BWD_STREAM=0|1 says (read per call: the bench and a test switch it).
-    bool streamed = two_pass && !p.bwd_walk_wgmma;
+    bool streamed = nseg == 1 && two_pass && !p.bwd_walk_wgmma;
     if (const auto on = env_switch("ATTNLAB_DELTA_BWD_STREAM")) {
       streamed = streamed && *on;
     } else {
       streamed = streamed && kn::delta_chunk_default_stream_bwd(p.B, p.H, p.V, p.v_split, two_pass,
                                                                 p.bwd_walk_wgmma != 0, sms);
     }
-    if (!streamed) {
+    if (nseg > 1) {
+      segmented_backward(p, q, dht, dh0, nseg);
+    } else if (!streamed) {
       check_params(p, true);
       check_cuda(kn::launch_delta_chunk_bwd(p), kOp, "launch_delta_chunk_bwd");
     } else {
