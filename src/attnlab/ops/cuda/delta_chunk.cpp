@@ -156,7 +156,19 @@ int segments(int64_t T) {
   return T % (static_cast<int64_t>(kn::kLinearChunk) * n) == 0 ? n : 1;
 }
 
-// The segmented forward (docs/kernels.md, "The segmented forward"): the walk over T / 64 chunks is the
+// The segmented walks' V-split: both walks (states and transitions) at once in one wave of one block per
+// SM (the D = 128 walks take a whole SM), so the largest of 4 (V = 128), 2, 1 with 2 B nseg H v_split <= SMs,
+// else 1; a V-split given by the caller or ATTNLAB_DELTA_V_SPLIT wins.
+int segmented_v_split(int64_t v_split, int64_t segment_heads, int V, int sms) {
+  if (const char* forced = std::getenv("ATTNLAB_DELTA_V_SPLIT"); v_split == 0 && forced)
+    v_split = std::stoi(forced);
+  if (v_split > 0) return static_cast<int>(v_split);
+  for (int s : {4, 2})
+    if ((s == 2 || V == 128) && 2 * segment_heads * s <= sms) return s;
+  return 1;
+}
+
+// The segmented forward (docs/kernels.md, "The segmented forms"): the walk over T / 64 chunks is the
 // forward's critical path where few heads leave most SMs idle. The state leaving chunk n is affine in the
 // state entering its segment: S_n = L_n + P_n S_in, with L the states of a walk from zero and P_n the product
 // of the segment's transitions up to chunk n (the same walk with U = 0 from S = I, since the step is
@@ -176,12 +188,9 @@ void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const tor
   const torch::Tensor Gs = given(G) ? G.view({Bs, Ts, H}) : G;
   const auto f32opt = q.options().dtype(torch::kFloat);
   const int dev = q.device().index(), sms = sm_count(dev);
-  FwdChoice c;  // the mma.sync walk; its V-split as given (or ATTNLAB_DELTA_V_SPLIT, checked by fwd_choice),
-                // else by the segmented shape
+  FwdChoice c;  // the mma.sync walk
   c.two_pass = true;
-  if (const char* forced = std::getenv("ATTNLAB_DELTA_V_SPLIT"); v_split == 0 && forced)
-    v_split = std::stoi(forced);
-  c.v_split = v_split > 0 ? static_cast<int>(v_split) : kn::delta_chunk_default_v_split(Bs, H, V, sms);
+  c.v_split = segmented_v_split(v_split, Bs * H, static_cast<int>(V), sms);
   // The states' walk: segment 0 from h0, the others from zero.
   auto h0s = torch::zeros({B, nseg, H, K, V}, f32opt);
   if (given(h0)) h0s.select(1, 0).copy_(h0);
@@ -414,7 +423,9 @@ class DeltaChunkFunction : public torch::autograd::Function<DeltaChunkFunction> 
                                             : kn::delta_chunk_default_two_pass_bwd(p.B, p.H, p.V, sms));
     if (two_pass) {
       const auto split = ctx->saved_data["v_split"].toInt();
-      p.v_split = split > 0 ? static_cast<int>(split) : kn::delta_chunk_default_v_split(Bw, p.H, p.V, sms);
+      p.v_split = nseg > 1    ? segmented_v_split(split, static_cast<int64_t>(Bw) * p.H, p.V, sms)
+                  : split > 0 ? static_cast<int>(split)
+                              : kn::delta_chunk_default_v_split(p.B, p.H, p.V, sms);
       // ATTNLAB_DELTA_BWD_OUT=wide: the second kernel's older layout (every tile resident), for comparison.
       const char* out_form = std::getenv("ATTNLAB_DELTA_BWD_OUT");
       p.bwd_out_wide = out_form && std::string(out_form) == "wide";
