@@ -9,12 +9,7 @@
 namespace attnlab::kernels {
 
 std::string delta_chunk_check(const DeltaChunkParams& p, bool backward) {
-  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (p.K != p.V || (p.K != 64 && p.K != 128))
-    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
-           " not in the kernels (K = V = 64 or 128)";
-  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
-    return "B and H must be in 1..65535, T >= 1";
+  if (auto why = linear_grid_check(p.dtype, p.B, p.T, p.H, p.K, p.V); !why.empty()) return why;
   if (!p.q || !p.k || !p.w || !(p.u || (!backward && p.state_only && p.fwd_part == 1)))
     return "q, k, w and u must be set (u may be null only in the state_only walk, fwd_part 1)";
   if (!backward && p.state_only) {
@@ -314,12 +309,7 @@ cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
 }  // namespace delta_chunk
 
 std::string delta_chunk_seg_fix_check(const DeltaChunkParams& p, bool backward) {
-  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (p.K != p.V || (p.K != 64 && p.K != 128))
-    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
-           " not in the kernels (K = V = 64 or 128)";
-  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
-    return "B and H must be in 1..65535, T >= 1";
+  if (auto why = linear_grid_check(p.dtype, p.B, p.T, p.H, p.K, p.V); !why.empty()) return why;
   const int nt = linear_chunk_count(p.T);
   if (p.segments < 2 || nt % p.segments != 0 || p.T % kLinearChunk != 0)
     return "segments must be >= 2 and divide the chunks of a T that is a multiple of 64, got segments " +

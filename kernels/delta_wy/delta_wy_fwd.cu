@@ -9,12 +9,7 @@
 namespace attnlab::kernels {
 
 std::string delta_wy_check(const DeltaWyParams& p, bool backward) {
-  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (p.K != p.V || (p.K != 64 && p.K != 128))
-    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
-           " not in the kernels (K = V = 64 or 128)";
-  if (p.B < 1 || p.H < 1 || p.T < 1 || p.B > 65535 || p.H > 65535)
-    return "B and H must be in 1..65535, T >= 1";
+  if (auto why = linear_grid_check(p.dtype, p.B, p.T, p.H, p.K, p.V); !why.empty()) return why;
   if (!p.k || !p.v || !p.beta) return "k, v and beta must be set";
   if (!backward && (!p.w || !p.u)) return "w and u must be set";
   if (!backward && p.g && !p.G) return "G must be set when g is";

@@ -11,10 +11,7 @@ int gla_chunk_default_seg_chunks(int B, int T, int H, int num_sms) {
 }
 
 std::string gla_chunk_check(const GlaChunkParams& p, bool backward) {
-  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (p.K != p.V || (p.K != 64 && p.K != 128))
-    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
-           " not in the kernels (K = V = 64 or 128)";
+  if (auto why = linear_head_check(p.dtype, p.K, p.V); !why.empty()) return why;
   if (p.B < 1 || p.H < 1 || p.T < 0) return "B and H must be >= 1 and T >= 0";
   if (p.seg_chunks < 1) return "seg_chunks must be >= 1";
   if (!p.q || !p.k || !p.v || !p.g) return "q, k, v and g must be set";

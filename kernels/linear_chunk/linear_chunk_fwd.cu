@@ -58,6 +58,20 @@ bool linear_chunk_has_wgmma() {
 #endif
 }
 
+std::string linear_head_check(LinearDtype dtype, int K, int V) {
+  if (dtype != LinearDtype::kBF16 && dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (K != V || (K != 64 && K != 128))
+    return "head dims K = " + std::to_string(K) + ", V = " + std::to_string(V) +
+           " not in the kernels (K = V = 64 or 128)";
+  return {};
+}
+
+std::string linear_grid_check(LinearDtype dtype, int B, int T, int H, int K, int V) {
+  if (auto why = linear_head_check(dtype, K, V); !why.empty()) return why;
+  if (B < 1 || H < 1 || T < 1 || B > 65535 || H > 65535) return "B and H must be in 1..65535, T >= 1";
+  return {};
+}
+
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
   if (p.state_wgmma) {
     if (!linear_chunk_has_wgmma())
@@ -75,10 +89,7 @@ std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
       return std::string(what) + " takes K = V = " + (backward ? "128" : "64 or 128") +
              ", got K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V);
   }
-  if (p.dtype != LinearDtype::kBF16 && p.dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (p.K != p.V || (p.K != 64 && p.K != 128))
-    return "head dims K = " + std::to_string(p.K) + ", V = " + std::to_string(p.V) +
-           " not in the kernels (K = V = 64 or 128)";
+  if (auto why = linear_head_check(p.dtype, p.K, p.V); !why.empty()) return why;
   if (p.B < 1 || p.H < 1 || p.T < 0) return "B and H must be >= 1 and T >= 0";
   if (p.seg_chunks < 1) return "seg_chunks must be >= 1";
   if (!p.q || !p.k || !p.v) return "q, k and v must be set";

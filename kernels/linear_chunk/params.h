@@ -119,6 +119,10 @@ bool linear_chunk_has_wgmma();
 
 // Empty when the kernels take p (dims, dtype, pointers, seg_chunks), else why not.
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward);
+// Empty when dtype is bf16 or fp16 and K = V = 64 or 128 (the linear family's kernels), else why not.
+std::string linear_head_check(LinearDtype dtype, int K, int V);
+// As linear_head_check, and B, H in 1..65535 (grid dimensions) and T >= 1.
+std::string linear_grid_check(LinearDtype dtype, int B, int T, int H, int K, int V);
 
 // Floats of workspace: the forward needs seg_states + seg_gate; the backward, given the same seg_states /
 // seg_gate, also dseg_states + dg_work + chunk_states (as 16-bit pairs) + chunk_dg.
