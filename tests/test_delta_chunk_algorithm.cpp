@@ -135,6 +135,21 @@ TEST(DeltaChunkAlgorithm, HandBackwardMatchesAutograd) {
     }
 }
 
+// Float64 inputs of the segmented tests: q, k, W, X (U or do) [T, D] and in-chunk cumulative gates G,
+// weak or strong, for T a multiple of 64.
+struct SegCase {
+  torch::TensorOptions f = torch::TensorOptions().dtype(torch::kDouble);
+  double scale = 0.3;
+  torch::Tensor q, k, W, X, G;
+  SegCase(int64_t T, int64_t D, bool strong) {
+    q = torch::randn({T, D}, f), k = torch::randn({T, D}, f) * 0.3;
+    W = torch::randn({T, D}, f) * 0.2, X = torch::randn({T, D}, f);
+    auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
+                    : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
+    G = g.view({T / kC, kC}).cumsum(1).view({T});
+  }
+};
+
 // The entering state of every chunk (hs) and the final one, as the state pass walks them (u may be zeros).
 std::pair<std::vector<torch::Tensor>, torch::Tensor> walk_states(const torch::Tensor& k,
                                                                  const torch::Tensor& W,
@@ -159,14 +174,11 @@ TEST(DeltaChunkAlgorithm, SegmentedForwardMatchesTheWalk) {
   for (int64_t nseg : {2, 4})
     for (bool strong : {false, true}) {
       torch::manual_seed(7 + nseg);
-      auto f = torch::TensorOptions().dtype(torch::kDouble);
       const int64_t D = 12, T = 64 * 3 * nseg, Ts = T / nseg;
-      const double scale = 0.3;
-      auto q = torch::randn({T, D}, f), k = torch::randn({T, D}, f) * 0.3;
-      auto W = torch::randn({T, D}, f) * 0.2, U = torch::randn({T, D}, f);
-      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
-                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
-      auto G = g.view({T / kC, kC}).cumsum(1).view({T});
+      const SegCase in(T, D, strong);
+      const auto &q = in.q, &k = in.k, &W = in.W, &U = in.X, &G = in.G;
+      const auto& f = in.f;
+      const double scale = in.scale;
       auto h0 = torch::randn({D, D}, f);
       auto ref = recurrence(q, k, W, U, G, h0, scale);
 
@@ -229,14 +241,11 @@ TEST(DeltaChunkAlgorithm, SegmentedBackwardWalkMatchesTheWalk) {
   for (int64_t nseg : {2, 4})
     for (bool strong : {false, true}) {
       torch::manual_seed(13 + nseg);
-      auto f = torch::TensorOptions().dtype(torch::kDouble);
       const int64_t D = 12, T = 64 * 3 * nseg, Ts = T / nseg, nts = Ts / kC;
-      const double scale = 0.3;
-      auto q = torch::randn({T, D}, f), k = torch::randn({T, D}, f) * 0.3;
-      auto W = torch::randn({T, D}, f) * 0.2, dout = torch::randn({T, D}, f);
-      auto g = strong ? torch::log_sigmoid(torch::randn({T}, f) * 2 - 1) * 2
-                      : torch::log_sigmoid(torch::randn({T}, f) + 2) / 16;
-      auto G = g.view({T / kC, kC}).cumsum(1).view({T});
+      const SegCase in(T, D, strong);
+      const auto &q = in.q, &k = in.k, &W = in.W, &dout = in.X, &G = in.G;
+      const auto& f = in.f;
+      const double scale = in.scale;
       auto dht = torch::randn({D, D}, f);
       auto ref = bwd_walk(q, k, W, G, dout, dht, scale);
 
