@@ -783,11 +783,11 @@ TEST(DeltaChunkKernel, SegmentedFormsMatchThePlainOnes) {
     torch::ScalarType dt;
     const char* nseg;
   };
-  const std::vector<S> shapes = {{1, 4096, 2, 64, torch::kBFloat16, "4"},
-                                 {1, 4096, 2, 128, torch::kBFloat16, "2"},
-                                 {2, 2048, 3, 64, torch::kHalf, "8"},
-                                 {1, 8192, 1, 128, torch::kBFloat16, "8"},
-                                 {1, 1000, 2, 64, torch::kBFloat16, "4"}};  // 1000 = 15.6 chunks: plain
+  const std::vector<S> shapes = {
+      {1, 4096, 2, 64, torch::kBFloat16, "4"}, {1, 4096, 2, 128, torch::kBFloat16, "2"},
+      {2, 2048, 3, 64, torch::kHalf, "8"},     {1, 8192, 1, 128, torch::kBFloat16, "8"},
+      {1, 1000, 2, 64, torch::kBFloat16, "4"},  // 1000 = 15.6 chunks: plain
+      {1, 384, 2, 64, torch::kBFloat16, "4"}};  // 6 chunks: 2 segments of 3
   for (const auto& sh : shapes)
     for (bool gated : {false, true}) {
       const DeltaCase in(sh.B, sh.T, sh.H, sh.D, sh.dt);
@@ -801,7 +801,7 @@ TEST(DeltaChunkKernel, SegmentedFormsMatchThePlainOnes) {
       };
       const auto plain = run("1");
       const auto got = run(sh.nseg);
-      const bool even = sh.T % (64 * std::stoi(sh.nseg)) == 0;
+      const bool even = sh.T % 64 == 0;  // segmented (with fewer segments where the chunks do not split)
       for (size_t i = 0; i < plain.size(); ++i) {
         if (!plain[i].defined()) continue;
         const std::string what = fmt::format("B {} T {} H {} D {} gated {} segments {}: {}", sh.B, sh.T, sh.H,

@@ -144,16 +144,20 @@ void check_seg_fix(const kn::DeltaChunkParams& p, bool backward) {
   if (!why.empty()) fail("{}: {} (from delta_chunk_seg_fix_check)", kOp, why);
 }
 
-// The segmented forward's segment count: ATTNLAB_DELTA_SEGMENTS=1|2|4|8 (read per call; opt-in until
-// measured), taken where the chunks split evenly (T a multiple of 64 n), else 1.
+// The segmented forms' segment count: ATTNLAB_DELTA_SEGMENTS=1|2|4|8 (read per call; opt-in until
+// measured), halved until the chunks split evenly (the segments are equal views of the sequence); 1 where
+// T is not a multiple of 64 (a padded last chunk) or the sequence has a single chunk per segment at most.
 int segments(int64_t T) {
   const char* e = std::getenv("ATTNLAB_DELTA_SEGMENTS");
   if (!e) return 1;
   const std::string f = e;
   ATTNLAB_CHECK(f == "1" || f == "2" || f == "4" || f == "8",
                 "{}: ATTNLAB_DELTA_SEGMENTS must be 1, 2, 4 or 8, got '{}'", kOp, f);
-  const int n = std::stoi(f);
-  return T % (static_cast<int64_t>(kn::kLinearChunk) * n) == 0 ? n : 1;
+  const int64_t nt = T / kn::kLinearChunk;
+  if (T % kn::kLinearChunk != 0) return 1;
+  int n = std::stoi(f);
+  while (n > 1 && (nt % n != 0 || nt / n < 2)) n /= 2;
+  return n;
 }
 
 // The segmented walks' V-split: both walks (states and transitions) at once in one wave of one block per
