@@ -773,7 +773,8 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
 // The segmented forms (ATTNLAB_DELTA_SEGMENTS: the forward's and the backward's walks over segments of the
 // sequence at once, then the segments' entering states, hs, dhs and dU corrected) against the plain ones: o,
 // ht and every gradient, to 16-bit rounding (the states are summed from rounded pieces, so not the same
-// bits); T that does not split evenly falls back to the plain forms (the same bits); a bad count is named.
+// bits); a count the chunks do not split into is halved (6 chunks: 2 segments for 4), and T that is not a
+// multiple of 64 falls back to the plain forms (the same bits); a bad count is named.
 TEST(DeltaChunkKernel, SegmentedFormsMatchThePlainOnes) {
   SKIP_WITHOUT_CUDA();
   torch::manual_seed(41);

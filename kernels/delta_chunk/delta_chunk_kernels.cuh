@@ -373,8 +373,7 @@ __global__ void __launch_bounds__(kThreads) delta_seg_fix_kernel(const DeltaChun
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = m0 + (lane >> 2) + half * 8, col = n0 + nj * 8 + 2 * (lane & 3);
-      const float2 x = unpack2<T>(
-          *reinterpret_cast<const uint32_t*>(smem + L::kL + swz<kD>(row, col / 8) + (col % 8) * 2));
+      const float2 x = tile_pair<kD, T>(smem + L::kL, row, col);
       acc[0][nj][2 * half] += x.x, acc[0][nj][2 * half + 1] += x.y;
     }
   store_acc_global<T>(
@@ -481,9 +480,7 @@ __device__ __forceinline__ float bwd_state_dot(const unsigned char* sds, const u
       for (int half = 0; half < 2; ++half) {
         const int r = ST::m0(warp) + mi * 16 + (lane >> 2) + half * 8;
         const int col = ST::n0(warp) + nj * 8 + 2 * (lane & 3);
-        const uint32_t off = swz<kVb>(r, col / 8) + (col % 8) * 2;
-        const float2 d = unpack2<T>(*reinterpret_cast<const uint32_t*>(sds + off));
-        const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(sin + off));
+        const float2 d = tile_pair<kVb, T>(sds, r, col), x = tile_pair<kVb, T>(sin, r, col);
         e += d.x * x.x + d.y * x.y;
       }
 #pragma unroll

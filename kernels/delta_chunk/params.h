@@ -66,13 +66,14 @@ struct DeltaChunkParams {
                        // ATTNLAB_DELTA_SEGMENTS), which walks segments of the sequence from zero states and
                        // the products of their transitions (u zero, h0 = I), then corrects hs before the
                        // output pass
-  int segments = 1;    // > 1: launch_delta_chunk_seg_fix's segment count (the segmented forward)
-  const void* seg_hs = nullptr;  // [B segments, H, nt / segments, K, V] 16-bit: the segments' walk from zero
-                                 // states (segment 0 from h0), state_only
-  const void* seg_p = nullptr;  // [B segments, H, nt / segments, K, K] 16-bit: the walk with U = 0 from S = I
-                                // (the products of each segment's transitions up to each chunk)
-  const void* seg_in = nullptr;   // [B segments, H, K, V] 16-bit: the state entering each segment (segment 0:
-                                  // unread, its walk started from h0)
+  int segments = 1;    // > 1: launch_delta_chunk_seg_fix's segment count (the segmented forms)
+  const void* seg_hs = nullptr;   // [B segments, H, nt / segments, K, V] 16-bit: the segments' walk from zero
+                                  // (forward: segment 0 from h0; backward: dS, the last segment from dht)
+  const void* seg_p = nullptr;    // [B segments, H, nt / segments, K, K] 16-bit: the walk from the identity
+                                  // with U = 0 (forward: the products of each segment's transitions up to
+                                  // each chunk) or do = 0 (backward: of the transposed ones after it)
+  const void* seg_in = nullptr;   // [B segments, H, K, V] 16-bit: the state entering each segment (backward:
+                                  // the gradient entering it from its right); unread for the uncorrected one
   const int* wy_ready = nullptr;  // [B, H, ceil(T / 64)] int32, or nullptr. When set, the walk (mma.sync, or
                                   // the half-V wgmma state pass) waits for chunk n's flag before it reads
                                   // that chunk's w, u and G: delta_wy's forward (DeltaWyParams::ready) is

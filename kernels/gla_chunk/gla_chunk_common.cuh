@@ -21,6 +21,8 @@ namespace attnlab::kernels::gla_chunk {
 using linear_chunk::kC;
 using linear_chunk::kThreads;
 using linear_chunk::launch_kernel;
+using linear_chunk::tile_at;
+using linear_chunk::tile_pair;
 using linear_chunk::unpack2;
 
 constexpr int kSub = kGlaSubChunk;  // 16 tokens per sub-chunk
@@ -79,17 +81,6 @@ template <typename T>
 __device__ __forceinline__ uint32_t scale2(uint32_t x, float a, float b) {
   const float2 y = unpack2<T>(x);
   return MmaType<T>::pack(y.x * a, y.y * b);
-}
-
-// Element (row, col) of a swizzled [rows][R] 16-bit tile, as float.
-template <int R, typename T>
-__device__ __forceinline__ float tile_at(const unsigned char* s, int row, int col) {
-  return MmaType<T>::to_float(*reinterpret_cast<const T*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
-}
-// Elements (row, col), (row, col + 1) (col even) of a swizzled [rows][R] 16-bit tile.
-template <int R, typename T>
-__device__ __forceinline__ float2 tile_pair(const unsigned char* s, int row, int col) {
-  return unpack2<T>(*reinterpret_cast<const uint32_t*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
 }
 
 // ---------------------------------------------------------------- gates

@@ -144,6 +144,17 @@ __device__ __forceinline__ void scale_rows(float (&acc)[MT][NT][4], int m0, int 
     }
 }
 
+// Element (row, col) of a swizzled [rows][R] 16-bit tile, as float.
+template <int R, typename T>
+__device__ __forceinline__ float tile_at(const unsigned char* s, int row, int col) {
+  return MmaType<T>::to_float(*reinterpret_cast<const T*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
+}
+// Elements (row, col), (row, col + 1) (col even) of a swizzled [rows][R] 16-bit tile.
+template <int R, typename T>
+__device__ __forceinline__ float2 tile_pair(const unsigned char* s, int row, int col) {
+  return unpack2<T>(*reinterpret_cast<const uint32_t*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
+}
+
 // Per-row sums over this warp's columns of acc * x, x read from a swizzled [rows][R] tile; returns, for
 // half = 0 / 1, the sum for row m0 + lane / 4 (+ 8), reduced over the 4 lanes of a quad.
 template <int R, typename T, int NT>
@@ -156,8 +167,7 @@ __device__ __forceinline__ float2 row_dot(const float (&acc)[1][NT][4], const un
 #pragma unroll
     for (int nj = 0; nj < NT; ++nj) {
       const int col = n0 + nj * 8 + 2 * (lane & 3);
-      const float2 x =
-          unpack2<T>(*reinterpret_cast<const uint32_t*>(s + swz<R>(row, col / 8) + (col % 8) * 2));
+      const float2 x = tile_pair<R, T>(s, row, col);
       r[half] += acc[0][nj][2 * half] * x.x + acc[0][nj][2 * half + 1] * x.y;
     }
     r[half] += __shfl_xor_sync(0xffffffffu, r[half], 1);

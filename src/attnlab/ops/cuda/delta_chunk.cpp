@@ -37,15 +37,19 @@ struct FwdChoice {
   bool two_pass = false;
 };
 
-FwdChoice fwd_choice(int B, int H, int K, int V, bool gated, int device, int64_t v_split) {
-  // v_split 0: ATTNLAB_DELTA_V_SPLIT when set (the bench compares the splits with it), else by the shape.
+// A caller's V-split, or with v_split 0 ATTNLAB_DELTA_V_SPLIT when set (the bench compares the splits with
+// it); 0: none given, the shape decides.
+int64_t given_v_split(int64_t v_split) {
   const char* forced = v_split > 0 ? nullptr : std::getenv("ATTNLAB_DELTA_V_SPLIT");
-  if (forced) {
-    const std::string f = forced;
-    ATTNLAB_CHECK(f == "1" || f == "2" || f == "4", "{}: ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4, got '{}'",
-                  kOp, f);
-    v_split = std::stoi(f);
-  }
+  if (!forced) return v_split;
+  const std::string f = forced;
+  ATTNLAB_CHECK(f == "1" || f == "2" || f == "4", "{}: ATTNLAB_DELTA_V_SPLIT must be 1, 2 or 4, got '{}'",
+                kOp, f);
+  return std::stoi(f);
+}
+
+FwdChoice fwd_choice(int B, int H, int K, int V, bool gated, int device, int64_t v_split) {
+  v_split = given_v_split(v_split);
   // The forward's walk on wgmma (K = V = 128, an sm_90a build; V-split 1, or 2 for the half-V walk) where
   // delta_chunk_default_fwd_wgmma says so, or as ATTNLAB_DELTA_FWD_WGMMA=0|1|2 says (the walk's V-split, 0:
   // mma.sync; read per call: the bench and a test switch it). A V-split given by the caller (or
@@ -160,12 +164,24 @@ int segments(int64_t T) {
   return n;
 }
 
+// Runs first(hi) and second(lo) on the high- and low-priority side streams, both after the default stream's
+// work so far; the default stream then waits for both (the segmented forms' two walks).
+template <typename First, typename Second>
+void beside(int device, First&& first, Second&& second) {
+  cudaStream_t hi = side_stream(device, true), lo = side_stream(device, false);
+  stream_after(hi, nullptr, kOp);
+  stream_after(lo, nullptr, kOp);
+  first(hi);
+  second(lo);
+  stream_after(nullptr, hi, kOp);
+  stream_after(nullptr, lo, kOp);
+}
+
 // The segmented walks' V-split: both walks (states and transitions) at once in one wave of one block per
 // SM (the D = 128 walks take a whole SM), so the largest of 4 (V = 128), 2, 1 with 2 B nseg H v_split <= SMs,
 // else 1; a V-split given by the caller or ATTNLAB_DELTA_V_SPLIT wins.
 int segmented_v_split(int64_t v_split, int64_t segment_heads, int V, int sms) {
-  if (const char* forced = std::getenv("ATTNLAB_DELTA_V_SPLIT"); v_split == 0 && forced)
-    v_split = std::stoi(forced);
+  v_split = given_v_split(v_split);
   if (v_split > 0) return static_cast<int>(v_split);
   for (int s : {4, 2})
     if ((s == 2 || V == 128) && 2 * segment_heads * s <= sms) return s;
@@ -210,14 +226,16 @@ void segmented_forward(const torch::Tensor& q, const torch::Tensor& k, const tor
   pp.u = nullptr, pp.h0 = cf32(eye), pp.hs = hsp.data_ptr(), pp.ht = f32(htp);
   check_params(p, false);
   check_params(pp, false);
-  cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
-  stream_after(hi, nullptr, kOp);
-  stream_after(lo, nullptr, kOp);
-  p.stream = hi, pp.stream = lo;
-  check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the segments' states)");
-  check_cuda(kn::launch_delta_chunk_fwd(pp), kOp, "launch_delta_chunk_fwd (the segments' transitions)");
-  stream_after(nullptr, hi, kOp);
-  stream_after(nullptr, lo, kOp);
+  beside(
+      dev,
+      [&](cudaStream_t s) {
+        p.stream = s;
+        check_cuda(kn::launch_delta_chunk_fwd(p), kOp, "launch_delta_chunk_fwd (the segments' states)");
+      },
+      [&](cudaStream_t s) {
+        pp.stream = s;
+        check_cuda(kn::launch_delta_chunk_fwd(pp), kOp, "launch_delta_chunk_fwd (the segments' transitions)");
+      });
   // The state entering segment j + 1: P_j S_in(j) + L_j, from segment 0's true final state on (float32;
   // nseg - 1 small products on the default stream).
   auto s_in = torch::zeros({B, nseg, H, K, V}, q.options());  // 16-bit, as the correction's products read it
@@ -273,17 +291,18 @@ void segmented_backward(kn::DeltaChunkParams p, const torch::Tensor& q, const to
   pq.dq = pq.dk = pq.dw = pq.du = junk.data_ptr(), pq.bwd_local = 0;
   check_params(pl, true);
   check_params(pq, true);
-  cudaStream_t hi = side_stream(dev, true), lo = side_stream(dev, false);
-  stream_after(hi, nullptr, kOp);
-  stream_after(lo, nullptr, kOp);
-  pl.stream = hi, pq.stream = lo;
-  pl.bwd_part = 1;  // P^T do (bwd_local; nothing without)
-  check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' P^T do)");
-  pl.bwd_part = 2, pq.bwd_part = 2;
-  check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' walk)");
-  check_cuda(kn::launch_delta_chunk_bwd(pq), kOp, "launch_delta_chunk_bwd (the segments' transitions)");
-  stream_after(nullptr, hi, kOp);
-  stream_after(nullptr, lo, kOp);
+  beside(
+      dev,
+      [&](cudaStream_t s) {
+        pl.stream = s, pl.bwd_part = 1;  // P^T do (bwd_local; nothing without)
+        check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' P^T do)");
+        pl.bwd_part = 2;
+        check_cuda(kn::launch_delta_chunk_bwd(pl), kOp, "launch_delta_chunk_bwd (the segments' walk)");
+      },
+      [&](cudaStream_t s) {
+        pq.stream = s, pq.bwd_part = 2;
+        check_cuda(kn::launch_delta_chunk_bwd(pq), kOp, "launch_delta_chunk_bwd (the segments' transitions)");
+      });
   // The gradient entering segment j from its right: X(j) = L_end(j + 1) + Q_end(j + 1) X(j + 1), X(last) = 0.
   auto s_in = torch::zeros({B, nseg, H, K, V}, q.options());  // 16-bit, as the correction reads it
   auto x = torch::zeros({B, H, K, V}, f32opt);
