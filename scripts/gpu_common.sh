@@ -84,14 +84,14 @@ ncu_times_stage() {
 }
 # Where one kernel's time goes (gpu_ncu_detail.sh; gpu_linear.sh with NCU_DETAIL=op:D:T): Nsight Compute's
 # speed-of-light, occupancy, warp-state (every stall reason's cycles per issued instruction) and source-counter
-# sections for the launches matching NCU_REGEX at shape $1 (op:D:T), clocks left alone: ncu_detail.txt,
+# sections for the launches matching REGEX (or NCU_REGEX) at shape $1 (op:D:T[:REGEX]), clocks left alone: ncu_detail.txt,
 # ncu_stalls.csv and, with NCU_SASS=1, ncu_sass.csv (per SASS instruction: stall samples) under $RESULTS.
 ncu_detail_stage() {
-  IFS=: read -r op d t <<< "$1"
+  IFS=: read -r op d t rx <<< "$1"
   stage "${NCU_TIMEOUT:-150}" ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     --section SourceCounters --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-    --kernel-name-base demangled -k "regex:${NCU_REGEX:-delta_bwd}" --launch-skip "${NCU_SKIP:-1}" \
+    --kernel-name-base demangled -k "regex:${rx:-${NCU_REGEX:-delta_bwd}}" --launch-skip "${NCU_SKIP:-1}" \
     --launch-count "${NCU_COUNT:-1}" -f -o "$OUT/ncu_detail" "$BUILD/attnlab" bench ops --ops "$op" --dtype bf16 \
     --head-dims "$d" --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 \
     > "$OUT/ncu_detail.log" 2>&1

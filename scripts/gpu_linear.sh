@@ -117,7 +117,7 @@ if [ "${NCU:-0}" = 1 ]; then
 fi
 # NCU_SPECS="delta_rule:128:32768 ...": per-kernel times of those op:D:T shapes (ncu_times.txt), as gpu_ncu_times.sh.
 if [ -n "${NCU_SPECS:-}" ]; then ncu_times_stage "$NCU_SPECS"; grep -E "^====|delta" "$RESULTS/ncu_times.txt" | head -n 40; fi
-# NCU_DETAIL=op:D:T: the sections and stall reasons of the kernels matching NCU_REGEX at that shape
+# NCU_DETAIL=op:D:T:REGEX: the sections and stall reasons of the kernels matching REGEX at that shape
 # (ncu_detail.txt, ncu_stalls.csv), as gpu_ncu_detail.sh.
 [ -n "${NCU_DETAIL:-}" ] && ncu_detail_stage "$NCU_DETAIL"
 # PERF30M=1: also the 30M model's training step beside PyTorch eager (gpu_common.sh), in the same build.
