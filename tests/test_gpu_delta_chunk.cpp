@@ -707,6 +707,28 @@ struct DeltaCase {
   }
 };
 
+// got against plain, output by output (kCaseNames), each named "<what0>: <output>": defined and finite, then
+// within tol relative RMS where tol > 0; else the same bits, except the sums with float atomics (dbeta, dg,
+// and through dG every gated gradient; not the same bits run to run), within 1e-5.
+void expect_outputs_match(const std::vector<torch::Tensor>& got, const std::vector<torch::Tensor>& plain,
+                          const std::string& what0, bool gated, double tol) {
+  for (size_t i = 0; i < plain.size(); ++i) {
+    if (!plain[i].defined()) continue;
+    const std::string what = fmt::format("{}: {}", what0, kCaseNames[i]);
+    ASSERT_TRUE(got[i].defined()) << what;
+    EXPECT_TRUE(ops::all_finite(got[i])) << what;
+    const double err = ops::rel_rms_error(got[i], plain[i]);
+    if (tol > 0) {
+      std::printf("  %-70s %.2e\n", what.c_str(), err);
+      EXPECT_LT(err, tol) << what;
+    } else if (i >= 6 || gated) {
+      EXPECT_LT(err, 1e-5) << what;
+    } else {
+      EXPECT_TRUE(torch::equal(got[i], plain[i])) << what << " (rel RMS " << err << ")";
+    }
+  }
+}
+
 // The streamed backward (the output pass behind the walk on a second stream, ATTNLAB_DELTA_BWD_STREAM) gives
 // the plain two-pass backward's bits: shapes whose walk leaves half the SMs free, D = 64 and 128, with and
 // without a gate, short and long (about 80 chunks), bf16 and fp16, with and without P^T do before the walk.
@@ -744,21 +766,10 @@ TEST(DeltaChunkKernel, StreamedBackwardGivesTheSameBits) {
       };
       const auto plain = run("0");
       const auto got = run("1");
-      for (size_t i = 0; i < plain.size(); ++i) {
-        if (!plain[i].defined()) continue;
-        const std::string what = fmt::format("B {} T {} H {} D {} gated {} bwd_local {}: {}", sh.B, sh.T,
-                                             sh.H, sh.D, gated, sh.local, kCaseNames[i]);
-        ASSERT_TRUE(got[i].defined()) << what;
-        EXPECT_TRUE(ops::all_finite(got[i])) << what;
-        // dbeta, dg, and through dG the gated gradients: float atomics, not the same bits run to run (o and
-        // ht come from the same forward)
-        if (i >= 6 || gated) {
-          EXPECT_LT(ops::rel_rms_error(got[i], plain[i]), 1e-5) << what;
-        } else {
-          EXPECT_TRUE(torch::equal(got[i], plain[i]))
-              << what << " (rel RMS " << ops::rel_rms_error(got[i], plain[i]) << ")";
-        }
-      }
+      expect_outputs_match(
+          got, plain,
+          fmt::format("B {} T {} H {} D {} gated {} bwd_local {}", sh.B, sh.T, sh.H, sh.D, gated, sh.local),
+          gated, 0);
     }
   unsetenv("ATTNLAB_DELTA_BWD");
   setenv("ATTNLAB_DELTA_BWD_STREAM", "yes", 1);
@@ -802,23 +813,14 @@ TEST(DeltaChunkKernel, SegmentedFormsMatchThePlainOnes) {
       };
       const auto plain = run("1");
       const auto got = run(sh.nseg);
-      const bool even = sh.T % 64 == 0;  // segmented (with fewer segments where the chunks do not split)
-      for (size_t i = 0; i < plain.size(); ++i) {
-        if (!plain[i].defined()) continue;
-        const std::string what = fmt::format("B {} T {} H {} D {} gated {} segments {}: {}", sh.B, sh.T, sh.H,
-                                             sh.D, gated, sh.nseg, kCaseNames[i]);
-        ASSERT_TRUE(got[i].defined()) << what;
-        EXPECT_TRUE(ops::all_finite(got[i])) << what;
-        const double err = ops::rel_rms_error(got[i], plain[i]);
-        std::printf("  segmented %-60s %.2e\n", what.c_str(), err);
-        if (even) {
-          EXPECT_LT(err, 1e-2) << what;
-        } else if (i >= 6 || gated) {  // dbeta, dg, and through dG the gated rest: float atomics
-          EXPECT_LT(err, 1e-5) << what << " (T does not split: the plain forward)";
-        } else {
-          EXPECT_TRUE(torch::equal(got[i], plain[i])) << what << " (T does not split: the plain forward)";
-        }
-      }
+      // segmented (with fewer segments where the chunks do not split), or where T does not split the plain
+      // forms
+      const bool even = sh.T % 64 == 0;
+      expect_outputs_match(
+          got, plain,
+          fmt::format("segmented B {} T {} H {} D {} gated {} segments {}{}", sh.B, sh.T, sh.H, sh.D, gated,
+                      sh.nseg, even ? "" : " (T does not split: the plain forms)"),
+          gated, even ? 1e-2 : 0);
     }
   setenv("ATTNLAB_DELTA_SEGMENTS", "3", 1);
   ops::RecurrentArgs a;
