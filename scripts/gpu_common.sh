@@ -65,19 +65,20 @@ gpu_build_cli() {
   el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
   nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
 }
-# Per-kernel GPU time (Nsight Compute's gpu__time_duration, clocks left alone) of each op:D:T in $1, summed per
-# kernel by bench/ncu_summary.py into $RESULTS/ncu_times.txt (gpu_ncu_times.sh; gpu_linear.sh with NCU_SPECS).
+# Per-kernel GPU time (Nsight Compute's gpu__time_duration, clocks left alone) of each op:D:T[:VAR=VALUE,...] in
+# $1 (the settings, if any, in the environment of that run), summed per kernel by bench/ncu_summary.py into
+# $RESULTS/ncu_times.txt (gpu_ncu_times.sh; gpu_linear.sh with NCU_SPECS).
 ncu_times_stage() {
   : > "$RESULTS/ncu_times.txt"
   for spec in $1; do
-    IFS=: read -r op d t <<< "$spec"
-    csv="$OUT/ncu_${op}_${d}_${t}.csv"
+    IFS=: read -r op d t envs <<< "$spec"
+    csv="$OUT/ncu_${op}_${d}_${t}$( [ -n "$envs" ] && echo "_$(echo "$envs" | tr -c 'A-Za-z0-9_\n' '_')" ).csv"
     # ncu runs one kernel at a time, so the streamed forms (a consumer spinning on a producer launched beside
     # it) cannot run under it: the plain forms are what it times.
-    stage 120 env ATTNLAB_DELTA_STREAM=0 ATTNLAB_DELTA_BWD_STREAM=0 \
+    stage 120 env ATTNLAB_DELTA_STREAM=0 ATTNLAB_DELTA_BWD_STREAM=0 ${envs//,/ } \
       ncu --clock-control none --metrics gpu__time_duration.sum --csv --kernel-name-base demangled \
       -k "regex:${NCU_REGEX:-attnlab::kernels}" "$BUILD/attnlab" bench ops --ops "$op" --dtype bf16 --head-dims "$d" \
-      --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 > "$csv" 2> "$OUT/ncu_${op}_${d}_${t}.log"
+      --seq-lens "$t" --tokens 32768 --heads 16 --warmup 1 --repeat 1 --chunk-repeat 0 > "$csv" 2> "${csv%.csv}.log"
     el "ncu $spec rc $?"
     { echo "==== $spec (B * T = 32768, H = 16, bf16)"; python3 bench/ncu_summary.py "$csv" --top 20; } >> "$RESULTS/ncu_times.txt"
   done

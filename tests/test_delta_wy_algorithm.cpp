@@ -5,8 +5,11 @@
 // checked against the libtorch form on the GPU (test_gpu_delta_wy).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/kernel_test.h"
@@ -238,6 +241,91 @@ TEST(DeltaWyAlgorithm, BlockwiseInverseMatchesDense) {
   auto M = blockwise_inverse(A);
   auto I = torch::eye(kC, f);
   EXPECT_LT(attnlab::testing::rel_rms(torch::matmul(I + A, M), I), 1e-12);
+}
+
+// ---- The inverse with its block products as bf16 hi/lo pairs (ATTNLAB_DELTA_WY_INVERSE=bf16x3)
+
+// x = hi + lo, hi = bf16(x), lo = bf16(x - hi), as the kernel's split2<bf16> (round to nearest even).
+std::pair<torch::Tensor, torch::Tensor> split_bf16(const torch::Tensor& x) {
+  auto hi = x.to(torch::kBFloat16).to(torch::kDouble);
+  return {hi, (x - hi).to(torch::kBFloat16).to(torch::kDouble)};
+}
+
+// X Y as the kernel's mma_hilo (hi hi' + hi lo' + lo hi'); round = false: the exact product.
+torch::Tensor hilo_product(const torch::Tensor& X, const torch::Tensor& Y, bool round) {
+  if (!round) return torch::matmul(X, Y);
+  auto [xh, xl] = split_bf16(X);
+  auto [yh, yl] = split_bf16(Y);
+  return torch::matmul(xh, yh) + torch::matmul(xh, yl) + torch::matmul(xl, yh);
+}
+
+// M = (I + A)^-1 for one strictly lower 64 x 64 A, as invert_bf16x3 computes it: the diagonal blocks by
+// forward substitution, then M_ij = -(M_jj^T A_ij^T M_ii^T)^T for (i, j) = (1, 0), (3, 2), then
+// M[32:, :32] = -(M_L^T A21^T M_R^T)^T, each product over the k blocks the kernel reads (M_L^T's row block rb
+// from k block rb, M_R^T's column block cb up to k block cb). M starts as NaN outside the blocks that are
+// written, so a read of any other block shows.
+torch::Tensor bf16x3_inverse(const torch::Tensor& A, bool round) {
+  auto M = torch::full_like(A, std::numeric_limits<double>::quiet_NaN());
+  auto dense = blockwise_inverse(A);  // its diagonal blocks: the same forward substitution
+  for (int64_t d = 0; d < kC / kB; ++d) blk(M, d, d).copy_(blk(dense, d, d));
+  for (int64_t i : {1, 3}) {
+    const int64_t j = i - 1;
+    auto inner = hilo_product(blk(M, j, j).t(), blk(A, i, j).t(), round);
+    blk(M, i, j).copy_(-hilo_product(inner, blk(M, i, i).t(), round).t());
+  }
+  auto sub = [](const torch::Tensor& x, int64_t r, int64_t c, int64_t rows, int64_t cols) {
+    return x.narrow(0, kB * r, kB * rows).narrow(1, kB * c, kB * cols);
+  };
+  auto out = torch::empty({2 * kB, 2 * kB}, A.options());  // X^T, X = M[32:, :32]
+  for (int64_t rb = 0; rb < 2; ++rb) {
+    // row block rb of M_L^T A21^T: M_L^T[rb, kb] = M[kb, rb]^T for kb >= rb
+    auto inner = torch::zeros({kB, 2 * kB}, A.options());
+    for (int64_t kb = rb; kb < 2; ++kb)
+      inner += hilo_product(sub(M, kb, rb, 1, 1).t(), sub(A, 2 + 0, kb, 2, 1).t(), round);
+    for (int64_t cb = 0; cb < 2; ++cb) {
+      // M_R^T[kb, cb] = M[2 + cb, 2 + kb]^T for kb <= cb; the kernel splits the inner product once, whole
+      auto x = torch::zeros({kB, kB}, A.options());
+      for (int64_t kb = 0; kb <= cb; ++kb)
+        x += hilo_product(inner.narrow(1, kB * kb, kB), sub(M, 2 + cb, 2 + kb, 1, 1).t(), round);
+      sub(out, rb, cb, 1, 1).copy_(-x);
+    }
+  }
+  sub(M, 2, 0, 2, 2).copy_(out.t());
+  return M.tril();  // the unwritten blocks above the diagonal as zeros; a NaN read elsewhere stays
+}
+
+// Exact arithmetic: the kernel's blocks and k ranges give the dense inverse, and no unwritten block is read.
+// bf16 hi/lo: within 2^-14 of it (relative to the largest entry) on the hardest matrix of the blockwise test
+// (beta = 1, correlated keys) and on gated chunks, against 2^-9 for the 16-bit rounding of W and U.
+TEST(DeltaWyAlgorithm, Bf16x3InverseIsAccurate) {
+  auto f = torch::TensorOptions().dtype(torch::kDouble);
+  auto I = torch::eye(kC, f);
+  std::vector<torch::Tensor> mats;
+  torch::manual_seed(3);
+  {
+    auto k = torch::randn({kC, 8}, f) + 2.0;
+    k = k / k.norm(2, -1, true);
+    mats.push_back(torch::matmul(k, k.t()).tril(-1));
+  }
+  for (double strength : {0.0, 0.1, 2.0}) {  // random unit keys of D = 64, beta in (0, 1), gates
+    auto k = torch::randn({kC, 64}, f);
+    k = k / k.norm(2, -1, true);
+    auto G = (torch::log_sigmoid(torch::randn({kC}, f)) * strength).cumsum(0);
+    auto decay = (G.unsqueeze(1) - G.unsqueeze(0)).tril(-1).exp();
+    auto beta = torch::sigmoid(torch::randn({kC, 1}, f));
+    mats.push_back((beta * torch::matmul(k, k.t()) * decay).tril(-1));
+  }
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const auto& A = mats[i];
+    auto exact = bf16x3_inverse(A, false), rounded = bf16x3_inverse(A, true);
+    EXPECT_FALSE(torch::isnan(exact).any().item<bool>()) << "matrix " << i << ": an unwritten block was read";
+    EXPECT_LT(attnlab::testing::rel_rms(torch::matmul(I + A, exact), I), 1e-12) << "matrix " << i;
+    const double scale = exact.abs().max().item<double>();
+    const double err = (rounded - exact).abs().max().item<double>() / scale;
+    std::printf("  matrix %zu: largest |M| %.3g, bf16x3 error %.2e of it\n", i, scale, err);
+    EXPECT_LT(err, std::ldexp(1.0, -14)) << "matrix " << i;
+    EXPECT_GT(err, 0.0) << "matrix " << i << ": the rounding model did nothing";
+  }
 }
 
 }  // namespace

@@ -113,11 +113,12 @@ const char* dtype_name(torch::ScalarType dt) {
 struct PrepCase {
   int64_t B, T, H, D;
   torch::ScalarType dtype;
-  std::string gate;  // none | weak | strong
+  std::string gate;                // none | weak | strong
+  std::string inverse = "tf32x3";  // ATTNLAB_DELTA_WY_INVERSE: the inverse's block products
 };
 
 std::string prep_name(const PrepCase& c) {
-  return fmt::format("B{}_T{}_H{}_D{}_{}_{}", c.B, c.T, c.H, c.D, dtype_name(c.dtype), c.gate);
+  return fmt::format("B{}_T{}_H{}_D{}_{}_{}_{}", c.B, c.T, c.H, c.D, dtype_name(c.dtype), c.gate, c.inverse);
 }
 
 class DeltaWyPrep : public ::testing::TestWithParam<PrepCase> {};
@@ -146,7 +147,10 @@ TEST_P(DeltaWyPrep, MatchesTriangularSolve) {
   auto k = leaf(in.k, c.dtype), v = leaf(in.v, c.dtype), beta = leaf(in.beta, torch::kFloat);
   torch::Tensor g = gated ? leaf(in.g, torch::kFloat) : torch::Tensor();
   poison_allocator();
-  auto got = ops::cuda::delta_wy_prepare(k, v, beta, g);
+  auto got = [&] {
+    attnlab::testing::ScopedEnv inverse("ATTNLAB_DELTA_WY_INVERSE", c.inverse.c_str());
+    return ops::cuda::delta_wy_prepare(k, v, beta, g);  // the backward keeps the forward's inverse
+  }();
   auto gloss = (got[0].to(torch::kFloat) * dW.to(torch::kFloat)).sum() +
                (got[1].to(torch::kFloat) * dU.to(torch::kFloat)).sum();
   if (gated) gloss = gloss + (got[2] * dG).sum();
@@ -159,7 +163,8 @@ TEST_P(DeltaWyPrep, MatchesTriangularSolve) {
     double tol;
   };
   // W, U, dk, dv are rounded to 16 bits once at the end (bf16: rel RMS ~1.6e-3, fp16 ~2e-4); everything
-  // before is float32-accurate (the hi/lo split of M), so the bounds are 2.5x the final rounding. G, dbeta,
+  // before is float32-accurate (the hi/lo split of M; bf16x3's inverse to ~2^-16), so the bounds are 2.5x the
+  // final rounding. G, dbeta,
   // dg are float32 outputs: ~1e-6 from float32 sums, 1e-3 leaves room for cancellation in dg (row minus
   // column sums).
   const double t16 = c.dtype == torch::kHalf ? 5e-4 : 4e-3;
@@ -191,6 +196,14 @@ std::vector<PrepCase> prep_cases() {
       }
   out.push_back({2, 64, 2, 128, torch::kBFloat16, "strong"});  // one full chunk
   out.push_back({2, 5, 2, 64, torch::kBFloat16, "weak"});      // one short chunk
+  // The inverse's products in bf16 hi/lo (ATTNLAB_DELTA_WY_INVERSE=bf16x3): the same bounds, fp16 included
+  // (its 11-bit outputs are the tightest test of the inverse's 16 bits).
+  const size_t n = out.size();
+  for (size_t i = 0; i < n; ++i) {
+    auto c = out[i];
+    c.inverse = "bf16x3";
+    out.push_back(c);
+  }
   return out;
 }
 
@@ -271,44 +284,47 @@ INSTANTIATE_TEST_SUITE_P(Cases, DeltaWyKernelPath, ::testing::ValuesIn(op_cases(
 // The backward from the forward's saved M (the default wherever a backward can follow) and from M
 // recomputed (ATTNLAB_DELTA_WY_SAVE_M=0): the same inverse, so dk and dv are the same bits, dbeta and dg
 // the same sums up to the order of their shared-memory float atomics. Both head dims, with and without a
-// gate, a ragged length; then a bad value of the variable is named.
+// gate, a ragged length, both ways of the inverse's products (ATTNLAB_DELTA_WY_INVERSE, which the backward
+// takes from its forward); then a bad value of each variable is named.
 TEST(DeltaWyPrep, SavedInverseGivesTheSameBits) {
   SKIP_WITHOUT_CUDA();
-  for (int64_t D : {64, 128})
-    for (const char* gate : {"none", "strong"}) {
-      auto in = make_inputs(2, 333, 3, D, torch::kBFloat16, gate, 21 + D);
-      const bool gated = std::string(gate) != "none";
-      auto f = in.k.options();
-      auto dW = torch::randn({2, 333, 3, D}, f), dU = torch::randn({2, 333, 3, D}, f);
-      auto dG = torch::randn({2, 333, 3}, f);
-      auto run = [&](const char* save) {
-        setenv("ATTNLAB_DELTA_WY_SAVE_M", save, 1);
-        auto leaf = [](const torch::Tensor& x, torch::ScalarType dt) {
-          return x.to(dt).detach().requires_grad_(true);
+  for (const char* inverse : {"tf32x3", "bf16x3"})
+    for (int64_t D : {64, 128})
+      for (const char* gate : {"none", "strong"}) {
+        attnlab::testing::ScopedEnv products("ATTNLAB_DELTA_WY_INVERSE", inverse);
+        auto in = make_inputs(2, 333, 3, D, torch::kBFloat16, gate, 21 + D);
+        const bool gated = std::string(gate) != "none";
+        auto f = in.k.options();
+        auto dW = torch::randn({2, 333, 3, D}, f), dU = torch::randn({2, 333, 3, D}, f);
+        auto dG = torch::randn({2, 333, 3}, f);
+        auto run = [&](const char* save) {
+          setenv("ATTNLAB_DELTA_WY_SAVE_M", save, 1);
+          auto leaf = [](const torch::Tensor& x, torch::ScalarType dt) {
+            return x.to(dt).detach().requires_grad_(true);
+          };
+          auto k = leaf(in.k, torch::kBFloat16), v = leaf(in.v, torch::kBFloat16),
+               beta = leaf(in.beta, torch::kFloat);
+          torch::Tensor g = gated ? leaf(in.g, torch::kFloat) : torch::Tensor();
+          auto got = ops::cuda::delta_wy_prepare(k, v, beta, g);
+          unsetenv("ATTNLAB_DELTA_WY_SAVE_M");
+          auto loss = (got[0].to(torch::kFloat) * dW).sum() + (got[1].to(torch::kFloat) * dU).sum();
+          if (gated) loss = loss + (got[2] * dG).sum();
+          loss.backward();
+          return std::vector<torch::Tensor>{got[0],   got[1],      k.grad(),
+                                            v.grad(), beta.grad(), gated ? g.grad() : torch::Tensor()};
         };
-        auto k = leaf(in.k, torch::kBFloat16), v = leaf(in.v, torch::kBFloat16),
-             beta = leaf(in.beta, torch::kFloat);
-        torch::Tensor g = gated ? leaf(in.g, torch::kFloat) : torch::Tensor();
-        auto got = ops::cuda::delta_wy_prepare(k, v, beta, g);
-        unsetenv("ATTNLAB_DELTA_WY_SAVE_M");
-        auto loss = (got[0].to(torch::kFloat) * dW).sum() + (got[1].to(torch::kFloat) * dU).sum();
-        if (gated) loss = loss + (got[2] * dG).sum();
-        loss.backward();
-        return std::vector<torch::Tensor>{got[0],   got[1],      k.grad(),
-                                          v.grad(), beta.grad(), gated ? g.grad() : torch::Tensor()};
-      };
-      auto saved = run("1"), recomputed = run("0");
-      const char* names[] = {"w", "u", "dk", "dv", "dbeta", "dg"};
-      for (size_t i = 0; i < saved.size(); ++i) {
-        if (!saved[i].defined()) continue;
-        const std::string what = fmt::format("{} D {} gate {}", names[i], D, gate);
-        EXPECT_TRUE(ops::all_finite(saved[i])) << what;
-        if (i >= 4)
-          EXPECT_LT(ops::rel_rms_error(saved[i], recomputed[i]), 1e-5) << what;
-        else
-          EXPECT_TRUE(torch::equal(saved[i], recomputed[i])) << what;
+        auto saved = run("1"), recomputed = run("0");
+        const char* names[] = {"w", "u", "dk", "dv", "dbeta", "dg"};
+        for (size_t i = 0; i < saved.size(); ++i) {
+          if (!saved[i].defined()) continue;
+          const std::string what = fmt::format("{} D {} gate {} {}", names[i], D, gate, inverse);
+          EXPECT_TRUE(ops::all_finite(saved[i])) << what;
+          if (i >= 4)
+            EXPECT_LT(ops::rel_rms_error(saved[i], recomputed[i]), 1e-5) << what;
+          else
+            EXPECT_TRUE(torch::equal(saved[i], recomputed[i])) << what;
+        }
       }
-    }
   auto f = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   auto k = torch::randn({1, 10, 2, 64}, f).requires_grad_(true);
   setenv("ATTNLAB_DELTA_WY_SAVE_M", "yes", 1);
@@ -317,6 +333,11 @@ TEST(DeltaWyPrep, SavedInverseGivesTheSameBits) {
                                   torch::rand({1, 10, 2}, f.dtype(torch::kFloat)), torch::Tensor()),
       "ATTNLAB_DELTA_WY_SAVE_M must be 0 or 1", "yes");
   unsetenv("ATTNLAB_DELTA_WY_SAVE_M");
+  attnlab::testing::ScopedEnv bad("ATTNLAB_DELTA_WY_INVERSE", "fp64");
+  EXPECT_ERROR_WITH(
+      ops::cuda::delta_wy_prepare(k, torch::randn({1, 10, 2, 64}, f),
+                                  torch::rand({1, 10, 2}, f.dtype(torch::kFloat)), torch::Tensor()),
+      "ATTNLAB_DELTA_WY_INVERSE must be tf32x3 or bf16x3", "fp64");
 }
 
 TEST(DeltaWyPrep, RejectsWhatItCannotRun) {

@@ -37,7 +37,9 @@ struct BwdSmem {
   static_assert(2 * kH16Tile <= kF32Tile, "the hi/lo tiles must fit in a float32 tile's space");
 };
 
-template <int kD, typename T, bool kGated>
+// kInv: the inverse's products when M is recomputed (p.m unset), a template argument so that the saved-M
+// path (the default) carries neither variant's registers.
+template <int kD, typename T, bool kGated, DeltaWyInverse kInv>
 __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kernel(const DeltaWyParams p) {
   using L = BwdSmem<kD>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
   float kd[1][4][4];
   kk_decay<kD, T, kGated>(kd, KD, s0 + L::kK, G, warp, lane);
   __syncthreads();
-  if (!p.m) invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
+  if (!p.m) invert_as(kInv, M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
   split_lower<T>(mHi, mLo, M, tid, nullptr);
   cp_async_wait<0>();  // V, dW, dU
   __syncthreads();     // M (float32) is read no more; V, dW, dU are in
@@ -238,11 +240,14 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
 cudaError_t launch_delta_wy_bwd(const DeltaWyParams& p) {
   if (!delta_wy_check(p, true).empty()) return cudaErrorInvalidValue;
   using namespace delta_wy;
+  constexpr auto kBf16x3 = DeltaWyInverse::kBf16x3, kTf32x3 = DeltaWyInverse::kTf32x3;
+  const bool bf16x3 = !p.m && p.inverse == kBf16x3;
   return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    return p.g ? launch_kernel(&delta_wy_bwd_kernel<kD, T, true>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                               BwdSmem<kD>::kBytes, p)
-               : launch_kernel(&delta_wy_bwd_kernel<kD, T, false>, dim3(linear_chunk_count(p.T), p.H, p.B),
-                               BwdSmem<kD>::kBytes, p);
+    auto* kernel = p.g ? (bf16x3 ? &delta_wy_bwd_kernel<kD, T, true, kBf16x3>
+                                 : &delta_wy_bwd_kernel<kD, T, true, kTf32x3>)
+                       : (bf16x3 ? &delta_wy_bwd_kernel<kD, T, false, kBf16x3>
+                                 : &delta_wy_bwd_kernel<kD, T, false, kTf32x3>);
+    return launch_kernel(kernel, dim3(linear_chunk_count(p.T), p.H, p.B), BwdSmem<kD>::kBytes, p);
   });
 }
 

@@ -161,19 +161,11 @@ __device__ __forceinline__ void store_tile_f32(float* dst, const float (&acc)[4]
   }
 }
 
-// M = (I + A)^-1 with A_rc = beta_r KD_rc (strictly lower), float32; all threads, synced on return. Block
-// by block, with L = I + A = [[L11, 0], [A21, L22]] and L^-1 = [[L11^-1, 0], [-L22^-1 A21 L11^-1, L22^-1]]:
-//   1. the four 16 x 16 diagonal blocks by forward substitution (threads 0..63: one column of one block
-//      each, kept in registers);
-//   2. the two 32 x 32 diagonal blocks: M10 = -M11 (A10 M00), M32 = -M33 (A32 M22);
-//   3. the lower-left 32 x 32 block: M[32:, :32] = -M[32:, 32:] (A[32:, :32] M[:32, :32]).
-// Steps 2 and 3 are two products each on the tensor cores (tf32x3_mma, 16 x 8 tiles, one per warp), the
-// inner one stored transposed into Tmp. Entries above the diagonal blocks are never written: readers of M
-// take only c <= r, and no product here reads them.
-//
-// The float32 SIMT products this replaced (run 2026-12-03c: delta_wy's forward L1-bound at 88%) read every
-// operand row once per four outputs; here a warp reads each operand element once per 16 x 8 tile.
-__device__ __forceinline__ void invert(float* M, const float* KD, const float* beta, float* Tmp, int tid) {
+// The four 16 x 16 diagonal blocks of M = (I + A)^-1, A_rc = beta_r KD_rc, by forward substitution in float32
+// (threads 0..63: one column of one block each, kept in registers), written whole into M (zeros above the
+// diagonal). Not synced: the caller's barrier follows.
+__device__ __forceinline__ void invert_diagonal_blocks(float* M, const float* KD, const float* beta,
+                                                       int tid) {
   if (tid < 4 * kBlk) {
     const int o = kBlk * (tid / kBlk), c = tid % kBlk;
     float bt[kBlk], x[kBlk];
@@ -199,6 +191,22 @@ __device__ __forceinline__ void invert(float* M, const float* KD, const float* b
 #pragma unroll
     for (int r = 0; r < kBlk; ++r) M[(o + r) * kF + o + c] = x[r];
   }
+}
+
+// M = (I + A)^-1 with A_rc = beta_r KD_rc (strictly lower), float32; all threads, synced on return. Block
+// by block, with L = I + A = [[L11, 0], [A21, L22]] and L^-1 = [[L11^-1, 0], [-L22^-1 A21 L11^-1, L22^-1]]:
+//   1. the four 16 x 16 diagonal blocks by forward substitution (threads 0..63: one column of one block
+//      each, kept in registers);
+//   2. the two 32 x 32 diagonal blocks: M10 = -M11 (A10 M00), M32 = -M33 (A32 M22);
+//   3. the lower-left 32 x 32 block: M[32:, :32] = -M[32:, 32:] (A[32:, :32] M[:32, :32]).
+// Steps 2 and 3 are two products each on the tensor cores (tf32x3_mma, 16 x 8 tiles, one per warp), the
+// inner one stored transposed into Tmp. Entries above the diagonal blocks are never written: readers of M
+// take only c <= r, and no product here reads them.
+//
+// The float32 SIMT products this replaced (run 2026-12-03c: delta_wy's forward L1-bound at 88%) read every
+// operand row once per four outputs; here a warp reads each operand element once per 16 x 8 tile.
+__device__ __forceinline__ void invert(float* M, const float* KD, const float* beta, float* Tmp, int tid) {
+  invert_diagonal_blocks(M, KD, beta, tid);
   __syncthreads();
   const int warp = tid / 32, lane = tid % 32;
   constexpr int kS2 = kBlk + 4;      // Tmp's stride in step 2 (two transposed 16 x 16 blocks)
@@ -252,6 +260,140 @@ __device__ __forceinline__ void split2(uint32_t& hi, uint32_t& lo, float x0, flo
   hi = MmaType<T>::pack(x0, x1);
   const float2 h = unpack2<T>(hi);
   lo = MmaType<T>::pack(x0 - h.x, x1 - h.y);
+}
+
+// ---- The inverse's block products as bf16 hi/lo pairs chained in registers (DeltaWyInverse::kBf16x3)
+//
+// x = hi + lo with hi = bf16(x), lo = bf16(x - hi) keeps 16 of float32's 24 mantissa bits, and a product
+// hi hi' + hi lo' + lo hi' drops only lo lo' (2^-16 relative): far under the 16-bit rounding of W and U, and
+// of the same order as FLA's inverse, which is rounded to 16 bits whole. Against the tf32x3 products above
+// (m16n8k8, every operand fragment split per k step of 8, the inner product through Tmp and a barrier), each
+// product here is m16n8k16 (half the MMAs per k), and the inner product stays in registers: an m16n8
+// accumulator pair is exactly an m16n8k16 A fragment (as P in flash attention's P V), so each pair of
+// products is computed transposed, R^T = (Y^T X^T) Z^T, and needs no shared memory and no barrier between
+// its two halves. Warps 0..3 do both steps; the others wait at the barriers.
+
+// A fragment (16 x 16 at (m0, k0), mma.cuh's layout) of the transpose of a float32 [..][kF] tile X, A[m][k] =
+// X[k][m], as bf16 hi/lo. The reads are conflict-free: lane (g, t) reads bank (8 t + g) mod 32.
+__device__ __forceinline__ void a_frag_split_t(uint32_t (&hi)[4], uint32_t (&lo)[4], const float* X, int m0,
+                                               int k0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = m0 + g + 8 * (i & 1), k = k0 + 2 * t + 8 * (i >> 1);
+    split2<__nv_bfloat16>(hi[i], lo[i], X[k * kF + m], X[(k + 1) * kF + m]);
+  }
+}
+
+// B fragment (16 x 8 at (k0, n0)) with B[k][n] = s[n] X[n][k] (X's rows are B's columns; s nullptr: 1), as
+// bf16 hi/lo; the scale goes in before the split.
+__device__ __forceinline__ void b_frag_split(uint32_t (&hi)[2], uint32_t (&lo)[2], const float* X,
+                                             const float* s, int k0, int n0, int lane) {
+  const int n = n0 + (lane >> 2), k = k0 + 2 * (lane & 3);
+  const float f = s ? s[n] : 1.f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const float2 x = *reinterpret_cast<const float2*>(X + n * kF + k + 8 * j);
+    split2<__nv_bfloat16>(hi[j], lo[j], f * x.x, f * x.y);
+  }
+}
+
+// The A fragment of k block kb (columns 16 kb ..) of a product held in n-tile accumulators (n-tiles 2 kb and
+// 2 kb + 1), as bf16 hi/lo.
+template <int NT>
+__device__ __forceinline__ void acc_frag_split(uint32_t (&hi)[4], uint32_t (&lo)[4],
+                                               const float (&acc)[NT][4], int kb) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float(&c)[4] = acc[2 * kb + (i >> 1)];
+    split2<__nv_bfloat16>(hi[i], lo[i], c[2 * (i & 1)], c[2 * (i & 1) + 1]);
+  }
+}
+
+// acc += (ahi + alo)(bhi + blo) less alo blo, in the order alo bhi, ahi blo, ahi bhi (smallest first).
+__device__ __forceinline__ void mma_hilo(float (&acc)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
+                                         const uint32_t (&bhi)[2], const uint32_t (&blo)[2]) {
+  mma_16816<__nv_bfloat16>(acc, alo, bhi[0], bhi[1]);
+  mma_16816<__nv_bfloat16>(acc, ahi, blo[0], blo[1]);
+  mma_16816<__nv_bfloat16>(acc, ahi, bhi[0], bhi[1]);
+}
+
+// X[n][m] = -acc[m][n] for one n-tile accumulator (rows m0 .., columns n0 ..): a transposed product stored
+// back untransposed and negated. Lane (g, t) writes bank (8 t + 4 e + g) mod 32: conflict-free.
+__device__ __forceinline__ void store_neg_t(float* X, const float (&acc)[4], int m0, int n0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) X[(n0 + 2 * t + (e & 1)) * kF + m0 + g + 8 * (e >> 1)] = -acc[e];
+}
+
+// M = (I + A)^-1 as invert() computes it (the same blocks in the same order, the same diagonal blocks), with
+// the block products in bf16 hi/lo chained in registers; all threads, synced on return. With L = I + A:
+//   2. M_ij = -M_ii A_ij M_jj for (i, j) = (1, 0), (3, 2), as M_ij^T = -(M_jj^T A_ij^T) M_ii^T: warps 2p and
+//      2p + 1 take pair p, each the whole 16 x 16 inner product and one 8-column n-tile of the outer one;
+//   3. X = M[32:, :32] = -M_R (A21 M_L) with M_L = M[:32, :32], A21 = A[32:, :32], M_R = M[32:, 32:], as
+//      X^T = -(M_L^T A21^T) M_R^T: warp (rb, cb) = (warp / 2, warp % 2) the 16 x 32 row block rb of the inner
+//      product (M_L^T is zero left of its diagonal block: k blocks rb .. 1), then the 16 x 16 block (rb, cb)
+//      of X^T (M_R^T is zero below its diagonal block: k blocks 0 .. cb).
+// Every read of M is of a block that is written (the diagonal blocks whole, zeros above their diagonal).
+__device__ __forceinline__ void invert_bf16x3(float* M, const float* KD, const float* beta, int tid) {
+  invert_diagonal_blocks(M, KD, beta, tid);
+  __syncthreads();
+  const int warp = tid / 32, lane = tid % 32;
+  uint32_t ahi[4], alo[4], bhi[2], blo[2];
+  if (warp < 4) {
+    const int oi = kBlk * (2 * (warp >> 1) + 1), oj = oi - kBlk, nh = warp & 1;
+    float inner[2][4] = {};  // (A_ij M_jj)^T = M_jj^T A_ij^T, A_ij[n][k] = beta_n KD[n][k]
+    a_frag_split_t(ahi, alo, M, oj, oj, lane);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      b_frag_split(bhi, blo, KD, beta, oj, oi + 8 * nt, lane);
+      mma_hilo(inner[nt], ahi, alo, bhi, blo);
+    }
+    float outer[4] = {};  // (M_ii A_ij M_jj)^T, columns 8 nh ..
+    acc_frag_split(ahi, alo, inner, 0);
+    b_frag_split(bhi, blo, M, nullptr, oi, oi + 8 * nh, lane);
+    mma_hilo(outer, ahi, alo, bhi, blo);
+    store_neg_t(M, outer, oj, oi + 8 * nh, lane);
+  }
+  __syncthreads();
+  if (warp < 4) {
+    const int rb = warp >> 1, cb = warp & 1;
+    float inner[4][4] = {};  // row block rb of M_L^T A21^T, A21[n][k] = beta_{32+n} KD[32 + n][k]
+#pragma unroll
+    for (int kb = 0; kb < 2; ++kb) {
+      if (kb < rb) continue;
+      a_frag_split_t(ahi, alo, M, kBlk * rb, kBlk * kb, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        b_frag_split(bhi, blo, KD + 2 * kBlk * kF, beta + 2 * kBlk, kBlk * kb, 8 * nt, lane);
+        mma_hilo(inner[nt], ahi, alo, bhi, blo);
+      }
+    }
+    float outer[2][4] = {};  // block (rb, cb) of (M_L^T A21^T) M_R^T, M_R[n][k] = M[32 + n][32 + k]
+#pragma unroll
+    for (int kb = 0; kb < 2; ++kb) {
+      if (kb > cb) continue;
+      acc_frag_split(ahi, alo, inner, kb);
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        b_frag_split(bhi, blo, M + 2 * kBlk * (kF + 1), nullptr, kBlk * kb, kBlk * cb + 8 * nt, lane);
+        mma_hilo(outer[nt], ahi, alo, bhi, blo);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+      store_neg_t(M + 2 * kBlk * kF, outer[nt], kBlk * rb, kBlk * cb + 8 * nt, lane);
+  }
+  __syncthreads();
+}
+
+// M = (I + A)^-1 by the products DeltaWyParams::inverse names.
+__device__ __forceinline__ void invert_as(DeltaWyInverse how, float* M, const float* KD, const float* beta,
+                                          float* Tmp, int tid) {
+  if (how == DeltaWyInverse::kBf16x3)
+    invert_bf16x3(M, KD, beta, tid);
+  else
+    invert(M, KD, beta, Tmp, tid);
 }
 
 // hi + lo = M_rc * colscale[c] (zero above the diagonal; colscale nullptr: 1) as two swizzled 16-bit [C][C]

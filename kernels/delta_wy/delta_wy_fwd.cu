@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 4 : 3) delta_wy_fwd_kerne
     kk_decay<kD, T, kGated>(kd, KD, s0 + L::kK, G, warp, lane);
   }
   __syncthreads();
-  invert(M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
+  invert_as(p.inverse, M, KD, beta, reinterpret_cast<float*>(smem + L::kTmp), tid);
   if (p.m) store_m(saved_m(p.m, b, h, n, p.H, p.T), M, tid);  // for the backward
 
   const int64_t row_stride = static_cast<int64_t>(p.H) * kD;

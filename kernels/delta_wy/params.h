@@ -24,6 +24,12 @@
 
 namespace attnlab::kernels {
 
+// How the inverse's block products run (the diagonal 16 x 16 blocks are float32 forward substitution either
+// way): kTf32x3, 3xTF32 m16n8k8 tiles through shared memory (~21 mantissa bits); kBf16x3, bf16 hi/lo
+// m16n8k16 tiles chained in registers (~16 bits; fewer instructions and two barriers less per chunk).
+// docs/kernels.md, "delta_wy", compares them.
+enum class DeltaWyInverse { kTf32x3, kBf16x3 };
+
 struct DeltaWyParams {
   LinearDtype dtype = LinearDtype::kBF16;
   int B = 0, T = 0, H = 0, K = 0, V = 0;
@@ -39,6 +45,7 @@ struct DeltaWyParams {
   float* m = nullptr;           // [B, H, ceil(T / 64), C, C] float32, or nullptr: each chunk's M, written by
                                 // the forward when set (zero above the diagonal) and then read by the
                                 // backward instead of recomputing the inverse (the same bits either way)
+  DeltaWyInverse inverse = DeltaWyInverse::kTf32x3;  // the forward's, and the backward's when m is not set
   int* ready = nullptr;  // [B, H, ceil(T / 64)] int32 zeros, or nullptr. When set, the forward runs its
                          // blocks chunk-major (chunk 0 of every (b, h), then chunk 1, ...) and sets
                          // chunk n's flag once its W, U and G are stored, for delta_chunk's walk that

@@ -20,6 +20,17 @@ namespace {
 namespace kn = attnlab::kernels;
 constexpr const char* kOp = "delta_wy";
 
+// ATTNLAB_DELTA_WY_INVERSE: how the inverse's block products run, tf32x3 (the default) or bf16x3 (params.h);
+// read per forward call (the bench compares both in one process) and kept for its backward.
+kn::DeltaWyInverse inverse_from_env() {
+  const char* e = std::getenv("ATTNLAB_DELTA_WY_INVERSE");
+  if (!e) return kn::DeltaWyInverse::kTf32x3;
+  const std::string f = e;
+  ATTNLAB_CHECK(f == "tf32x3" || f == "bf16x3",
+                "{}: ATTNLAB_DELTA_WY_INVERSE must be tf32x3 or bf16x3, got '{}'", kOp, f);
+  return f == "bf16x3" ? kn::DeltaWyInverse::kBf16x3 : kn::DeltaWyInverse::kTf32x3;
+}
+
 kn::DeltaWyParams make_params(const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& beta,
                               const torch::Tensor& g) {
   kn::DeltaWyParams p;
@@ -45,6 +56,9 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
                                                 bool save_m, WyFork* fork) {
     DeviceScope device(k.device().index());
     auto p = make_params(k, v, beta, g);
+    p.inverse = inverse_from_env();
+    // the backward recomputes M (when not saved) by the same products, so the same bits
+    ctx->saved_data["inverse"] = static_cast<int64_t>(p.inverse);
     auto w = torch::empty(k.sizes(), k.options()), u = torch::empty(v.sizes(), v.options());
     auto G = given(g) ? torch::empty(g.sizes(), g.options()) : torch::empty({0}, beta.options());
     p.w = w.data_ptr(), p.u = u.data_ptr();
@@ -82,6 +96,7 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     const auto &k = s[0], &v = s[1], &beta = s[2], &g = s[3], &m = s[4];
     DeviceScope device(k.device().index());
     auto p = make_params(k, v, beta, g);
+    p.inverse = static_cast<kn::DeltaWyInverse>(ctx->saved_data["inverse"].toInt());
     p.m = given(m) ? static_cast<float*>(m.data_ptr()) : nullptr;
     // The recurrence's dW, dU are 16-bit already; others (float32 from a different consumer) are rounded.
     auto dw = grads[0].defined() ? grads[0].to(k.scalar_type()).contiguous() : torch::zeros_like(k);
