@@ -101,20 +101,30 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
   const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
   zero_acc(kd);
   if (n0 < m0 + 16) warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(kd, sK, m0, 0, sK, 0, n0, lane);
+  // G of the thread's two rows and eight columns, read once into registers: read per element, G was read
+  // again after every store into KD (which may alias it for the compiler), 32 loads instead of 10. The
+  // decay is computed for every element and then selected, without a branch per element; above the diagonal
+  // its exponent may overflow to inf, which the select drops.
+  const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int nj = 0; nj < 4; ++nj)
+  for (int nj = 0; nj < 4; ++nj) {
+    const int c = n0 + nj * 8 + 2 * t;
+    const float2 gc = kGated ? *reinterpret_cast<const float2*>(G + c) : make_float2(0.f, 0.f);
+    const float gr[2] = {kGated ? G[m0 + g] : 0.f, kGated ? G[m0 + g + 8] : 0.f};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = m0 + (lane >> 2) + half * 8, c = n0 + nj * 8 + 2 * (lane & 3);
+      const int r = m0 + g + half * 8;
       float x[2];
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float a = kd[0][nj][2 * half + e];
-        x[e] = c + e < r ? (kGated ? a * __expf(G[r] - G[c + e]) : a) : 0.f;
+        const float d = kGated ? a * __expf(gr[half] - (e ? gc.y : gc.x)) : a;
+        x[e] = c + e < r ? d : 0.f;
         kd[0][nj][2 * half + e] = x[e];
       }
       *reinterpret_cast<float2*>(KD + r * kF + c) = make_float2(x[0], x[1]);
     }
+  }
 }
 
 // acc (one 16 x 8 tile) += X Y over k = k0 .. k0 + 8 ksteps of two float32 tiles in shared memory: X at
