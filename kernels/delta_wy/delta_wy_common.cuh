@@ -408,7 +408,9 @@ __device__ __forceinline__ void invert_as(DeltaWyInverse how, float* M, const fl
 
 // hi + lo = M_rc * colscale[c] (zero above the diagonal; colscale nullptr: 1) as two swizzled 16-bit [C][C]
 // tiles; all threads. M's rows and the scales are read as float4 (the scales once per chunk, not per
-// element).
+// element). Eight-column pieces wholly above the diagonal are not read (M is not written there). A piece
+// that holds the diagonal lies in a diagonal 16 x 16 block, which M holds whole, with exact zeros above the
+// diagonal (invert_diagonal_blocks; a saved M is zero there too), so its elements need no mask.
 template <typename T>
 __device__ __forceinline__ void split_lower(unsigned char* hi, unsigned char* lo, const float* M, int tid,
                                             const float* colscale) {
@@ -429,10 +431,7 @@ __device__ __forceinline__ void split_lower(unsigned char* hi, unsigned char* lo
         x[4 * q] = m.x * f.x, x[4 * q + 1] = m.y * f.y, x[4 * q + 2] = m.z * f.z, x[4 * q + 3] = m.w * f.w;
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int c = cc * 8 + 2 * j;
-        split2<T>(hp[j], lp[j], c <= row ? x[2 * j] : 0.f, c + 1 <= row ? x[2 * j + 1] : 0.f);
-      }
+      for (int j = 0; j < 4; ++j) split2<T>(hp[j], lp[j], x[2 * j], x[2 * j + 1]);
     }
     const uint32_t off = swz<kC>(row, cc);
     *reinterpret_cast<uint4*>(hi + off) = h;
