@@ -65,6 +65,13 @@ gpu_build_cli() {
   el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
   nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
 }
+# The delta_wy harness (kernels/delta_wy/harness, no torch: built in about 30 s): the WY kernels against a
+# float64 host reference and both ways of the inverse's products timed side by side (delta_wy_harness.csv).
+wy_harness_stage() {
+  (ARCH=-arch=sm_90a bash kernels/delta_wy/harness/build.sh && stage 120 kernels/delta_wy/harness/delta_wy_harness \
+     "$RESULTS/delta_wy_harness.csv") > "$OUT/delta_wy_harness.log" 2>&1
+  el "delta_wy harness rc $?"; grep -E "PASS|FAIL|runs pass|device" "$OUT/delta_wy_harness.log"
+}
 # Per-kernel GPU time (Nsight Compute's gpu__time_duration, clocks left alone) of each op:D:T[:VAR=VALUE,...] in
 # $1 (the settings, if any, in the environment of that run), summed per kernel by bench/ncu_summary.py into
 # $RESULTS/ncu_times.txt (gpu_ncu_times.sh; gpu_linear.sh with NCU_SPECS).

@@ -10,6 +10,9 @@
 # Write the sha out (from `git rev-parse --short HEAD` run here): $(git rev-parse) inside the device command runs
 # there, where the git metadata can lag the copied tree (runs 2026-12-03f-h recorded f3f350c that way).
 source "$(dirname "$0")/gpu_common.sh"
+# WY_HARNESS=1: the torch-free delta_wy harness first (about a minute: its checks and both inverses' times),
+# so that a call whose libtorch build fails still answers it.
+[ "${WY_HARNESS:-0}" = 1 ] && { nvidia-smi --query-gpu=name --format=csv,noheader; wy_harness_stage; }
 gpu_build_setup
 DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_step"
 for t in test_gpu_gla_chunk test_gpu_delta_wy test_gpu_fused; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done

@@ -1,9 +1,10 @@
-// Device queries through the CUDA runtime.
+// Device queries through the CUDA runtime, and what this build of the kernels holds.
 #include <cuda_runtime.h>
 
 #include <cstdio>
 
 #include "kernels/common/device_info.h"
+#include "kernels/linear_chunk/params.h"
 
 namespace attnlab::kernels {
 
@@ -23,6 +24,16 @@ std::vector<std::string> describe_devices() {
     out.emplace_back(buf);
   }
   return out;
+}
+
+// Here, in the smallest kernel file, so that the torch-free harnesses that link one or two kernel files get
+// it too: the whole kernel library is compiled with or without ATTNLAB_SM90A.
+bool linear_chunk_has_wgmma() {
+#ifdef ATTNLAB_SM90A
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace attnlab::kernels

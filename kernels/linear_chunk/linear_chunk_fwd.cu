@@ -50,28 +50,6 @@ int linear_chunk_default_seg_chunks(int B, int T, int H, int num_sms, int blocks
   return linear_chunk_wave_seg_chunks(B, T, H, num_sms, 1, 0.9);
 }
 
-bool linear_chunk_has_wgmma() {
-#ifdef ATTNLAB_SM90A
-  return true;
-#else
-  return false;
-#endif
-}
-
-std::string linear_head_check(LinearDtype dtype, int K, int V) {
-  if (dtype != LinearDtype::kBF16 && dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
-  if (K != V || (K != 64 && K != 128))
-    return "head dims K = " + std::to_string(K) + ", V = " + std::to_string(V) +
-           " not in the kernels (K = V = 64 or 128)";
-  return {};
-}
-
-std::string linear_grid_check(LinearDtype dtype, int B, int T, int H, int K, int V) {
-  if (auto why = linear_head_check(dtype, K, V); !why.empty()) return why;
-  if (B < 1 || H < 1 || T < 1 || B > 65535 || H > 65535) return "B and H must be in 1..65535, T >= 1";
-  return {};
-}
-
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward) {
   if (p.state_wgmma) {
     if (!linear_chunk_has_wgmma())

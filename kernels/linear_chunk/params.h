@@ -119,10 +119,21 @@ bool linear_chunk_has_wgmma();
 
 // Empty when the kernels take p (dims, dtype, pointers, seg_chunks), else why not.
 std::string linear_chunk_check(const LinearChunkParams& p, bool backward);
-// Empty when dtype is bf16 or fp16 and K = V = 64 or 128 (the linear family's kernels), else why not.
-std::string linear_head_check(LinearDtype dtype, int K, int V);
+// Empty when dtype is bf16 or fp16 and K = V = 64 or 128 (the linear family's kernels), else why not. Inline
+// (host code, no kernel): the torch-free harnesses link a kernel file or two without linear_chunk's.
+inline std::string linear_head_check(LinearDtype dtype, int K, int V) {
+  if (dtype != LinearDtype::kBF16 && dtype != LinearDtype::kFP16) return "dtype must be bf16 or fp16";
+  if (K != V || (K != 64 && K != 128))
+    return "head dims K = " + std::to_string(K) + ", V = " + std::to_string(V) +
+           " not in the kernels (K = V = 64 or 128)";
+  return {};
+}
 // As linear_head_check, and B, H in 1..65535 (grid dimensions) and T >= 1.
-std::string linear_grid_check(LinearDtype dtype, int B, int T, int H, int K, int V);
+inline std::string linear_grid_check(LinearDtype dtype, int B, int T, int H, int K, int V) {
+  if (auto why = linear_head_check(dtype, K, V); !why.empty()) return why;
+  if (B < 1 || H < 1 || T < 1 || B > 65535 || H > 65535) return "B and H must be in 1..65535, T >= 1";
+  return {};
+}
 
 // Floats of workspace: the forward needs seg_states + seg_gate; the backward, given the same seg_states /
 // seg_gate, also dseg_states + dg_work + chunk_states (as 16-bit pairs) + chunk_dg.

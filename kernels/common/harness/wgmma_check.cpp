@@ -16,21 +16,13 @@
 #include <random>
 #include <vector>
 
+#include "kernels/common/harness/harness_util.h"
 #include "kernels/common/mma.cuh"
 #include "kernels/common/wgmma.cuh"
 
 using namespace attnlab::kernels;
 
 namespace {
-
-#define CHECK_CUDA(x)                                                                         \
-  do {                                                                                        \
-    cudaError_t e = (x);                                                                      \
-    if (e != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 // Copies a row-major [rows][64] 16-bit panel (row stride `ld` elements) into a swizzled shared panel.
 template <typename T>
@@ -117,21 +109,21 @@ bool run_case(const char* dtype, int K, uint32_t lbo, uint32_t sbo, uint32_t a_l
     }
   T *da, *db;
   float* dd;
-  CHECK_CUDA(cudaMalloc(&da, a.size() * sizeof(T)));
-  CHECK_CUDA(cudaMalloc(&db, b.size() * sizeof(T)));
-  CHECK_CUDA(cudaMalloc(&dd, 64 * N * sizeof(float)));
-  CHECK_CUDA(cudaMemcpy(da, a.data(), a.size() * sizeof(T), cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(db, b.data(), b.size() * sizeof(T), cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemset(dd, 0xFF, 64 * N * sizeof(float)));  // NaN: unwritten entries fail
+  CK(cudaMalloc(&da, a.size() * sizeof(T)));
+  CK(cudaMalloc(&db, b.size() * sizeof(T)));
+  CK(cudaMalloc(&dd, 64 * N * sizeof(float)));
+  CK(cudaMemcpy(da, a.data(), a.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(db, b.data(), b.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CK(cudaMemset(dd, 0xFF, 64 * N * sizeof(float)));  // NaN: unwritten entries fail
   const int smem = (K / 64) * 8192 + K * N * 2;
   auto* kern = &gemm_kernel<N, T, kTransB, kTransA>;
-  CHECK_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kern<<<1, 128, smem>>>(da, db, dd, K, lbo, sbo, a_lbo, a_sbo);
   cudaError_t err = cudaDeviceSynchronize();
   std::vector<float> got(64 * N);
   double max_err = INFINITY, max_ref = 0;
   if (err == cudaSuccess) {
-    CHECK_CUDA(cudaMemcpy(got.data(), dd, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(got.data(), dd, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
     max_err = 0;
     for (int i = 0; i < 64 * N; ++i) {
       max_ref = std::fmax(max_ref, std::fabs(ref[i]));

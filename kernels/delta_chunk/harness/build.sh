@@ -14,9 +14,10 @@ mkdir -p build
 pids=()
 "$NVCC" "${FLAGS[@]}" -c ../delta_chunk.cu -o build/delta_chunk.o & pids+=($!)
 "$NVCC" "${FLAGS[@]}" -c ../../delta_wy/delta_wy_fwd.cu -o build/delta_wy_fwd.o & pids+=($!)
+"$NVCC" "${FLAGS[@]}" -c ../../common/device_info.cu -o build/device_info.o & pids+=($!)
 "$NVCC" "${FLAGS[@]}" -x cu -c harness.cpp -o build/harness.o & pids+=($!)
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ $status -eq 0 ] || { echo "build.sh: compilation failed" >&2; exit 1; }
-"$NVCC" "$ARCH" build/delta_chunk.o build/delta_wy_fwd.o build/harness.o -o delta_chunk_harness
+"$NVCC" "$ARCH" build/delta_chunk.o build/delta_wy_fwd.o build/device_info.o build/harness.o -o delta_chunk_harness
 echo "built $(pwd)/delta_chunk_harness"

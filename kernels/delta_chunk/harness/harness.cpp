@@ -25,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/common/harness/harness_util.h"
 #include "kernels/delta_chunk/params.h"
 #include "kernels/delta_wy/params.h"
 
@@ -32,32 +33,11 @@ using attnlab::kernels::DeltaChunkParams;
 using attnlab::kernels::DeltaWyParams;
 using attnlab::kernels::LinearDtype;
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                            \
-    }                                                                                          \
-  } while (0)
-
 namespace {
 
-struct Buf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Buf(size_t n) : bytes(n) { CK(cudaMalloc(&p, std::max<size_t>(n, 16))); }
-  ~Buf() { cudaFree(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
-
-uint16_t to_bf16(float x) {  // round to nearest even (inputs are finite)
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
+using attnlab::harness::Buf;
+using attnlab::harness::median_ms;
+using attnlab::harness::to_bf16;
 
 struct Case {
   const char* name;
@@ -182,34 +162,10 @@ Diff compare32(const Buf& a, const Buf& b, size_t elems) {
   return d;
 }
 
-template <typename F>
-double median_ms(F&& f, int reps = 20) {
-  for (int i = 0; i < 5; ++i) f();
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a));
-    f();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+  const cudaDeviceProp prop = attnlab::harness::print_device();
   std::FILE* csv = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   if (csv)
     std::fprintf(csv,

@@ -30,20 +30,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/common/harness/harness_util.h"
 #include "kernels/flash_attn/harness/tune.h"
 #include "kernels/flash_attn/params.h"
 
 using attnlab::kernels::FlashAttnParams;
 using attnlab::kernels::FlashDtype;
-
-#define CK(x)                                                                                    \
-  do {                                                                                           \
-    cudaError_t e_ = (x);                                                                        \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 // ------------------------------------------------------------------------------------------------
 // device helpers

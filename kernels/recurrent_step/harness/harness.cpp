@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/common/harness/harness_util.h"
 #include "kernels/recurrent_step/params.h"
 
 using attnlab::kernels::launch_recurrent_step;
@@ -37,15 +38,6 @@ using attnlab::kernels::recurrent_step_cols_per_block;
 using attnlab::kernels::RecurrentStepParams;
 using attnlab::kernels::StepDtype;
 using attnlab::kernels::StepVariant;
-
-#define CK(x)                                                                                    \
-  do {                                                                                           \
-    cudaError_t e_ = (x);                                                                        \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(2);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 namespace {
 
