@@ -134,18 +134,27 @@ __global__ void __launch_bounds__(kThreads, kD == 64 ? 3 : 2) delta_wy_bwd_kerne
       const int ks1 = min(warp % 4, 2 * (warp / 4) + 1);
       pair_mma<4, false, false, kC, kC, T, true>(a, sRhi, sRlo, m0, sMhi, sMlo, n0, 0, ks1, lane);
     }
+    // beta and G of the thread's rows and columns in registers, and the decay computed for every element
+    // and then selected, as in kk_decay (no shared-memory reload and no branch per element)
+    const int g = lane >> 2, t = lane & 3;
+    const float br[2] = {beta[m0 + g], beta[m0 + g + 8]};
+    const float gr[2] = {kGated ? G[m0 + g] : 0.f, kGated ? G[m0 + g + 8] : 0.f};
     float rs[2] = {0.f, 0.f}, cs[4][2] = {};
 #pragma unroll
-    for (int nj = 0; nj < 4; ++nj)
+    for (int nj = 0; nj < 4; ++nj) {
+      const int c0 = n0 + nj * 8 + 2 * t;
+      const float2 gc = kGated ? *reinterpret_cast<const float2*>(G + c0) : make_float2(0.f, 0.f);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int r = m0 + (lane >> 2) + (e >= 2 ? 8 : 0), c = n0 + nj * 8 + 2 * (lane & 3) + (e & 1);
+        const int half = e >> 1, r = m0 + g + 8 * half, c = c0 + (e & 1);
         const float dA = c < r ? -a[0][nj][e] : 0.f;
         const float x = dA * kd[0][nj][e];  // kd is 0 where c >= r
-        rs[e >> 1] += x;
-        cs[nj][e & 1] += beta[r] * x;
-        q[0][nj][e] = c < r ? dA * beta[r] * (kGated ? __expf(G[r] - G[c]) : 1.f) : 0.f;
+        rs[half] += x;
+        cs[nj][e & 1] += br[half] * x;
+        const float d = kGated ? __expf(gr[half] - ((e & 1) ? gc.y : gc.x)) : 1.f;
+        q[0][nj][e] = c < r ? dA * br[half] * d : 0.f;
       }
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       rs[half] += __shfl_xor_sync(0xffffffffu, rs[half], 1);
