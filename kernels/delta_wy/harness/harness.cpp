@@ -7,8 +7,10 @@
 // Inputs as the delta mixers feed the op: k rows L2-normalised and v ~ N(0, 1), both rounded to bf16; beta =
 // sigmoid(N(0, 1)); g = logsigmoid(N(0, 1)) / 16 (weak) or 2 logsigmoid(2 N(0, 1) - 1) (strong, |G| up to
 // ~200 in a chunk). Per check case and per way of the inverse (every output poisoned with NaN first):
-//   * the forward's W, U, G against a float64 forward substitution of the same inputs on the host (relative
-//     RMS; bf16's own rounding of W, U is ~1.6e-3, the bound 4e-3 as in tests/test_gpu_delta_wy.cpp);
+//   * the forward's W, U, G and the backward's dk, dv, dbeta, dg against a float64 reference of the same
+//   inputs
+//     on the host (relative RMS; bf16's own rounding of W, U, dk, dv is ~1.6e-3: the bounds as in
+//     tests/test_gpu_delta_wy.cpp, 4e-3, and 1e-3 for dbeta, dg);
 //   * the backward from the forward's saved M against the backward that recomputes M: dk, dv the same bits,
 //     dbeta, dg to 1e-5 of their largest value (float atomics in another order);
 //   * the backward of each way against the tf32x3 one (relative RMS under 4e-3 for dk, dv; 1e-3 for dbeta,
@@ -102,38 +104,124 @@ Host make_inputs(const Case& c, uint64_t seed) {
   return h;
 }
 
-// W, U, G of one (b, h) chunk by float64 forward substitution: (I + A) W = diag(beta e^G) K, (I + A) U =
-// diag(beta) V, A_ij = beta_i k_i.k_j e^(G_i - G_j) for j < i; rows past T are zero.
-void reference(const Case& c, const Host& in, bool gated, std::vector<double>& W, std::vector<double>& U,
-               std::vector<double>& G) {
+// The float64 reference of both kernels, chunk by chunk (rows past T: zeros), from the same 16-bit inputs:
+//   G = in-chunk cumsum of g, KD_ts = k_t.k_s e^(G_t - G_s) (t > s), A = diag(beta) KD, M = (I + A)^-1
+//   (forward substitution), X = diag(beta e^G) K, Y = diag(beta) V, W = M X, U = M Y; dM = dW X^T + dU Y^T,
+//   dA = strictly_lower(-M^T dM M^T), dX = M^T dW, dY = M^T dU, dk = diag(beta e^G) dX + Q K + Q^T K (Q = dA
+//   * beta_t e^(G_t - G_s)), dv = diag(beta) dY, dbeta_t = sum_s dA_ts KD_ts + e^G_t k_t.dX_t + v_t.dY_t,
+//   dG_t = dG_t + sum_s E_ts - sum_s E_st + beta_t e^G_t k_t.dX_t (E = dA * A), dg = reverse cumsum of dG
+// (docs/kernels.md, "delta_wy"; tests/test_delta_wy_algorithm.cpp checks these formulas against autograd).
+struct Reference {
+  std::vector<double> W, U, G, dk, dv, dbeta, dg;
+};
+
+Reference reference(const Case& c, const Host& in, bool gated) {
   const size_t rows = size_t(c.B) * c.T * c.H;
-  W.assign(rows * c.D, 0.0), U.assign(rows * c.D, 0.0), G.assign(rows, 0.0);
   const int nt = kn::linear_chunk_count(c.T), D = c.D;
-  std::vector<double> kc(kC * D), w(kC * D), u(kC * D), Gc(kC), bc(kC);
+  Reference R;
+  for (auto* x : {&R.W, &R.U, &R.dk, &R.dv}) x->assign(rows * D, 0.0);
+  for (auto* x : {&R.G, &R.dbeta, &R.dg}) x->assign(rows, 0.0);
+  using Mat = std::vector<double>;  // row-major
+  auto mat = [](int r, int cols) { return Mat(size_t(r) * cols, 0.0); };
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.H; ++h)
       for (int n = 0; n < nt; ++n) {
         const int t0 = n * kC, len = std::min(kC, c.T - t0);
+        Mat K = mat(kC, D), V = mat(kC, D), dW = mat(kC, D), dU = mat(kC, D);
+        std::vector<double> beta(kC, 0.0), G(kC, 0.0), dGin(kC, 0.0), eG(kC, 1.0);
+        std::vector<size_t> row(kC);
         double acc = 0;
         for (int i = 0; i < len; ++i) {
-          const size_t r = (size_t(b) * c.T + t0 + i) * c.H + h;
+          const size_t r = row[i] = (size_t(b) * c.T + t0 + i) * c.H + h;
           acc += gated ? in.g[r] : 0.0;
-          Gc[i] = acc, bc[i] = in.beta[r];
+          G[i] = acc, beta[i] = in.beta[r], dGin[i] = gated ? in.dG[r] : 0.0, eG[i] = std::exp(acc);
           for (int d = 0; d < D; ++d) {
-            kc[i * D + d] = from_bf16(in.k[r * D + d]);
-            w[i * D + d] = bc[i] * std::exp(Gc[i]) * kc[i * D + d];
-            u[i * D + d] = bc[i] * from_bf16(in.v[r * D + d]);
+            K[i * D + d] = from_bf16(in.k[r * D + d]), V[i * D + d] = from_bf16(in.v[r * D + d]);
+            dW[i * D + d] = from_bf16(in.dw[r * D + d]), dU[i * D + d] = from_bf16(in.du[r * D + d]);
           }
+        }
+        for (int i = len; i < kC; ++i) G[i] = acc, eG[i] = std::exp(acc);  // padded rows repeat the last G
+        Mat KD = mat(kC, kC), A = mat(kC, kC), M = mat(kC, kC);
+        for (int i = 0; i < kC; ++i)
           for (int j = 0; j < i; ++j) {
             double kk = 0;
-            for (int d = 0; d < D; ++d) kk += kc[i * D + d] * kc[j * D + d];
-            const double a = bc[i] * kk * std::exp(Gc[i] - Gc[j]);
-            for (int d = 0; d < D; ++d) w[i * D + d] -= a * w[j * D + d], u[i * D + d] -= a * u[j * D + d];
+            for (int d = 0; d < D; ++d) kk += K[i * D + d] * K[j * D + d];
+            KD[i * kC + j] = kk * std::exp(G[i] - G[j]);
+            A[i * kC + j] = beta[i] * KD[i * kC + j];
           }
-          for (int d = 0; d < D; ++d) W[r * D + d] = w[i * D + d], U[r * D + d] = u[i * D + d];
-          G[r] = Gc[i];
+        for (int col = 0; col < kC; ++col)  // (I + A) M = I, column by column
+          for (int i = col; i < kC; ++i) {
+            double x = i == col ? 1.0 : 0.0;
+            for (int j = col; j < i; ++j) x -= A[i * kC + j] * M[j * kC + col];
+            M[i * kC + col] = x;
+          }
+        // products with M (lower) or M^T: P = M Z or M^T Z for Z [C][D]
+        auto mul = [&](const Mat& Z, bool transpose) {
+          Mat P = mat(kC, D);
+          for (int i = 0; i < kC; ++i)
+            for (int j = 0; j < kC; ++j) {
+              const double m = transpose ? M[j * kC + i] : M[i * kC + j];
+              if (m != 0.0)
+                for (int d = 0; d < D; ++d) P[i * D + d] += m * Z[j * D + d];
+            }
+          return P;
+        };
+        Mat X = mat(kC, D), Y = mat(kC, D);
+        for (int i = 0; i < kC; ++i)
+          for (int d = 0; d < D; ++d)
+            X[i * D + d] = beta[i] * eG[i] * K[i * D + d], Y[i * D + d] = beta[i] * V[i * D + d];
+        const Mat W = mul(X, false), U = mul(Y, false), dX = mul(dW, true), dY = mul(dU, true);
+        Mat dM = mat(kC, kC), dA = mat(kC, kC), T1 = mat(kC, kC);
+        for (int i = 0; i < kC; ++i)
+          for (int j = 0; j < kC; ++j) {
+            double x = 0;
+            for (int d = 0; d < D; ++d) x += dW[i * D + d] * X[j * D + d] + dU[i * D + d] * Y[j * D + d];
+            dM[i * kC + j] = x;
+          }
+        for (int i = 0; i < kC; ++i)  // T1 = M^T dM
+          for (int j = 0; j < kC; ++j) {
+            double x = 0;
+            for (int l = 0; l < kC; ++l) x += M[l * kC + i] * dM[l * kC + j];
+            T1[i * kC + j] = x;
+          }
+        for (int i = 0; i < kC; ++i)  // dA = strictly_lower(-T1 M^T)
+          for (int j = 0; j < i; ++j) {
+            double x = 0;
+            for (int l = 0; l < kC; ++l) x += T1[i * kC + l] * M[j * kC + l];
+            dA[i * kC + j] = -x;
+          }
+        std::vector<double> dG(kC), dbeta(kC);
+        Mat dK = mat(kC, D);
+        for (int i = 0; i < kC; ++i) {
+          double kdx = 0, vdy = 0, sa = 0, se_row = 0, se_col = 0;
+          for (int d = 0; d < D; ++d)
+            kdx += K[i * D + d] * dX[i * D + d], vdy += V[i * D + d] * dY[i * D + d];
+          for (int j = 0; j < kC; ++j) {
+            sa += dA[i * kC + j] * KD[i * kC + j];
+            se_row += dA[i * kC + j] * A[i * kC + j], se_col += dA[j * kC + i] * A[j * kC + i];
+          }
+          dbeta[i] = sa + eG[i] * kdx + vdy;
+          dG[i] = dGin[i] + se_row - se_col + beta[i] * eG[i] * kdx;
+          for (int d = 0; d < D; ++d) dK[i * D + d] = beta[i] * eG[i] * dX[i * D + d];
+        }
+        for (int i = 0; i < kC; ++i)  // Q K + Q^T K
+          for (int j = 0; j < i; ++j) {
+            const double q = dA[i * kC + j] * beta[i] * std::exp(G[i] - G[j]);
+            for (int d = 0; d < D; ++d) dK[i * D + d] += q * K[j * D + d], dK[j * D + d] += q * K[i * D + d];
+          }
+        double suffix = 0;
+        for (int i = kC - 1; i >= 0; --i) {
+          suffix += dG[i];
+          if (i >= len) continue;
+          const size_t r = row[i];
+          R.G[r] = G[i], R.dbeta[r] = dbeta[i], R.dg[r] = suffix;
+          for (int d = 0; d < D; ++d) {
+            R.W[r * D + d] = W[i * D + d], R.U[r * D + d] = U[i * D + d];
+            R.dk[r * D + d] = dK[i * D + d], R.dv[r * D + d] = beta[i] * dY[i * D + d];
+          }
         }
       }
+  return R;
 }
 
 // Relative RMS of a device output (bf16 or float32) against a float64 reference; NaN anywhere: 1e30.
@@ -215,10 +303,11 @@ int main(int argc, char** argv) {
   const cudaDeviceProp prop = attnlab::harness::print_device();
   std::FILE* csv = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   if (csv)
-    std::fprintf(
-        csv,
-        "case,B,T,H,D,gate,inverse,w_err,u_err,G_err,recompute_diff,recompute_err,dk_vs_tf32,dv_vs_tf32,"
-        "dbeta_vs_tf32,dg_vs_tf32,fwd_ms,fwd_save_m_ms,bwd_saved_m_ms,bwd_recompute_ms,pass\n");
+    std::fprintf(csv,
+                 "case,B,T,H,D,gate,inverse,w_err,u_err,G_err,dk_err,dv_err,dbeta_err,dg_err,recompute_diff,"
+                 "recompute_err,"
+                 "dk_vs_tf32,dv_vs_tf32,"
+                 "dbeta_vs_tf32,dg_vs_tf32,fwd_ms,fwd_save_m_ms,bwd_saved_m_ms,bwd_recompute_ms,pass\n");
   const std::vector<Case> cases = {
       {"check D64 strong T333", 2, 333, 3, 64, "strong", true},
       {"check D64 none T100", 2, 100, 3, 64, "none", true},
@@ -239,8 +328,7 @@ int main(int argc, char** argv) {
     Dev bufs(c);
     bufs.k.upload(in.k), bufs.v.upload(in.v), bufs.beta.upload(in.beta), bufs.g.upload(in.g);
     bufs.dw.upload(in.dw), bufs.du.upload(in.du), bufs.dG.upload(in.dG);
-    std::vector<double> W, U, G;
-    if (c.check) reference(c, in, gated, W, U, G);
+    const Reference ref = c.check ? reference(c, in, gated) : Reference();
     const size_t n = size_t(c.B) * c.T * c.H * c.D, rows = size_t(c.B) * c.T * c.H;
     // the tf32x3 backward's outputs (slot 0 of a spare Dev would double the memory: kept on the host)
     std::vector<uint16_t> tf_dk, tf_dv;
@@ -248,6 +336,7 @@ int main(int argc, char** argv) {
     for (const kn::DeltaWyInverse inv : ways) {
       ++runs;
       double w_err = 0, u_err = 0, G_err = 0, rc_err = 0, x_dk = 0, x_dv = 0, x_db = 0, x_dg = 0;
+      double dk_err = 0, dv_err = 0, db_err = 0, dg_err = 0;
       size_t rc_diff = 0;
       bool pass = true;
       const auto fwd = forward_params(c, bufs, gated, inv, 0, true);
@@ -258,12 +347,16 @@ int main(int argc, char** argv) {
         CK(kn::launch_delta_wy_bwd(backward_params(fwd, bufs, 0, true)));
         CK(kn::launch_delta_wy_bwd(backward_params(fwd, bufs, 1, false)));
         CK(cudaDeviceSynchronize());
-        w_err = rel_rms(bufs.w[0], W, true), u_err = rel_rms(bufs.u[0], U, true);
-        G_err = gated ? rel_rms(bufs.G[0], G, false) : 0.0;
+        w_err = rel_rms(bufs.w[0], ref.W, true), u_err = rel_rms(bufs.u[0], ref.U, true);
+        G_err = gated ? rel_rms(bufs.G[0], ref.G, false) : 0.0;
+        dk_err = rel_rms(bufs.dk[0], ref.dk, true), dv_err = rel_rms(bufs.dv[0], ref.dv, true);
+        db_err = rel_rms(bufs.dbeta[0], ref.dbeta, false);
+        dg_err = gated ? rel_rms(bufs.dg[0], ref.dg, false) : 0.0;
         rc_diff = differing16(bufs.dk[0], bufs.dk[1], n) + differing16(bufs.dv[0], bufs.dv[1], n);
         rc_err = rel_max32(bufs.dbeta[0], bufs.dbeta[1], rows);
         if (gated) rc_err = std::max(rc_err, rel_max32(bufs.dg[0], bufs.dg[1], rows));
-        pass = w_err < 4e-3 && u_err < 4e-3 && G_err < 1e-5 && rc_diff == 0 && rc_err < 1e-5;
+        pass = w_err < 4e-3 && u_err < 4e-3 && G_err < 1e-5 && dk_err < 4e-3 && dv_err < 4e-3 &&
+               db_err < 1e-3 && dg_err < 1e-3 && rc_diff == 0 && rc_err < 1e-5;
         if (inv == kn::DeltaWyInverse::kTf32x3) {
           tf_dk = bufs.dk[0].download<uint16_t>(), tf_dv = bufs.dv[0].download<uint16_t>();
           tf_dbeta = bufs.dbeta[0].download<float>(), tf_dg = bufs.dg[0].download<float>();
@@ -289,8 +382,10 @@ int main(int argc, char** argv) {
       failures += !pass;
       std::printf("%-24s %-6s", c.name, inverse_name(inv));
       if (c.check)
-        std::printf(" W %.2e U %.2e G %.1e | recomputed M: %zu bits differ, dbeta/dg %.1e", w_err, u_err,
-                    G_err, rc_diff, rc_err);
+        std::printf(
+            " W %.2e U %.2e G %.1e dk %.2e dv %.2e dbeta %.2e dg %.2e | recomputed M: %zu bits differ, "
+            "dbeta/dg %.1e",
+            w_err, u_err, G_err, dk_err, dv_err, db_err, dg_err, rc_diff, rc_err);
       if (c.check && inv != kn::DeltaWyInverse::kTf32x3)
         std::printf(" | vs tf32x3: dk %.2e dv %.2e dbeta %.2e dg %.2e", x_dk, x_dv, x_db, x_dg);
       if (!c.check)
@@ -299,10 +394,13 @@ int main(int argc, char** argv) {
       std::printf("  %s\n", pass ? "PASS" : "FAIL");
       std::fflush(stdout);
       if (csv)
-        std::fprintf(
-            csv, "%s,%d,%d,%d,%d,%s,%s,%.3e,%.3e,%.3e,%zu,%.3e,%.3e,%.3e,%.3e,%.3e,%.4f,%.4f,%.4f,%.4f,%d\n",
-            c.name, c.B, c.T, c.H, c.D, c.gate, inverse_name(inv), w_err, u_err, G_err, rc_diff, rc_err, x_dk,
-            x_dv, x_db, x_dg, t_fwd, t_fwd_m, t_bwd, t_bwd_rc, int(pass));
+        std::fprintf(csv,
+                     "%s,%d,%d,%d,%d,%s,%s,%.3e,%.3e,%.3e,%.3e,%.3e,%.3e,%.3e,%zu,%.3e,%.3e,%.3e,%.3e,%.3e,%."
+                     "4f,%.4f,%.4f,"
+                     "%.4f,%d\n",
+                     c.name, c.B, c.T, c.H, c.D, c.gate, inverse_name(inv), w_err, u_err, G_err, dk_err,
+                     dv_err, db_err, dg_err, rc_diff, rc_err, x_dk, x_dv, x_db, x_dg, t_fwd, t_fwd_m, t_bwd,
+                     t_bwd_rc, int(pass));
     }
   }
   if (csv) std::fclose(csv);
