@@ -101,10 +101,10 @@ __device__ __forceinline__ void kk_decay(float (&kd)[1][4][4], float* KD, uint32
   const int m0 = 16 * (warp % 4), n0 = 32 * (warp / 4);
   zero_acc(kd);
   if (n0 < m0 + 16) warp_mma<1, 4, kD / 16, false, false, kD, kD, T>(kd, sK, m0, 0, sK, 0, n0, lane);
-  // G of the thread's two rows and eight columns, read once into registers: read per element, G was read
-  // again after every store into KD (which may alias it for the compiler), 32 loads instead of 10. The
-  // decay is computed for every element and then selected, without a branch per element; above the diagonal
-  // its exponent may overflow to inf, which the select drops.
+  // G of the thread's two rows and two columns of each column block, read into registers before that
+  // block's stores (12 loads): read per element, G was read again after every store into KD, which may
+  // alias it for the compiler (32 loads). The decay is computed for every element and then selected, without
+  // a branch per element; above the diagonal its exponent may overflow to inf, which the select drops.
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int nj = 0; nj < 4; ++nj) {
