@@ -260,7 +260,7 @@ __device__ __forceinline__ void invert(float* M, const float* KD, const float* b
 // The C x D products over M's lower triangle (W, U; dk, dv with M^T) give row block m work in proportion to
 // m + 1 (or 4 - m): each warp takes a quarter of the columns (warp % 4) of two row blocks, {0, 3} or {1, 2}
 // by warp / 4, five units each. This is the row block of the warp's pass 0 or 1.
-__device__ __forceinline__ int paired_row_block(int warp, int pass) {
+__host__ __device__ constexpr int paired_row_block(int warp, int pass) {
   return pass == 0 ? warp / 4 : 3 - warp / 4;
 }
 

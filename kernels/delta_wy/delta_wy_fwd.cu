@@ -2,6 +2,7 @@
 // e^G)) K, U = (M diag(beta)) V; plus the checks. The column scalings go into M before its hi/lo split, so
 // K and V enter the tensor cores exactly as given and nothing but W and U themselves is rounded to 16 bits.
 #include <string>
+#include <type_traits>
 
 #include "kernels/common/flags.cuh"
 #include "kernels/delta_wy/delta_wy_common.cuh"
@@ -50,13 +51,25 @@ __device__ __forceinline__ void lower_times(T* out, int64_t row_stride, uint32_t
                                             uint32_t sX, int rows_valid, int warp, int lane) {
   constexpr int kNT = kD / 32;
   const int n0 = (kD / 4) * (warp % 4);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int rb = paired_row_block(warp, half), m0 = 16 * rb;
+  // Row block rb as a constant (warps 0-3 take {0, 3}, warps 4-7 {1, 2}), so that each product's k loop is
+  // unrolled whole with constant offsets, where a loop to a variable bound was unrolled by four with a
+  // remainder and its addresses computed per step.
+  const auto row_block = [&](auto rb_c) {
+    constexpr int rb = decltype(rb_c)::value, m0 = 16 * rb;
     float acc[1][kNT][4];
     zero_acc(acc);
     pair_mma<kNT, false, true, kC, kD, T>(acc, sMhi, sMlo, m0, sX, 0, n0, 0, rb, lane);
     store_acc_global<T>(out, row_stride, acc, m0, n0, rows_valid, lane);
+  };
+  static_assert(paired_row_block(0, 0) == 0 && paired_row_block(0, 1) == 3 && paired_row_block(4, 0) == 1 &&
+                    paired_row_block(4, 1) == 2,
+                "lower_times' constant row blocks follow paired_row_block");
+  if (warp < 4) {
+    row_block(std::integral_constant<int, 0>{});
+    row_block(std::integral_constant<int, 3>{});
+  } else {
+    row_block(std::integral_constant<int, 1>{});
+    row_block(std::integral_constant<int, 2>{});
   }
 }
 
