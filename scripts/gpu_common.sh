@@ -62,8 +62,15 @@ perf30m_stage() {
 gpu_build_cli() {
   gpu_build_setup
   stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab > "$OUT/build.log" 2>&1
-  el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+  el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20; build_times 5
   nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
+}
+# The build's slowest steps from ninja's log (start and end ms per output): where a call's build time goes
+# (about 155 s of run h100-2026-12-07a's call), and the log itself under $OUT.
+build_times() {
+  [ -f "$BUILD/.ninja_log" ] || return 0
+  cp "$BUILD/.ninja_log" "$OUT/ninja_log.txt"
+  awk -F'\t' 'NR > 1 { printf "%7.1f s  %s\n", ($2 - $1) / 1000, $4 }' "$BUILD/.ninja_log" | sort -rn | head -n "${1:-8}"
 }
 # The delta_wy harness (kernels/delta_wy/harness, no torch: built in about 30 s): the WY kernels against a
 # float64 host reference and both ways of the inverse's products timed side by side (delta_wy_harness.csv).

@@ -25,7 +25,7 @@ fi
 if [ "${FULL:-0}" = 1 ]; then
   gpu_build_setup
   stage 400 cmake --build "$BUILD" -j "$JOBS" --target attnlab test_gpu_flash -- -k 0 > "$OUT/build.log" 2>&1
-  el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+  el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20; build_times 8
   stage 120 "$BUILD/tests/test_gpu_flash" > "$OUT/test_gpu_flash.log" 2>&1
   el "test_gpu_flash rc $?"; grep -E "^\[  (PASSED|FAILED) |Failure" "$OUT/test_gpu_flash.log" | head -n 20
   stage 150 "$BUILD/attnlab" bench ops --ops softmax --dtype bf16 --head-dims 128,64 \

@@ -18,7 +18,7 @@ DEFAULT_TESTS="test_gpu_linear_chunk test_gpu_delta_chunk test_gpu_recurrent_ste
 for t in test_gpu_gla_chunk test_gpu_delta_wy test_gpu_fused; do [ -f "tests/$t.cpp" ] && DEFAULT_TESTS="$DEFAULT_TESTS $t"; done
 TESTS=${TESTS:-$DEFAULT_TESTS}  # TESTS=" ": none (a second call on a warm machine that only benches)
 stage 420 cmake --build "$BUILD" -j "$JOBS" --target attnlab $TESTS -- -k 0 > "$OUT/build.log" 2>&1
-el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20
+el "build rc $?"; grep -E "error" "$OUT/build.log" | head -n 20; build_times 8
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv,noheader
 for t in $TESTS; do
   [ -x "$BUILD/tests/$t" ] || { echo "$t: not built"; continue; }
