@@ -1,9 +1,9 @@
-// Launchers and checks of the delta_chunk kernels (params.h).
+// Checks and default rules of the delta_chunk kernels (params.h), and the segmented forms' correction
+// kernel. The launchers of the forward and backward kernels are in delta_chunk_fwd.cu and delta_chunk_bwd.cu:
+// three translation units that compile in parallel (this one file took a minute of every build's critical
+// path).
 #include <string>
 
-#include "kernels/delta_chunk/delta_chunk_bwd_walk_wgmma.cuh"
-#include "kernels/delta_chunk/delta_chunk_bwd_wgmma.cuh"
-#include "kernels/delta_chunk/delta_chunk_fwd_wgmma.cuh"
 #include "kernels/delta_chunk/delta_chunk_kernels.cuh"
 
 namespace attnlab::kernels {
@@ -179,135 +179,6 @@ size_t delta_chunk_hs_elems(const DeltaChunkParams& p) {
   return static_cast<size_t>(p.B) * p.H * linear_chunk_count(p.T) * p.K * p.V;
 }
 
-namespace delta_chunk {
-namespace {
-
-// The dynamic shared memory of a walk that needs `own` bytes: all that a block may have on this
-// device where p.walk_alone (params.h), so that no other kernel's block is placed on the walk's SMs.
-int walk_smem(const DeltaChunkParams& p, int own) {
-  if (!p.walk_alone) return own;
-  int dev = 0, most = own;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return own;
-  return most > own ? most : own;
-}
-
-template <int kD, int kVb, typename T, bool kGated>
-cudaError_t launch_fwd_gated(const DeltaChunkParams& p) {
-  const dim3 grid(kD / kVb, p.H, p.B);
-  if (!p.vn && !p.state_only) {  // one pass: the walk computes o (nothing to do for fwd_part 2 and up)
-    if (p.fwd_part >= 2) return cudaSuccess;
-    if constexpr (kD == 128 && kVb == 128) {
-      if (p.fwd_wgmma)
-        return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, true>, grid, WgFwdSmem<true>::kBytes, p,
-                             WgFwdSmem<true>::kThreads);
-    }
-    if constexpr (kD == 128 && kVb == 64) {
-      if (p.fwd_wgmma)  // half the value columns per block (delta_chunk_fwd_wgmma.cuh)
-        return launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, true>, grid, WgFwdHalfSmem<true>::kBytes,
-                             p, WgFwdHalfSmem<true>::kThreads);
-    }
-    return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, true>, grid,
-                         walk_smem(p, FwdSmem<kD, kVb>::kOutBytes), p);
-  }
-  // two passes: the walk (states and vn), then o for every chunk at once; params.h: fwd_part
-  if (p.fwd_part <= 1) {
-    auto walk = [&]() -> cudaError_t {
-      if constexpr (kD == 128 && kVb == 128) {
-        if (p.fwd_wgmma)
-          return launch_kernel(&delta_fwd_wgmma_kernel<T, kGated, false>, grid, WgFwdSmem<false>::kBytes, p,
-                               WgFwdSmem<false>::kThreads);
-      }
-      if constexpr (kD == 128 && kVb == 64) {
-        if (p.fwd_wgmma)  // the half-V state pass, which streams as the mma.sync one does (wy_ready,
-                          // walk_sync)
-          return launch_kernel(&delta_fwd_wgmma_half_kernel<T, kGated, false>, grid,
-                               walk_smem(p, WgFwdHalfSmem<false>::kBytes), p, WgFwdHalfSmem<false>::kThreads);
-      }
-      return launch_kernel(&delta_fwd_kernel<kD, kVb, T, kGated, false>, grid,
-                           walk_smem(p, FwdSmem<kD, kVb, false>::kBytes), p);
-    };
-    const cudaError_t err = walk();
-    if (err != cudaSuccess || p.fwd_part == 1) return err;
-  }
-  // streamed (part 3): over (B * H, chunks), chunk 0 first (delta_out_kernel)
-  const int nt = linear_chunk_count(p.T);
-  const dim3 out_grid = p.fwd_part == 3 ? dim3(static_cast<unsigned>(p.B) * p.H, nt) : dim3(nt, p.H, p.B);
-  return launch_kernel(&delta_out_kernel<kD, T, kGated>, out_grid, OutSmem<kD>::kBytes, p);
-}
-
-template <int kD, int kVb, typename T>
-cudaError_t launch_fwd(const DeltaChunkParams& p) {
-  return p.G ? launch_fwd_gated<kD, kVb, T, true>(p) : launch_fwd_gated<kD, kVb, T, false>(p);
-}
-
-}  // namespace
-}  // namespace delta_chunk
-
-cudaError_t launch_delta_chunk_fwd(const DeltaChunkParams& p) {
-  if (!delta_chunk_check(p, false).empty()) return cudaErrorInvalidValue;
-  using namespace delta_chunk;
-  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    if (p.v_split == 2) return launch_fwd<kD, kD / 2, T>(p);
-    if constexpr (kD == 128) {
-      if (p.v_split == 4) return launch_fwd<kD, 32, T>(p);
-    }
-    return launch_fwd<kD, kD, T>(p);
-  });
-}
-
-namespace delta_chunk {
-namespace {
-
-template <int kD, int kVb, typename T, bool kGated>
-cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
-  const int nt = linear_chunk_count(p.T), part = p.bwd_part;  // params.h: bwd_part
-  const dim3 grid(nt, p.H, p.B), walk(kD / kVb, p.H, p.B);
-  cudaError_t err = cudaSuccess;
-  if (p.bwd_local && (part == 0 || part == 1)) {  // P^T do of every chunk first, for the walk
-                                                  // (delta_chunk_kernels.cuh, "two-pass backward")
-    err = launch_kernel(&delta_bwd_local_kernel<kD, T, kGated>, grid, BwdLocalSmem<kD>::kBytes, p);
-    if (err != cudaSuccess) return err;
-  }
-  if (part == 1) return err;
-  const bool walk_now = part == 0 || part == 2;  // parts 3 and 4: the output pass only
-  if (walk_now && p.bwd_local) {
-    err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, true>, walk,
-                        walk_smem(p, BwdWalkSmem<kD, kVb, true>::kBytes), p);
-  } else if (walk_now) {
-    err = cudaErrorInvalidValue;
-    if constexpr (kD == 128 && kVb == 64) {
-      if (p.bwd_walk_wgmma)  // on wgmma (delta_chunk_bwd_walk_wgmma.cuh)
-        err = launch_kernel(&delta_bwd_walk_wgmma_kernel<T, kGated>, walk, WgBwdWalkSmem<kGated>::kBytes, p,
-                            WgBwdWalkSmem<kGated>::kThreads);
-    }
-    if (!p.bwd_walk_wgmma)
-      err = launch_kernel(&delta_bwd_walk_kernel<kD, kVb, T, kGated, false>, walk,
-                          walk_smem(p, BwdWalkSmem<kD, kVb, false>::kBytes), p);
-  }
-  if (err != cudaSuccess || part == 2) return err;
-  // The output pass; streamed (part 3) over (B * H, chunks), the last chunk first (delta_bwd_out_kernel).
-  const dim3 out_grid = part == 3 ? dim3(static_cast<unsigned>(p.B) * p.H, nt) : grid;
-  // The lean layout at D = 128 (two blocks per SM; at D = 64 all tiles fit three blocks), unless
-  // p.bwd_out_wide.
-  if constexpr (kD == 128) {
-    if (!p.bwd_out_wide)
-      return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, true>, out_grid, BwdOutSmem<kD, true>::kBytes,
-                           p);
-  }
-  return launch_kernel(&delta_bwd_out_kernel<kD, T, kGated, false>, out_grid, BwdOutSmem<kD, false>::kBytes,
-                       p);
-}
-
-template <int kD, int kVb, typename T>
-cudaError_t launch_bwd_two_pass(const DeltaChunkParams& p) {
-  return p.G ? launch_bwd_two_pass<kD, kVb, T, true>(p) : launch_bwd_two_pass<kD, kVb, T, false>(p);
-}
-
-}  // namespace
-}  // namespace delta_chunk
-
 std::string delta_chunk_seg_fix_check(const DeltaChunkParams& p, bool backward) {
   if (auto why = linear_grid_check(p.dtype, p.B, p.T, p.H, p.K, p.V); !why.empty()) return why;
   const int nt = linear_chunk_count(p.T);
@@ -327,30 +198,6 @@ cudaError_t launch_delta_chunk_seg_fix(const DeltaChunkParams& p, bool backward)
     const dim3 grid(linear_chunk_count(p.T), p.H, p.B);
     return backward ? launch_kernel(&delta_seg_fix_kernel<kD, T, true>, grid, SegFixSmem<kD>::kBytes, p)
                     : launch_kernel(&delta_seg_fix_kernel<kD, T, false>, grid, SegFixSmem<kD>::kBytes, p);
-  });
-}
-
-cudaError_t launch_delta_chunk_bwd(const DeltaChunkParams& p) {
-  if (!delta_chunk_check(p, true).empty()) return cudaErrorInvalidValue;
-  using namespace delta_chunk;
-  return LINEAR_CHUNK_SWITCH(p, T, kD, [&] {
-    if (p.dhs) {
-      if (p.v_split == 2) return launch_bwd_two_pass<kD, kD / 2, T>(p);
-      if constexpr (kD == 128) {
-        if (p.v_split == 4) return launch_bwd_two_pass<kD, 32, T>(p);
-      }
-      return launch_bwd_two_pass<kD, kD, T>(p);
-    }
-    const dim3 grid(1, p.H, p.B);
-    if constexpr (kD == 128) {
-      if (p.bwd_wgmma)
-        return p.G ? launch_kernel(&delta_bwd_wgmma_kernel<T, true>, grid, WgBwdSmem::kBytes, p,
-                                   WgBwdSmem::kThreads)
-                   : launch_kernel(&delta_bwd_wgmma_kernel<T, false>, grid, WgBwdSmem::kBytes, p,
-                                   WgBwdSmem::kThreads);
-    }
-    return p.G ? launch_kernel(&delta_bwd_kernel<kD, T, true>, grid, BwdSmem<kD>::kBytes, p)
-               : launch_kernel(&delta_bwd_kernel<kD, T, false>, grid, BwdSmem<kD>::kBytes, p);
   });
 }
 

@@ -1088,4 +1088,17 @@ __global__ void __launch_bounds__(kThreads, kLean ? 2 : (kD == 64 ? 3 : 1))
   out_block_done(p.walk_sync, p.bwd_part, p.v_split, bh * nt + c);
 }
 
+// ---------------------------------------------------------------- host: launch helpers
+
+// The dynamic shared memory of a walk that needs `own` bytes: all that a block may have on this
+// device where p.walk_alone (params.h), so that no other kernel's block is placed on the walk's SMs.
+inline int walk_smem(const DeltaChunkParams& p, int own) {
+  if (!p.walk_alone) return own;
+  int dev = 0, most = own;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return own;
+  return most > own ? most : own;
+}
+
 }  // namespace attnlab::kernels::delta_chunk
