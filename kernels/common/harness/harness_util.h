@@ -3,6 +3,7 @@
 // CUDA events. Host code only.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -67,6 +68,19 @@ inline cudaDeviceProp print_device() {
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
   return prop;
+}
+
+// float -> fp16 bits (round to nearest even) and back, by cuda_fp16.h's host conversions.
+inline uint16_t to_fp16(float x) {
+  const __half h = __float2half_rn(x);
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+inline float from_fp16(uint16_t b) {
+  __half h;
+  std::memcpy(&h, &b, 2);
+  return __half2float(h);
 }
 
 // Median milliseconds of `reps` runs of f on the default stream (CUDA events), after five warm-ups.

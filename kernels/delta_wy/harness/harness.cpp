@@ -4,13 +4,14 @@
 //
 //   ./delta_wy_harness [out.csv]
 //
-// Inputs as the delta mixers feed the op: k rows L2-normalised and v ~ N(0, 1), both rounded to bf16; beta =
+// Inputs as the delta mixers feed the op: k rows L2-normalised and v ~ N(0, 1), both rounded to bf16 (fp16 in
+// two cases); beta =
 // sigmoid(N(0, 1)); g = logsigmoid(N(0, 1)) / 16 (weak) or 2 logsigmoid(2 N(0, 1) - 1) (strong, |G| up to
 // ~200 in a chunk). Per check case and per way of the inverse (every output poisoned with NaN first):
 //   * the forward's W, U, G and the backward's dk, dv, dbeta, dg against a float64 reference of the same
 //   inputs
-//     on the host (relative RMS; bf16's own rounding of W, U, dk, dv is ~1.6e-3: the bounds as in
-//     tests/test_gpu_delta_wy.cpp, 4e-3, and 1e-3 for dbeta, dg);
+//     on the host (relative RMS; bf16's own rounding of W, U, dk, dv is ~1.6e-3, fp16's ~2e-4: the bounds as
+//     in tests/test_gpu_delta_wy.cpp, 4e-3 and 5e-4, and 1e-3 for dbeta, dg);
 //   * the backward from the forward's saved M against the backward that recomputes M: dk, dv the same bits,
 //     dbeta, dg to 1e-5 of their largest value (float atomics in another order);
 //   * the backward of each way against the tf32x3 one (relative RMS under 4e-3 for dk, dv; 1e-3 for dbeta,
@@ -33,21 +34,28 @@ namespace {
 
 namespace kn = attnlab::kernels;
 using attnlab::harness::Buf;
-using attnlab::harness::from_bf16;
 using attnlab::harness::median_ms;
-using attnlab::harness::to_bf16;
 
 constexpr int kC = kn::kLinearChunk;
 
 struct Case {
   const char* name;
   int B, T, H, D;
-  const char* gate;  // none | weak | strong
-  bool check;        // a check case (small); else timed
+  const char* gate;   // none | weak | strong
+  bool check;         // a check case (small); else timed
+  bool fp16 = false;  // the 16-bit tensors in fp16 (else bf16)
 };
 
+// A 16-bit element of a case's dtype from float and back.
+uint16_t to16(const Case& c, float x) {
+  return c.fp16 ? attnlab::harness::to_fp16(x) : attnlab::harness::to_bf16(x);
+}
+double from16(const Case& c, uint16_t b) {
+  return c.fp16 ? attnlab::harness::from_fp16(b) : attnlab::harness::from_bf16(b);
+}
+
 struct Host {
-  std::vector<uint16_t> k, v, dw, du;  // bf16 [B, T, H, D]
+  std::vector<uint16_t> k, v, dw, du;  // 16-bit [B, T, H, D]
   std::vector<float> beta, g, dG;      // [B, T, H]
 };
 
@@ -89,10 +97,10 @@ Host make_inputs(const Case& c, uint64_t seed) {
     double ss = 0;
     for (int d = 0; d < c.D; ++d) ss += double(row[d] = nd(rng)) * row[d];
     const float s = float(1.0 / std::sqrt(ss + 1e-12));
-    for (int d = 0; d < c.D; ++d) h.k[r * c.D + d] = to_bf16(row[d] * s);
+    for (int d = 0; d < c.D; ++d) h.k[r * c.D + d] = to16(c, row[d] * s);
   }
   for (auto* x : {&h.v, &h.dw, &h.du})
-    for (auto& e : *x) e = to_bf16(nd(rng));
+    for (auto& e : *x) e = to16(c, nd(rng));
   h.beta.resize(rows), h.g.resize(rows), h.dG.resize(rows);
   for (auto& x : h.beta) x = 1.f / (1.f + std::exp(-nd(rng)));
   const std::string gate = c.gate;
@@ -136,8 +144,8 @@ Reference reference(const Case& c, const Host& in, bool gated) {
           acc += gated ? in.g[r] : 0.0;
           G[i] = acc, beta[i] = in.beta[r], dGin[i] = gated ? in.dG[r] : 0.0, eG[i] = std::exp(acc);
           for (int d = 0; d < D; ++d) {
-            K[i * D + d] = from_bf16(in.k[r * D + d]), V[i * D + d] = from_bf16(in.v[r * D + d]);
-            dW[i * D + d] = from_bf16(in.dw[r * D + d]), dU[i * D + d] = from_bf16(in.du[r * D + d]);
+            K[i * D + d] = from16(c, in.k[r * D + d]), V[i * D + d] = from16(c, in.v[r * D + d]);
+            dW[i * D + d] = from16(c, in.dw[r * D + d]), dU[i * D + d] = from16(c, in.du[r * D + d]);
           }
         }
         for (int i = len; i < kC; ++i) G[i] = acc, eG[i] = std::exp(acc);  // padded rows repeat the last G
@@ -224,13 +232,14 @@ Reference reference(const Case& c, const Host& in, bool gated) {
   return R;
 }
 
-// Relative RMS of a device output (bf16 or float32) against a float64 reference; NaN anywhere: 1e30.
-double rel_rms(const Buf& got, const std::vector<double>& ref, bool bf16) {
+// Relative RMS of a device output (the case's 16-bit dtype, or float32 with c nullptr) against a float64
+// reference; NaN anywhere: 1e30.
+double rel_rms(const Buf& got, const std::vector<double>& ref, const Case* c) {
   double num = 0, den = 0;
-  const std::vector<uint16_t> h16 = bf16 ? got.download<uint16_t>() : std::vector<uint16_t>();
-  const std::vector<float> h32 = bf16 ? std::vector<float>() : got.download<float>();
+  const std::vector<uint16_t> h16 = c ? got.download<uint16_t>() : std::vector<uint16_t>();
+  const std::vector<float> h32 = c ? std::vector<float>() : got.download<float>();
   for (size_t i = 0; i < ref.size(); ++i) {
-    const double x = bf16 ? from_bf16(h16[i]) : h32[i];
+    const double x = c ? from16(*c, h16[i]) : h32[i];
     if (std::isnan(x)) return 1e30;
     num += (x - ref[i]) * (x - ref[i]), den += ref[i] * ref[i];
   }
@@ -238,16 +247,16 @@ double rel_rms(const Buf& got, const std::vector<double>& ref, bool bf16) {
 }
 
 // The same between two device outputs of `n` elements (b against a).
-double rel_rms(const Buf& a, const Buf& b, size_t n, bool bf16) {
+double rel_rms(const Buf& a, const Buf& b, size_t n, const Case* c) {
   std::vector<double> ref(n);
-  if (bf16) {
+  if (c) {
     const auto h = a.download<uint16_t>();
-    for (size_t i = 0; i < n; ++i) ref[i] = from_bf16(h[i]);
+    for (size_t i = 0; i < n; ++i) ref[i] = from16(*c, h[i]);
   } else {
     const auto h = a.download<float>();
     for (size_t i = 0; i < n; ++i) ref[i] = h[i];
   }
-  return rel_rms(b, ref, bf16);
+  return rel_rms(b, ref, c);
 }
 
 // max |a - b| / max |a| of two float32 outputs (NaN in b: 1e30); bits that differ in two 16-bit outputs.
@@ -270,7 +279,7 @@ size_t differing16(const Buf& a, const Buf& b, size_t n) {
 kn::DeltaWyParams forward_params(const Case& c, const Dev& bufs, bool gated, kn::DeltaWyInverse inv, int slot,
                                  bool save_m) {
   kn::DeltaWyParams p;
-  p.dtype = kn::LinearDtype::kBF16;
+  p.dtype = c.fp16 ? kn::LinearDtype::kFP16 : kn::LinearDtype::kBF16;
   p.B = c.B, p.T = c.T, p.H = c.H, p.K = p.V = c.D;
   p.k = bufs.k.p, p.v = bufs.v.p, p.beta = bufs.beta.f(), p.g = gated ? bufs.g.f() : nullptr;
   p.w = bufs.w[slot].p, p.u = bufs.u[slot].p, p.G = bufs.G[slot].f();
@@ -314,6 +323,8 @@ int main(int argc, char** argv) {
       {"check D128 weak T333", 1, 333, 2, 128, "weak", true},
       {"check D128 strong T64", 2, 64, 2, 128, "strong", true},
       {"check D64 weak T5", 2, 5, 2, 64, "weak", true},
+      {"check D64 strong T333 fp16", 2, 333, 3, 64, "strong", true, true},
+      {"check D128 weak T200 fp16", 1, 200, 2, 128, "weak", true, true},
       {"bench D64 gated", 4, 8192, 16, 64, "weak", false},
       {"bench D64 plain", 4, 8192, 16, 64, "none", false},
       {"bench D128 gated", 4, 8192, 16, 128, "weak", false},
@@ -340,6 +351,8 @@ int main(int argc, char** argv) {
       size_t rc_diff = 0;
       bool pass = true;
       const auto fwd = forward_params(c, bufs, gated, inv, 0, true);
+      const double t16 =
+          c.fp16 ? 5e-4 : 4e-3;  // 2.5x the final 16-bit rounding (tests/test_gpu_delta_wy.cpp)
       if (c.check) {
         // forward (saving M) and backward from the saved M into slot 0; the backward recomputing M into 1
         poison_outputs(bufs, 0), poison_outputs(bufs, 1);
@@ -347,26 +360,26 @@ int main(int argc, char** argv) {
         CK(kn::launch_delta_wy_bwd(backward_params(fwd, bufs, 0, true)));
         CK(kn::launch_delta_wy_bwd(backward_params(fwd, bufs, 1, false)));
         CK(cudaDeviceSynchronize());
-        w_err = rel_rms(bufs.w[0], ref.W, true), u_err = rel_rms(bufs.u[0], ref.U, true);
-        G_err = gated ? rel_rms(bufs.G[0], ref.G, false) : 0.0;
-        dk_err = rel_rms(bufs.dk[0], ref.dk, true), dv_err = rel_rms(bufs.dv[0], ref.dv, true);
-        db_err = rel_rms(bufs.dbeta[0], ref.dbeta, false);
-        dg_err = gated ? rel_rms(bufs.dg[0], ref.dg, false) : 0.0;
+        w_err = rel_rms(bufs.w[0], ref.W, &c), u_err = rel_rms(bufs.u[0], ref.U, &c);
+        G_err = gated ? rel_rms(bufs.G[0], ref.G, nullptr) : 0.0;
+        dk_err = rel_rms(bufs.dk[0], ref.dk, &c), dv_err = rel_rms(bufs.dv[0], ref.dv, &c);
+        db_err = rel_rms(bufs.dbeta[0], ref.dbeta, nullptr);
+        dg_err = gated ? rel_rms(bufs.dg[0], ref.dg, nullptr) : 0.0;
         rc_diff = differing16(bufs.dk[0], bufs.dk[1], n) + differing16(bufs.dv[0], bufs.dv[1], n);
         rc_err = rel_max32(bufs.dbeta[0], bufs.dbeta[1], rows);
         if (gated) rc_err = std::max(rc_err, rel_max32(bufs.dg[0], bufs.dg[1], rows));
-        pass = w_err < 4e-3 && u_err < 4e-3 && G_err < 1e-5 && dk_err < 4e-3 && dv_err < 4e-3 &&
-               db_err < 1e-3 && dg_err < 1e-3 && rc_diff == 0 && rc_err < 1e-5;
+        pass = w_err < t16 && u_err < t16 && G_err < 1e-5 && dk_err < t16 && dv_err < t16 && db_err < 1e-3 &&
+               dg_err < 1e-3 && rc_diff == 0 && rc_err < 1e-5;
         if (inv == kn::DeltaWyInverse::kTf32x3) {
           tf_dk = bufs.dk[0].download<uint16_t>(), tf_dv = bufs.dv[0].download<uint16_t>();
           tf_dbeta = bufs.dbeta[0].download<float>(), tf_dg = bufs.dg[0].download<float>();
         } else {  // against the tf32x3 backward, uploaded into slot 1
           bufs.dk[1].upload(tf_dk), bufs.dv[1].upload(tf_dv), bufs.dbeta[1].upload(tf_dbeta),
               bufs.dg[1].upload(tf_dg);
-          x_dk = rel_rms(bufs.dk[1], bufs.dk[0], n, true), x_dv = rel_rms(bufs.dv[1], bufs.dv[0], n, true);
-          x_db = rel_rms(bufs.dbeta[1], bufs.dbeta[0], rows, false);
-          x_dg = gated ? rel_rms(bufs.dg[1], bufs.dg[0], rows, false) : 0.0;
-          pass = pass && x_dk < 4e-3 && x_dv < 4e-3 && x_db < 1e-3 && x_dg < 1e-3;
+          x_dk = rel_rms(bufs.dk[1], bufs.dk[0], n, &c), x_dv = rel_rms(bufs.dv[1], bufs.dv[0], n, &c);
+          x_db = rel_rms(bufs.dbeta[1], bufs.dbeta[0], rows, nullptr);
+          x_dg = gated ? rel_rms(bufs.dg[1], bufs.dg[0], rows, nullptr) : 0.0;
+          pass = pass && x_dk < t16 && x_dv < t16 && x_db < 1e-3 && x_dg < 1e-3;
         }
       }
       double t_fwd = 0, t_fwd_m = 0, t_bwd = 0, t_bwd_rc = 0;
