@@ -1,8 +1,8 @@
 // The delta_wy backward kernel (params.h): from dW, dU, dG to dk (this preparation's share), dv, dbeta, dg,
 // per chunk, with G and KD recomputed as in the forward, and M read from the forward's copy
 // (DeltaWyParams::m) or, without one, recomputed. The float32 inverse bounds both kernels on shared-memory
-// traffic (ncu, run 2026-12-03c: L1 busy 88% in the forward), so reading M back (16 KB per chunk, DRAM 25%
-// busy in this kernel) costs less than its recomputation.
+// traffic (ncu, run 2026-12-03c: L1 busy 88% in the forward), so reading M back (its lower triangle, 9 KB per
+// chunk; DRAM 25% busy in this kernel when it was 16) costs less than its recomputation.
 //
 // With X = diag(beta e^G) K, Y = diag(beta) V, W = M X, U = M Y, A = diag(beta) KD, D_ts = exp(G_t - G_s):
 //   dM = dW X^T + dU Y^T = (dW K^T) diag(beta e^G) + (dU V^T) diag(beta)

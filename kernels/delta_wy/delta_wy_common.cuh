@@ -65,9 +65,16 @@ __device__ __forceinline__ void pair_mma(float (&acc)[1][NT][4], uint32_t sAhi, 
   }
 }
 
-// Chunk n's M in the [B, H, nt, C, C] float32 buffer m (DeltaWyParams::m).
+// Chunk n's M in the [B, H, nt, kDeltaWySavedM] float32 buffer m (DeltaWyParams::m, params.h: the lower
+// triangle's rows in whole pieces of 8 floats).
 __device__ __forceinline__ float* saved_m(float* m, int b, int h, int n, int H, int T) {
-  return m + ((static_cast<int64_t>(b) * H + h) * linear_chunk_count(T) + n) * kC * kC;
+  return m + ((static_cast<int64_t>(b) * H + h) * linear_chunk_count(T) + n) * kDeltaWySavedM;
+}
+
+// Whether the 4 floats of row r from column c are in a saved M: their piece of 8 is at or left of the
+// diagonal's.
+__device__ __forceinline__ bool in_saved_m(int r, int c) {
+  return (c >> 3) <= (r >> 3);
 }
 
 // The float32 [C][kF] tile M to its saved copy (entries above the diagonal as zeros); all threads.
@@ -75,19 +82,22 @@ __device__ __forceinline__ void store_m(float* dst, const float* M, int tid) {
 #pragma unroll
   for (int i = 0; i < kC * kC / 4 / kThreads; ++i) {
     const int e = tid + i * kThreads, r = e / (kC / 4), c = 4 * (e % (kC / 4));
+    if (!in_saved_m(r, c)) continue;
     float4 x = *reinterpret_cast<const float4*>(M + r * kF + c);
     x.x = c <= r ? x.x : 0.f, x.y = c + 1 <= r ? x.y : 0.f, x.z = c + 2 <= r ? x.z : 0.f;
     x.w = c + 3 <= r ? x.w : 0.f;
-    *reinterpret_cast<float4*>(dst + r * kC + c) = x;
+    *reinterpret_cast<float4*>(dst + delta_wy_saved_m_row(r) + c) = x;
   }
 }
 
-// Issues the copies of a saved M into the float32 [C][kF] tile at s; all threads.
+// Issues the copies of a saved M into the float32 [C][kF] tile at s; all threads. Pieces right of the
+// diagonal's are not copied: their tile entries are garbage, which no reader takes (split_lower reads the
+// pieces of 8 at or left of the diagonal's, which the saved M holds with zeros above the diagonal).
 __device__ __forceinline__ void load_m(uint32_t s, const float* src, int tid) {
 #pragma unroll
   for (int i = 0; i < kC * kC / 4 / kThreads; ++i) {
     const int e = tid + i * kThreads, r = e / (kC / 4), c = 4 * (e % (kC / 4));
-    cp_async_16(s + (r * kF + c) * 4, src + r * kC + c);
+    if (in_saved_m(r, c)) cp_async_16(s + (r * kF + c) * 4, src + delta_wy_saved_m_row(r) + c);
   }
 }
 

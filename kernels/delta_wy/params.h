@@ -24,6 +24,22 @@
 
 namespace attnlab::kernels {
 
+// Floats of one chunk's saved M (DeltaWyParams::m): row r's columns 0 .. 8 ceil((r + 1) / 8) - 1, the lower
+// triangle in whole pieces of 8 (zeros above the diagonal), rows one after another; 2304 where the square
+// C x C is 4096, so the forward writes and the backward reads 56% of the bytes (2026-12-08).
+constexpr int kDeltaWySavedM = 2304;
+// Where row r of a saved M starts: 8 (a + 1)(4 a + b) floats for r = 8 a + b (rows 0 .. r - 1 hold
+// 8 ceil((j + 1) / 8) floats each).
+constexpr int delta_wy_saved_m_row(int r) {
+  return 8 * (r / 8 + 1) * (4 * (r / 8) + r % 8);
+}
+constexpr bool delta_wy_saved_m_rows_hold() {
+  for (int r = 0; r < kLinearChunk; ++r)
+    if (delta_wy_saved_m_row(r + 1) - delta_wy_saved_m_row(r) != 8 * ((r + 8) / 8)) return false;
+  return delta_wy_saved_m_row(kLinearChunk) == kDeltaWySavedM;
+}
+static_assert(delta_wy_saved_m_rows_hold(), "row r of a saved M holds 8 ceil((r + 1) / 8) floats");
+
 // How the inverse's block products run (the diagonal 16 x 16 blocks are float32 forward substitution either
 // way): kTf32x3, 3xTF32 m16n8k8 tiles through shared memory (~21 mantissa bits); kBf16x3, bf16 hi/lo
 // m16n8k16 tiles chained in registers (~16 bits; fewer instructions and two barriers less per chunk).
@@ -42,9 +58,9 @@ struct DeltaWyParams {
   void* w = nullptr;            // [B, T, H, K] W (written by the forward)
   void* u = nullptr;            // [B, T, H, V] U (written by the forward)
   float* G = nullptr;           // [B, T, H] in-chunk cumulative gate (written by the forward when g is set)
-  float* m = nullptr;           // [B, H, ceil(T / 64), C, C] float32, or nullptr: each chunk's M, written by
-                                // the forward when set (zero above the diagonal) and then read by the
-                                // backward instead of recomputing the inverse (the same bits either way)
+  float* m = nullptr;  // [B, H, ceil(T / 64), kDeltaWySavedM] float32, or nullptr: each chunk's M (packed:
+                       // kDeltaWySavedM), written by the forward when set and then read by the backward
+                       // instead of recomputing the inverse (the same bits either way)
   DeltaWyInverse inverse = DeltaWyInverse::kTf32x3;  // the forward's, and the backward's when m is not set
   int* ready = nullptr;  // [B, H, ceil(T / 64)] int32 zeros, or nullptr. When set, the forward runs its
                          // blocks chunk-major (chunk 0 of every (b, h), then chunk 1, ...) and sets

@@ -72,7 +72,7 @@ struct Dev {
         dw(k.bytes),
         du(k.bytes),
         dG(beta.bytes),
-        m(size_t(c.B) * c.H * kn::linear_chunk_count(c.T) * kC * kC * 4),
+        m(size_t(c.B) * c.H * kn::linear_chunk_count(c.T) * kn::kDeltaWySavedM * 4),
         w{Buf(k.bytes), Buf(k.bytes)},
         u{Buf(k.bytes), Buf(k.bytes)},
         G{Buf(beta.bytes), Buf(beta.bytes)},

@@ -63,12 +63,12 @@ class DeltaWyFunction : public torch::autograd::Function<DeltaWyFunction> {
     auto G = given(g) ? torch::empty(g.sizes(), g.options()) : torch::empty({0}, beta.options());
     p.w = w.data_ptr(), p.u = u.data_ptr();
     p.G = given(G) ? static_cast<float*>(G.data_ptr()) : nullptr;
-    // M of every chunk for the backward (16 KB per chunk and head, as much as w): reading it back costs
-    // less than the inverse it saves (H200, bench/results/h200-2026-12-03d).
-    torch::Tensor m = save_m ? torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T),
-                                             kn::kLinearChunk, kn::kLinearChunk},
-                                            beta.options())
-                             : torch::empty({0}, beta.options());
+    // M of every chunk for the backward (its lower triangle packed: 9 KB per chunk and head, against w's 8
+    // or 16): reading it back costs less than the inverse it saves (H200, bench/results/h200-2026-12-03d).
+    torch::Tensor m =
+        save_m ? torch::empty({k.size(0), k.size(2), kn::linear_chunk_count(p.T), kn::kDeltaWySavedM},
+                              beta.options())
+               : torch::empty({0}, beta.options());
     p.m = save_m ? static_cast<float*>(m.data_ptr()) : nullptr;
     check_params(p, false);
     if (fork) {  // launched by the recurrence, after its walk (WyFork::launch)
